@@ -1,0 +1,289 @@
+//! The evaluation harnesses of evaluation.md, written once over a [`FeatureEncoder`] so that
+//! `host eval` (tch) and `edge eval` (tract) run the very same protocol and scoring code.
+
+use crate::data::coco::{CocoMaskDataset, FoldSplit};
+use crate::data::davis::DavisDataset;
+use crate::error::{EdgeError, Result};
+use crate::metrics::{percent, mean_and_population_std, ClassIouAccumulator, VideoJAccumulator};
+use crate::preprocess::{prepare_input, resize_mask_nearest, InputSize, Normalization};
+use crate::prototype::{panet_predict, panet_prototypes, SupportShot};
+use crate::report::{ClassEntry, EvalReport, FoldEntry};
+use crate::sampler::{Episode, EpisodeRecord};
+use crate::tensor::FeatureMap;
+use std::collections::{BTreeMap, HashMap};
+
+/// Anything that turns preprocessed images (CHW f32 at `size`) into feature maps.
+pub trait FeatureEncoder {
+    fn encode_batch(&mut self, inputs: &[Vec<f32>], size: InputSize) -> Result<Vec<FeatureMap>>;
+    /// How many images the encoder prefers per call.
+    fn batch_size(&self) -> usize {
+        1
+    }
+}
+
+/// Progress callback: `(done, total)`.
+pub type Progress<'a> = &'a mut dyn FnMut(usize, usize);
+
+/// What the scoring needs to know about the model's input.
+#[derive(Debug, Clone, Copy)]
+pub struct ScoringInput {
+    pub size: InputSize,
+    pub normalization: Normalization,
+}
+
+/// DAVIS one-shot protocol: per target the support is frame 0 with its mask, frames 1..N-1 are
+/// queries scored independently at the annotation's resolution.
+pub fn davis_one_shot(
+    encoder: &mut dyn FeatureEncoder,
+    dataset: &DavisDataset,
+    input: ScoringInput,
+    progress: Progress,
+) -> Result<VideoJAccumulator> {
+    let mut acc = VideoJAccumulator::new();
+    let total: usize = dataset.sequences().iter().map(|s| s.len()).sum();
+    let mut done = 0;
+    let batch = encoder.batch_size().max(1);
+    for (si, seq) in dataset.sequences().iter().enumerate() {
+        // Encode every frame of the sequence once; each target (object) reuses them.
+        let mut features = Vec::with_capacity(seq.len());
+        for start in (0..seq.len()).step_by(batch) {
+            let end = (start + batch).min(seq.len());
+            let inputs = (start..end)
+                .map(|f| Ok(prepare_input(&dataset.load_image(si, f)?, input.size, &input.normalization)))
+                .collect::<Result<Vec<_>>>()?;
+            features.extend(encoder.encode_batch(&inputs, input.size)?);
+            done += end - start;
+            progress(done, total);
+        }
+        let objects = dataset.objects(si)?;
+        let targets: Vec<Option<u8>> = match dataset.kind() {
+            crate::data::davis::DavisKind::SingleObject => vec![None],
+            crate::data::davis::DavisKind::MultiObject => objects.into_iter().map(Some).collect(),
+        };
+        for object in targets {
+            let name = match object {
+                None => seq.name.clone(),
+                Some(k) => format!("{}:{k}", seq.name),
+            };
+            let support_gt = dataset.ground_truth(si, 0, object)?;
+            let support_mask = resize_mask_nearest(&support_gt, input.size.height, input.size.width);
+            if support_mask.count_nonzero() == 0 {
+                return Err(EdgeError::invalid(
+                    &seq.annotations[0],
+                    format!("the first-frame mask of target {name} is empty at {}", input.size),
+                ));
+            }
+            let protos = panet_prototypes(&[vec![SupportShot::from_foreground(features[0].clone(), support_mask)]])?;
+            for (f, query) in features.iter().enumerate().skip(1) {
+                let gt = dataset.ground_truth(si, f, object)?;
+                let pred = panet_predict(query, &protos, (gt.height, gt.width))?;
+                acc.add(&name, &pred, &gt)?;
+            }
+        }
+    }
+    Ok(acc)
+}
+
+/// Fills a report from a DAVIS accumulator.
+pub fn davis_report(mut base: EvalReport, acc: &VideoJAccumulator) -> EvalReport {
+    base.protocol = "davis".into();
+    base.j_mean = acc.j_mean_percent();
+    base.fb_iou = acc.fb_iou_percent();
+    base.per_sequence = Some(acc.per_sequence_percent());
+    base
+}
+
+/// Settings of the COCO few-shot episodes protocol.
+#[derive(Debug, Clone)]
+pub struct CocoEpisodes {
+    pub shots: usize,
+    pub episodes: usize,
+    pub runs: usize,
+    pub seed: u64,
+    pub folds: Vec<usize>,
+    pub min_pixels: u64,
+    pub split: FoldSplit,
+}
+
+/// Per fold and run: one accumulator. Returned so callers can report and compare.
+pub struct CocoResult {
+    /// `(fold, run) -> accumulator`.
+    pub runs: BTreeMap<(usize, usize), ClassIouAccumulator>,
+    /// Classes taking part per fold.
+    pub taking_part: BTreeMap<usize, usize>,
+    /// The episodes that were scored, in order.
+    pub episodes: Vec<EpisodeRecord>,
+}
+
+/// Encodes pool images once and keeps their features (evaluation computes each image's encoder
+/// features once, not once per episode).
+struct FeatureCache<'a> {
+    encoder: &'a mut dyn FeatureEncoder,
+    input: ScoringInput,
+    cache: HashMap<usize, FeatureMap>,
+}
+
+impl FeatureCache<'_> {
+    fn ensure(&mut self, dataset: &CocoMaskDataset, wanted: &[usize]) -> Result<()> {
+        let missing: Vec<usize> = {
+            let mut m: Vec<usize> = wanted.iter().copied().filter(|i| !self.cache.contains_key(i)).collect();
+            m.sort_unstable();
+            m.dedup();
+            m
+        };
+        for chunk in missing.chunks(self.encoder.batch_size().max(1)) {
+            let inputs = chunk
+                .iter()
+                .map(|&i| Ok(prepare_input(&dataset.load_image(i)?, self.input.size, &self.input.normalization)))
+                .collect::<Result<Vec<_>>>()?;
+            for (&i, f) in chunk.iter().zip(self.encoder.encode_batch(&inputs, self.input.size)?) {
+                self.cache.insert(i, f);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Scores one 1-way K-shot episode; returns the prediction and ground truth at the query's size.
+fn score_episode(
+    cache: &FeatureCache,
+    dataset: &CocoMaskDataset,
+    episode: &Episode,
+    input: ScoringInput,
+) -> Result<(crate::tensor::Mask, crate::tensor::Mask)> {
+    let shots = episode
+        .supports
+        .iter()
+        .map(|&s| {
+            let mask = dataset.class_mask(s, episode.class_index)?;
+            let mask = resize_mask_nearest(&mask, input.size.height, input.size.width);
+            Ok(SupportShot::from_foreground(cache.cache[&s].clone(), mask))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let protos = panet_prototypes(&[shots])?;
+    let gt = dataset.class_mask(episode.query, episode.class_index)?;
+    let pred = panet_predict(&cache.cache[&episode.query], &protos, (gt.height, gt.width))?;
+    Ok((pred, gt))
+}
+
+/// The COCO episodes protocol (sampled from the seeds, or replayed from `replay`).
+pub fn coco_episodes(
+    encoder: &mut dyn FeatureEncoder,
+    dataset: &CocoMaskDataset,
+    input: ScoringInput,
+    settings: &CocoEpisodes,
+    replay: Option<&[EpisodeRecord]>,
+    progress: Progress,
+) -> Result<CocoResult> {
+    // The episode lists first (cheap), then encode every image they use once.
+    let mut plan: Vec<((usize, usize), Vec<Episode>)> = Vec::new();
+    let mut taking_part = BTreeMap::new();
+    match replay {
+        Some(records) => {
+            let mut by_fold: BTreeMap<usize, Vec<Episode>> = BTreeMap::new();
+            for r in records {
+                let e = Episode::from_record(r, dataset)?;
+                by_fold.entry(e.fold).or_default().push(e);
+            }
+            for (fold, eps) in by_fold {
+                let classes: std::collections::BTreeSet<u8> = eps.iter().map(|e| e.class_index).collect();
+                taking_part.insert(fold, classes.len());
+                plan.push(((fold, 0), eps));
+            }
+        }
+        None => {
+            for &fold in &settings.folds {
+                let spec = crate::sampler::EpisodeSpec {
+                    shots: settings.shots,
+                    episodes: settings.episodes,
+                    min_pixels: settings.min_pixels,
+                    split: settings.split,
+                    fold,
+                };
+                for run in 0..settings.runs {
+                    let set = crate::sampler::generate_episodes(dataset, &spec, settings.seed + run as u64)?;
+                    taking_part.insert(fold, set.taking_part.len());
+                    plan.push(((fold, run), set.episodes));
+                }
+            }
+        }
+    }
+    let total: usize = plan.iter().map(|(_, e)| e.len()).sum();
+    let mut cache = FeatureCache {
+        encoder,
+        input,
+        cache: HashMap::new(),
+    };
+    let mut result = CocoResult {
+        runs: BTreeMap::new(),
+        taking_part,
+        episodes: Vec::with_capacity(total),
+    };
+    let mut done = 0;
+    for ((fold, run), episodes) in plan {
+        let mut acc = ClassIouAccumulator::new();
+        for chunk in episodes.chunks(64) {
+            let wanted: Vec<usize> = chunk
+                .iter()
+                .flat_map(|e| e.supports.iter().copied().chain(std::iter::once(e.query)))
+                .collect();
+            cache.ensure(dataset, &wanted)?;
+            for e in chunk {
+                let (pred, gt) = score_episode(&cache, dataset, e, input)?;
+                acc.add(e.class_index, &pred, &gt)?;
+                result.episodes.push(e.to_record(dataset)?);
+                done += 1;
+                progress(done, total);
+            }
+        }
+        result.runs.insert((fold, run), acc);
+    }
+    Ok(result)
+}
+
+/// Fills a report from a COCO result: per fold mean and population std over runs, the mean
+/// over folds, FB-IoU averaged likewise, per-class IoU pooled over the runs.
+pub fn coco_report(mut base: EvalReport, dataset: &CocoMaskDataset, result: &CocoResult) -> Result<EvalReport> {
+    base.protocol = "coco".into();
+    let mut per_fold = Vec::new();
+    let mut fold_mious = Vec::new();
+    let mut fold_fbs = Vec::new();
+    let mut per_class = BTreeMap::new();
+    let folds: std::collections::BTreeSet<usize> = result.runs.keys().map(|(f, _)| *f).collect();
+    for fold in folds {
+        let accs: Vec<&ClassIouAccumulator> =
+            result.runs.iter().filter(|((f, _), _)| *f == fold).map(|(_, a)| a).collect();
+        let mious: Vec<f64> = accs.iter().filter_map(|a| a.miou_percent()).collect();
+        let fbs: Vec<f64> = accs.iter().filter_map(|a| a.fb_iou_percent()).collect();
+        let (m, s) = mean_and_population_std(&mious).unwrap_or((f64::NAN, 0.0));
+        per_fold.push(FoldEntry {
+            fold,
+            miou: m,
+            miou_std: s,
+            classes: result.taking_part.get(&fold).copied().unwrap_or(0),
+        });
+        fold_mious.push(m);
+        if let Some((fb, _)) = mean_and_population_std(&fbs) {
+            fold_fbs.push(fb);
+        }
+        let mut merged = ClassIouAccumulator::new();
+        for a in &accs {
+            merged.merge(a);
+        }
+        for (class, iou) in merged.per_class() {
+            let id = dataset.class_id(class)?;
+            per_class.insert(
+                id.to_string(),
+                ClassEntry {
+                    name: dataset.class_name(class)?.to_string(),
+                    iou: percent(iou),
+                },
+            );
+        }
+    }
+    base.miou = mean_and_population_std(&fold_mious).map(|(m, _)| m);
+    base.fb_iou = mean_and_population_std(&fold_fbs).map(|(m, _)| m);
+    base.per_fold = Some(per_fold);
+    base.per_class = Some(per_class);
+    Ok(base)
+}
