@@ -1,0 +1,323 @@
+//! The one JSON output schema of docs/evaluation.md ("Output") for `host eval`, `edge eval`
+//! ([`EvalReport`]) and `edge bench` ([`BenchReport`]).
+//!
+//! Snake_case keys, metrics in percent at full `f64` precision (no rounding). Every key of
+//! [`EvalReport`] is always present, absent values are `null`. In [`BenchReport`], stages and
+//! sections that did not run are omitted. One report is one line ([`EvalReport::to_json_line`]).
+//! Comparisons of results ("byte-identical") exclude `timing`: see
+//! [`EvalReport::comparable_json`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// One entry of `per_class`, keyed by the COCO category id as a string.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassEntry {
+    pub name: String,
+    /// Pooled class IoU in percent.
+    pub iou: f64,
+}
+
+/// One entry of `per_fold`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FoldEntry {
+    pub fold: usize,
+    /// Mean over runs of the fold's mIoU, percent.
+    pub miou: f64,
+    /// Population standard deviation over runs, percent.
+    pub miou_std: f64,
+    /// Number of taking-part classes.
+    pub classes: usize,
+}
+
+/// Wall-clock timing (excluded from result comparisons).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Timing {
+    pub elapsed_s: f64,
+}
+
+/// Output of `host eval` / `edge eval` (evaluation.md "Output"). Field order is the key order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    /// `davis` or `coco` (or a preset name).
+    pub protocol: String,
+    /// Dataset path or name.
+    pub data: String,
+    /// e.g. `panet`.
+    pub method: String,
+    /// e.g. `mobilenetv2`, `efficientnet_lite0`.
+    pub backbone: String,
+    /// `[height, width]`.
+    pub size: [usize; 2],
+    /// e.g. `fp32`.
+    pub precision: String,
+    pub shots: usize,
+    pub folds: Option<Vec<usize>>,
+    /// Episodes per fold per run.
+    pub episodes: Option<usize>,
+    pub runs: usize,
+    /// First seed (runs use `seed..seed + runs`).
+    pub seed: u64,
+    pub j_mean: Option<f64>,
+    pub fb_iou: Option<f64>,
+    pub miou: Option<f64>,
+    pub per_sequence: Option<BTreeMap<String, f64>>,
+    pub per_class: Option<BTreeMap<String, ClassEntry>>,
+    pub per_fold: Option<Vec<FoldEntry>>,
+    pub timing: Timing,
+}
+
+impl EvalReport {
+    /// A report with the identification fields set and every metric `null`.
+    pub fn new(
+        protocol: impl Into<String>,
+        data: impl Into<String>,
+        method: impl Into<String>,
+        backbone: impl Into<String>,
+        size: [usize; 2],
+        precision: impl Into<String>,
+        shots: usize,
+    ) -> Self {
+        EvalReport {
+            protocol: protocol.into(),
+            data: data.into(),
+            method: method.into(),
+            backbone: backbone.into(),
+            size,
+            precision: precision.into(),
+            shots,
+            folds: None,
+            episodes: None,
+            runs: 1,
+            seed: 0,
+            j_mean: None,
+            fb_iou: None,
+            miou: None,
+            per_sequence: None,
+            per_class: None,
+            per_fold: None,
+            timing: Timing::default(),
+        }
+    }
+
+    /// The report as one JSON line (no trailing newline).
+    pub fn to_json_line(&self) -> String {
+        serde_json::to_string(self).expect("EvalReport serializes")
+    }
+
+    /// The report as a JSON value without `timing`, for result comparisons.
+    pub fn comparable_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("EvalReport serializes");
+        if let Some(o) = v.as_object_mut() {
+            o.remove("timing");
+        }
+        v
+    }
+}
+
+/// Per-stage milliseconds of `edge bench`; stages that did not run are omitted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct StageMs {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decode: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preprocess: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postprocess: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay: Option<f64>,
+}
+
+/// tract time over ONNX Runtime time, per part.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct OrtRatios {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_to_end: Option<f64>,
+}
+
+/// The ONNX Runtime peer measurement of `edge bench`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct OrtBench {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoder_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_ms: Option<f64>,
+    pub ratio_tract_over_ort: OrtRatios,
+}
+
+/// Output of `edge bench` (evaluation.md "Output").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BenchReport {
+    pub bundle: String,
+    /// `[height, width]`.
+    pub size: [usize; 2],
+    pub threads: usize,
+    /// Median end-to-end milliseconds per frame.
+    pub frame_ms: f64,
+    pub fps: f64,
+    pub stage_ms: StageMs,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onnxruntime: Option<OrtBench>,
+}
+
+impl BenchReport {
+    /// The report as one JSON line (no trailing newline).
+    pub fn to_json_line(&self) -> String {
+        serde_json::to_string(self).expect("BenchReport serializes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EVAL_KEYS: [&str; 19] = [
+        "protocol",
+        "data",
+        "method",
+        "backbone",
+        "size",
+        "precision",
+        "shots",
+        "folds",
+        "episodes",
+        "runs",
+        "seed",
+        "j_mean",
+        "fb_iou",
+        "miou",
+        "per_sequence",
+        "per_class",
+        "per_fold",
+        "timing",
+        "elapsed_s",
+    ];
+
+    #[test]
+    fn davis_report_has_every_key_with_nulls() {
+        let mut r = EvalReport::new(
+            "davis",
+            "data/davis2016",
+            "panet",
+            "mobilenetv2",
+            [320, 576],
+            "fp32",
+            1,
+        );
+        r.j_mean = Some(44.123456789);
+        r.fb_iou = Some(67.8);
+        let mut per = BTreeMap::new();
+        per.insert("blackswan".to_string(), 58.0);
+        r.per_sequence = Some(per);
+        r.timing.elapsed_s = 12.3;
+        let line = r.to_json_line();
+        assert!(!line.contains('\n'));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let o = v.as_object().unwrap();
+        assert_eq!(o.len(), 18);
+        for k in &EVAL_KEYS[..18] {
+            assert!(o.contains_key(*k), "missing key {k}");
+        }
+        assert!(o["folds"].is_null() && o["episodes"].is_null() && o["miou"].is_null());
+        assert!(o["per_class"].is_null() && o["per_fold"].is_null());
+        assert_eq!(o["size"], serde_json::json!([320, 576]));
+        assert_eq!(o["j_mean"].as_f64().unwrap(), 44.123456789);
+        assert_eq!(o["timing"]["elapsed_s"].as_f64().unwrap(), 12.3);
+        assert!(line.starts_with("{\"protocol\":\"davis\""));
+        // Round trip.
+        let back: EvalReport = serde_json::from_str(&line).unwrap();
+        assert_eq!(back, r);
+        // Comparisons exclude timing.
+        let mut r2 = r.clone();
+        r2.timing.elapsed_s = 99.0;
+        assert_eq!(r.comparable_json(), r2.comparable_json());
+        assert!(r.comparable_json().get("timing").is_none());
+    }
+
+    #[test]
+    fn coco_report_per_class_and_fold() {
+        let mut r = EvalReport::new(
+            "coco",
+            "coco128",
+            "panet",
+            "mobilenetv2",
+            [320, 320],
+            "fp32",
+            1,
+        );
+        r.folds = Some(vec![0, 1, 2, 3]);
+        r.episodes = Some(1000);
+        r.miou = Some(22.0);
+        let mut pc = BTreeMap::new();
+        pc.insert(
+            "18".to_string(),
+            ClassEntry {
+                name: "dog".into(),
+                iou: 51.2,
+            },
+        );
+        r.per_class = Some(pc);
+        r.per_fold = Some(vec![FoldEntry {
+            fold: 0,
+            miou: 30.1,
+            miou_std: 0.0,
+            classes: 16,
+        }]);
+        let v: serde_json::Value = serde_json::from_str(&r.to_json_line()).unwrap();
+        assert_eq!(v["per_class"]["18"]["name"], "dog");
+        assert_eq!(v["per_class"]["18"]["iou"].as_f64().unwrap(), 51.2);
+        assert_eq!(
+            v["per_fold"][0],
+            serde_json::json!({"fold": 0, "miou": 30.1, "miou_std": 0.0, "classes": 16})
+        );
+        assert!(v["j_mean"].is_null());
+    }
+
+    #[test]
+    fn bench_report_omits_missing_stages() {
+        let r = BenchReport {
+            bundle: "models/mnv2".into(),
+            size: [320, 576],
+            threads: 4,
+            frame_ms: 20.0,
+            fps: 50.0,
+            stage_ms: StageMs {
+                preprocess: Some(1.0),
+                encoder: Some(15.0),
+                head: Some(2.0),
+                ..StageMs::default()
+            },
+            onnxruntime: None,
+        };
+        let v: serde_json::Value = serde_json::from_str(&r.to_json_line()).unwrap();
+        let stages = v["stage_ms"].as_object().unwrap();
+        assert_eq!(stages.len(), 3);
+        assert!(!stages.contains_key("capture"));
+        assert!(v.get("onnxruntime").is_none());
+        let mut r2 = r.clone();
+        r2.onnxruntime = Some(OrtBench {
+            encoder_ms: Some(10.0),
+            head_ms: Some(1.0),
+            ratio_tract_over_ort: OrtRatios {
+                encoder: Some(1.5),
+                head: Some(2.0),
+                end_to_end: Some(1.4),
+            },
+        });
+        let v: serde_json::Value = serde_json::from_str(&r2.to_json_line()).unwrap();
+        assert_eq!(v["onnxruntime"]["ratio_tract_over_ort"]["end_to_end"], 1.4);
+        let back: BenchReport = serde_json::from_str(&r2.to_json_line()).unwrap();
+        assert_eq!(back, r2);
+    }
+}
