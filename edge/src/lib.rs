@@ -4,6 +4,7 @@
 //! image preprocessing, masked average pooling and the canonical PANet scoring, the metrics,
 //! the seeded episode sampler and the dataset readers. It never depends on libtorch.
 
+pub mod bundle;
 pub mod data;
 pub mod error;
 pub mod eval;

@@ -1,0 +1,205 @@
+//! The bundle: a folder with ONNX graphs and the `bundle.json` manifest that says how to run
+//! them. Written by `host export`, read by the edge runtime. design.md, "Bundle manifest".
+
+use crate::error::{EdgeError, Result};
+use crate::preprocess::{InputSize, Normalization};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The manifest format this build reads and writes.
+pub const BUNDLE_FORMAT: u32 = 1;
+pub const MANIFEST_FILE: &str = "bundle.json";
+
+/// One dimension of a graph input or output: a fixed size or a symbol (`"N"`, `"H"`, `"W"`,
+/// `"h"`, `"w"`) that the runtime pins per input size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Dim {
+    Fixed(usize),
+    Symbol(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TensorSpec {
+    pub name: String,
+    pub shape: Vec<Dim>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GraphSpec {
+    /// File name relative to the bundle folder.
+    pub file: String,
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+    /// sha256 of the file, hex.
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Graphs {
+    pub encoder: GraphSpec,
+    /// PANet scores in Rust (`edge::prototype`) and needs no head graph.
+    pub head: Option<GraphSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputSpec {
+    /// Default input size (rows, columns). The graphs have symbolic H and W; the runtime pins
+    /// the size it is given (a camera mode, a dataset's size) and optimizes once per size.
+    pub height: usize,
+    pub width: usize,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    /// `"rgb"`.
+    pub channel_order: String,
+    /// `"nchw"`.
+    pub layout: String,
+}
+
+impl InputSpec {
+    pub fn size(&self) -> InputSize {
+        InputSize::new(self.height, self.width)
+    }
+    pub fn normalization(&self) -> Normalization {
+        Normalization {
+            mean: self.mean,
+            std: self.std,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FeatureSpec {
+    pub stride: usize,
+    pub channels: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResizeSpec {
+    /// `"stretch"` (default), `"letterbox"` or `"crop"`.
+    pub mode: String,
+    /// `"bilinear"`.
+    pub interpolation: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrototypeSpec {
+    /// `"panet"`: fg prototype per target (mean over shots) and one shared bg prototype.
+    pub kind: String,
+    pub eps: f32,
+    /// Cosine scale.
+    pub scale: f32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Quantization {
+    pub method: String,
+    pub calibration: String,
+    pub layers_fp32: Vec<String>,
+}
+
+/// How the bundle was made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Provenance {
+    /// `"imagenet"` for an untrained backbone, else the training data.
+    pub data: String,
+    pub fold: Option<usize>,
+    pub iterations: usize,
+    pub seed: Option<u64>,
+    pub host_version: String,
+    /// The training run (its run.json) or the ImageNet weight file it came from.
+    pub source: String,
+    pub created: String,
+}
+
+/// A measured metric of this bundle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricCheck {
+    pub protocol: String,
+    pub data: String,
+    pub size: [usize; 2],
+    pub j_mean: Option<f64>,
+    pub miou: Option<f64>,
+    pub fb_iou: Option<f64>,
+    /// Which program measured it (`host eval` or `edge eval`).
+    pub measured_by: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Checks {
+    /// Max abs difference tch vs tract on the encoder output, random input at the default size.
+    pub parity_max_abs_diff: Option<f64>,
+    pub metrics: Vec<MetricCheck>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    pub method: String,
+    pub backbone: String,
+    pub input: InputSpec,
+    pub feature: FeatureSpec,
+    pub graphs: Graphs,
+    /// `"fp32"` or `"int8"`.
+    pub precision: String,
+    pub quantization: Option<Quantization>,
+    pub resize: ResizeSpec,
+    pub prototype: PrototypeSpec,
+    /// Foreground threshold for 1-way sigmoid heads; `None` = argmax.
+    pub threshold: Option<f32>,
+    pub provenance: Provenance,
+    pub checks: Checks,
+}
+
+impl Manifest {
+    /// Reads and validates `dir/bundle.json`: known format, known precision, graph files
+    /// present. Shape agreement with the graphs is checked by the runtime when it loads them.
+    pub fn read(dir: &Path) -> Result<Manifest> {
+        let path = dir.join(MANIFEST_FILE);
+        if !dir.is_dir() {
+            return Err(EdgeError::invalid(dir, "bundle folder does not exist"));
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| EdgeError::io(&path, e))?;
+        // Check the version before the full schema, so that a newer manifest gets the right error.
+        let value: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| EdgeError::invalid(&path, format!("not valid JSON: {e}")))?;
+        match value.get("format").and_then(|f| f.as_u64()) {
+            Some(f) if f == BUNDLE_FORMAT as u64 => {}
+            Some(f) => {
+                return Err(EdgeError::invalid(
+                    &path,
+                    format!("bundle format {f} is not supported (this edge reads format {BUNDLE_FORMAT})"),
+                ))
+            }
+            None => return Err(EdgeError::invalid(&path, "no \"format\" field: not a bundle manifest")),
+        }
+        let m: Manifest = serde_json::from_value(value)
+            .map_err(|e| EdgeError::invalid(&path, format!("invalid manifest: {e}")))?;
+        if m.precision != "fp32" && m.precision != "int8" {
+            return Err(EdgeError::invalid(&path, format!("unknown precision '{}' (fp32 or int8)", m.precision)));
+        }
+        for g in std::iter::once(&m.graphs.encoder).chain(m.graphs.head.iter()) {
+            let f = dir.join(&g.file);
+            if !f.is_file() {
+                return Err(EdgeError::invalid(&f, "graph file named in bundle.json is missing"));
+            }
+        }
+        Ok(m)
+    }
+
+    pub fn graph_path(dir: &Path, g: &GraphSpec) -> PathBuf {
+        dir.join(&g.file)
+    }
+
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        let json = serde_json::to_vec_pretty(self).map_err(|e| EdgeError::input(format!("manifest: {e}")))?;
+        crate::fsutil::write_atomic(&dir.join(MANIFEST_FILE), &json)
+    }
+}
+
+/// sha256 of a file, lowercase hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).map_err(|e| EdgeError::io(path, e))?;
+    Ok(format!("{:x}", sha2::Sha256::digest(&bytes)))
+}
