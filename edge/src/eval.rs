@@ -2,9 +2,10 @@
 //! `host eval` (tch) and `edge eval` (tract) run the very same protocol and scoring code.
 
 use crate::data::coco::{CocoMaskDataset, FoldSplit};
-use crate::data::davis::DavisDataset;
+use crate::data::davis::{check_same_size, DavisDataset};
+use crate::data::image_io::image_size;
 use crate::error::{EdgeError, Result};
-use crate::metrics::{percent, mean_and_population_std, ClassIouAccumulator, VideoJAccumulator};
+use crate::metrics::{mean_and_population_std, percent, ClassIouAccumulator, VideoJAccumulator};
 use crate::preprocess::{prepare_input, resize_mask_nearest, InputSize, Normalization};
 use crate::prototype::{panet_predict, panet_prototypes, SupportShot};
 use crate::report::{ClassEntry, EvalReport, FoldEntry};
@@ -49,7 +50,13 @@ pub fn davis_one_shot(
         for start in (0..seq.len()).step_by(batch) {
             let end = (start + batch).min(seq.len());
             let inputs = (start..end)
-                .map(|f| Ok(prepare_input(&dataset.load_image(si, f)?, input.size, &input.normalization)))
+                .map(|f| {
+                    let image = dataset.load_image(si, f)?;
+                    // A mask of another size than its frame is a broken dataset, not a resize.
+                    let ann = &seq.annotations[f];
+                    check_same_size(&seq.frames[f], image.dimensions(), ann, image_size(ann)?)?;
+                    Ok(prepare_input(&image, input.size, &input.normalization))
+                })
                 .collect::<Result<Vec<_>>>()?;
             features.extend(encoder.encode_batch(&inputs, input.size)?);
             done += end - start;
@@ -66,14 +73,21 @@ pub fn davis_one_shot(
                 Some(k) => format!("{}:{k}", seq.name),
             };
             let support_gt = dataset.ground_truth(si, 0, object)?;
-            let support_mask = resize_mask_nearest(&support_gt, input.size.height, input.size.width);
+            let support_mask =
+                resize_mask_nearest(&support_gt, input.size.height, input.size.width);
             if support_mask.count_nonzero() == 0 {
                 return Err(EdgeError::invalid(
                     &seq.annotations[0],
-                    format!("the first-frame mask of target {name} is empty at {}", input.size),
+                    format!(
+                        "the first-frame mask of target {name} is empty at {}",
+                        input.size
+                    ),
                 ));
             }
-            let protos = panet_prototypes(&[vec![SupportShot::from_foreground(features[0].clone(), support_mask)]])?;
+            let protos = panet_prototypes(&[vec![SupportShot::from_foreground(
+                features[0].clone(),
+                support_mask,
+            )]])?;
             for (f, query) in features.iter().enumerate().skip(1) {
                 let gt = dataset.ground_truth(si, f, object)?;
                 let pred = panet_predict(query, &protos, (gt.height, gt.width))?;
@@ -126,7 +140,11 @@ struct FeatureCache<'a> {
 impl FeatureCache<'_> {
     fn ensure(&mut self, dataset: &CocoMaskDataset, wanted: &[usize]) -> Result<()> {
         let missing: Vec<usize> = {
-            let mut m: Vec<usize> = wanted.iter().copied().filter(|i| !self.cache.contains_key(i)).collect();
+            let mut m: Vec<usize> = wanted
+                .iter()
+                .copied()
+                .filter(|i| !self.cache.contains_key(i))
+                .collect();
             m.sort_unstable();
             m.dedup();
             m
@@ -134,9 +152,18 @@ impl FeatureCache<'_> {
         for chunk in missing.chunks(self.encoder.batch_size().max(1)) {
             let inputs = chunk
                 .iter()
-                .map(|&i| Ok(prepare_input(&dataset.load_image(i)?, self.input.size, &self.input.normalization)))
+                .map(|&i| {
+                    Ok(prepare_input(
+                        &dataset.load_image(i)?,
+                        self.input.size,
+                        &self.input.normalization,
+                    ))
+                })
                 .collect::<Result<Vec<_>>>()?;
-            for (&i, f) in chunk.iter().zip(self.encoder.encode_batch(&inputs, self.input.size)?) {
+            for (&i, f) in chunk
+                .iter()
+                .zip(self.encoder.encode_batch(&inputs, self.input.size)?)
+            {
                 self.cache.insert(i, f);
             }
         }
@@ -186,7 +213,8 @@ pub fn coco_episodes(
                 by_fold.entry(e.fold).or_default().push(e);
             }
             for (fold, eps) in by_fold {
-                let classes: std::collections::BTreeSet<u8> = eps.iter().map(|e| e.class_index).collect();
+                let classes: std::collections::BTreeSet<u8> =
+                    eps.iter().map(|e| e.class_index).collect();
                 taking_part.insert(fold, classes.len());
                 plan.push(((fold, 0), eps));
             }
@@ -201,7 +229,11 @@ pub fn coco_episodes(
                     fold,
                 };
                 for run in 0..settings.runs {
-                    let set = crate::sampler::generate_episodes(dataset, &spec, settings.seed + run as u64)?;
+                    let set = crate::sampler::generate_episodes(
+                        dataset,
+                        &spec,
+                        settings.seed + run as u64,
+                    )?;
                     taking_part.insert(fold, set.taking_part.len());
                     plan.push(((fold, run), set.episodes));
                 }
@@ -243,7 +275,11 @@ pub fn coco_episodes(
 
 /// Fills a report from a COCO result: per fold mean and population std over runs, the mean
 /// over folds, FB-IoU averaged likewise, per-class IoU pooled over the runs.
-pub fn coco_report(mut base: EvalReport, dataset: &CocoMaskDataset, result: &CocoResult) -> Result<EvalReport> {
+pub fn coco_report(
+    mut base: EvalReport,
+    dataset: &CocoMaskDataset,
+    result: &CocoResult,
+) -> Result<EvalReport> {
     base.protocol = "coco".into();
     let mut per_fold = Vec::new();
     let mut fold_mious = Vec::new();
@@ -251,8 +287,12 @@ pub fn coco_report(mut base: EvalReport, dataset: &CocoMaskDataset, result: &Coc
     let mut per_class = BTreeMap::new();
     let folds: std::collections::BTreeSet<usize> = result.runs.keys().map(|(f, _)| *f).collect();
     for fold in folds {
-        let accs: Vec<&ClassIouAccumulator> =
-            result.runs.iter().filter(|((f, _), _)| *f == fold).map(|(_, a)| a).collect();
+        let accs: Vec<&ClassIouAccumulator> = result
+            .runs
+            .iter()
+            .filter(|((f, _), _)| *f == fold)
+            .map(|(_, a)| a)
+            .collect();
         let mious: Vec<f64> = accs.iter().filter_map(|a| a.miou_percent()).collect();
         let fbs: Vec<f64> = accs.iter().filter_map(|a| a.fb_iou_percent()).collect();
         let (m, s) = mean_and_population_std(&mious).unwrap_or((f64::NAN, 0.0));

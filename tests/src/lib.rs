@@ -1,1 +1,174 @@
-//! End-to-end tests live in tests/tests/.
+//! Small synthetic datasets in the real layouts, generated on the fly for tests (the repository
+//! ships no datasets). Objects are coloured, textured shapes on a textured background, so a
+//! pretrained backbone can tell them apart and training has something to learn.
+
+use image::{GrayImage, Luma, Rgb, RgbImage};
+use std::path::{Path, PathBuf};
+
+/// A temporary directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let p = std::env::temp_dir().join(format!("fss-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Deterministic hash noise in 0..1.
+fn noise(x: u32, y: u32, seed: u32) -> f32 {
+    let mut h =
+        x.wrapping_mul(374761393) ^ y.wrapping_mul(668265263) ^ seed.wrapping_mul(2246822519);
+    h = (h ^ (h >> 13)).wrapping_mul(1274126177);
+    (h >> 8) as f32 / (1u32 << 24) as f32
+}
+
+fn class_colour(class: u32) -> [f32; 3] {
+    let palette = [
+        [220.0, 40.0, 40.0],
+        [40.0, 200.0, 60.0],
+        [40.0, 60.0, 220.0],
+        [230.0, 200.0, 30.0],
+        [200.0, 40.0, 200.0],
+        [30.0, 200.0, 200.0],
+    ];
+    palette[class as usize % palette.len()]
+}
+
+/// Paints a scene: textured background, and one disk per `(class, cx, cy, r)`; returns the RGB
+/// image and the label map (value = class id given, 0 = background).
+pub fn scene(w: u32, h: u32, seed: u32, objects: &[(u8, f32, f32, f32)]) -> (RgbImage, GrayImage) {
+    let mut img = RgbImage::new(w, h);
+    let mut label = GrayImage::new(w, h);
+    for y in 0..h {
+        for x in 0..w {
+            let n = noise(x / 3, y / 3, seed);
+            let v = 90.0 + 60.0 * n + 30.0 * ((x as f32 / 7.0).sin());
+            let mut px = [v, v * 0.9, v * 0.8];
+            for &(class, cx, cy, r) in objects {
+                let (dx, dy) = (x as f32 - cx * w as f32, y as f32 - cy * h as f32);
+                if dx * dx + dy * dy <= (r * w as f32) * (r * w as f32) {
+                    let c = class_colour(class as u32);
+                    let stripe = if (x + y) % 6 < 3 { 1.0 } else { 0.7 };
+                    px = [c[0] * stripe, c[1] * stripe, c[2] * stripe];
+                    label.put_pixel(x, y, Luma([class]));
+                }
+            }
+            img.put_pixel(x, y, Rgb(px.map(|v| v.clamp(0.0, 255.0) as u8)));
+        }
+    }
+    (img, label)
+}
+
+/// The 80 COCO thing category ids, ascending.
+pub fn coco_thing_ids() -> Vec<u8> {
+    let gaps = [12u8, 26, 29, 30, 45, 66, 68, 69, 71, 83];
+    (1u8..=90).filter(|i| !gaps.contains(i)).collect()
+}
+
+/// A COCO128-layout dataset: `annotations/instances_train2017.json` (the 80 categories),
+/// `images/{train2017,val2017}/<id>.jpg` and `masks/<split>/<id>.png` with COCO ids as values.
+/// Images hold objects of a few classes: class indices 2, 3, 4 (base classes of fold 0 in the
+/// interleaved split) and 1 (a novel class of fold 0), each image two objects.
+pub fn write_coco_like(root: &Path, n_train: usize, n_val: usize, side: u32) {
+    let ids = coco_thing_ids();
+    let cats: Vec<String> = ids
+        .iter()
+        .map(|id| format!(r#"{{"supercategory": "x", "id": {id}, "name": "class{id}"}}"#))
+        .collect();
+    std::fs::create_dir_all(root.join("annotations")).unwrap();
+    std::fs::write(
+        root.join("annotations/instances_train2017.json"),
+        format!(
+            r#"{{"images": [], "annotations": [], "categories": [{}]}}"#,
+            cats.join(", ")
+        ),
+    )
+    .unwrap();
+    let classes = [ids[1], ids[2], ids[3], ids[0]];
+    let mut k = 0u32;
+    for (split, n) in [("train2017", n_train), ("val2017", n_val)] {
+        std::fs::create_dir_all(root.join(format!("images/{split}"))).unwrap();
+        std::fs::create_dir_all(root.join(format!("masks/{split}"))).unwrap();
+        for _ in 0..n {
+            let a = classes[(k % 4) as usize];
+            let b = classes[((k + 1) % 4) as usize];
+            let (img, label) = scene(
+                side,
+                side,
+                k,
+                &[
+                    (a, 0.3 + 0.05 * (k % 3) as f32, 0.35, 0.22),
+                    (b, 0.72, 0.7 - 0.05 * (k % 2) as f32, 0.2),
+                ],
+            );
+            let stem = format!("{:012}", 100 + k);
+            img.save(root.join(format!("images/{split}/{stem}.jpg")))
+                .unwrap();
+            label
+                .save(root.join(format!("masks/{split}/{stem}.png")))
+                .unwrap();
+            k += 1;
+        }
+    }
+}
+
+/// A DAVIS-2016-layout dataset with `sequences` sequences of `frames` frames of `w` x `h`: a
+/// disk moving across a textured background, masks 0/255.
+pub fn write_davis_like(root: &Path, sequences: usize, frames: usize, w: u32, h: u32) {
+    let mut names = Vec::new();
+    for s in 0..sequences {
+        let name = format!("seq{s}");
+        let jdir = root.join("JPEGImages/480p").join(&name);
+        let adir = root.join("Annotations/480p").join(&name);
+        std::fs::create_dir_all(&jdir).unwrap();
+        std::fs::create_dir_all(&adir).unwrap();
+        for f in 0..frames {
+            let t = f as f32 / frames.max(1) as f32;
+            let (img, label) = scene(
+                w,
+                h,
+                7 + s as u32,
+                &[(1 + s as u8, 0.3 + 0.4 * t, 0.5, 0.15)],
+            );
+            let mask = GrayImage::from_fn(w, h, |x, y| {
+                Luma([if label.get_pixel(x, y).0[0] > 0 {
+                    255
+                } else {
+                    0
+                }])
+            });
+            img.save(jdir.join(format!("{f:05}.jpg"))).unwrap();
+            mask.save(adir.join(format!("{f:05}.png"))).unwrap();
+        }
+        names.push(name);
+    }
+    std::fs::write(root.join("sequences.txt"), names.join("\n") + "\n").unwrap();
+}
+
+/// The workspace root (this crate sits in `tests/`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// `../shared/data` next to the workspace, if present.
+pub fn shared_data() -> Option<PathBuf> {
+    let p = workspace_root().parent()?.join("shared/data");
+    p.is_dir().then_some(p)
+}

@@ -1,0 +1,234 @@
+//! Command-line arguments of `host train` and `host eval`.
+
+use crate::backbone::BackboneKind;
+use clap::Args;
+use edge::preprocess::InputSize;
+use std::path::PathBuf;
+
+/// The few-shot methods of the project. Only those implemented are accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    Panet,
+}
+
+impl Method {
+    pub const KNOWN: &'static str = "panet";
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Panet => "panet",
+        }
+    }
+}
+
+impl std::str::FromStr for Method {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "panet" => Ok(Method::Panet),
+            "smcp" | "sgone" | "sg-one" | "dpnet" => Err(format!(
+                "method '{s}' is not implemented yet (implemented: {})",
+                Method::KNOWN
+            )),
+            _ => Err(format!("unknown method '{s}' (known: {})", Method::KNOWN)),
+        }
+    }
+}
+
+impl std::fmt::Display for Method {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// `cpu`, `cuda` or `cuda:N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceArg(pub tch::Device);
+
+impl std::str::FromStr for DeviceArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cpu" => Ok(DeviceArg(tch::Device::Cpu)),
+            "cuda" => Ok(DeviceArg(tch::Device::Cuda(0))),
+            _ => match s.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+                Some(n) => Ok(DeviceArg(tch::Device::Cuda(n))),
+                None => Err(format!("unknown device '{s}' (cpu, cuda or cuda:N)")),
+            },
+        }
+    }
+}
+
+impl DeviceArg {
+    /// The device, after checking that CUDA is there when asked for.
+    pub fn resolve(self) -> anyhow::Result<tch::Device> {
+        if let tch::Device::Cuda(n) = self.0 {
+            let count = tch::Cuda::device_count() as usize;
+            if count == 0 {
+                anyhow::bail!(
+                    "--device cuda: no CUDA device is visible to libtorch (see `host doctor`)"
+                );
+            }
+            if n >= count {
+                anyhow::bail!("--device cuda:{n}: only {count} CUDA device(s) are visible");
+            }
+        }
+        Ok(self.0)
+    }
+}
+
+fn parse_size(s: &str) -> Result<InputSize, String> {
+    s.parse::<InputSize>().map_err(|e| e.to_string())
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct TrainArgs {
+    /// Few-shot method.
+    #[arg(long, default_value = "panet")]
+    pub method: Method,
+    /// Backbone: efficientnet-lite0, mobilenetv2 or vgg16.
+    #[arg(long, default_value = "efficientnet-lite0")]
+    pub backbone: BackboneKind,
+    /// ImageNet weights of the backbone (default: weights/<backbone>.safetensors from set-up).
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// COCO128-layout dataset (images/, masks/, annotations/instances_train2017.json).
+    #[arg(long, default_value = "../shared/data/coco128")]
+    pub data: PathBuf,
+    /// Fold whose classes are held out (novel); training sees the other folds' classes only.
+    #[arg(long, default_value_t = 0)]
+    pub fold: usize,
+    /// Run directory: checkpoints, run.json, loss.csv, loss.png.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue the run in --out from its last checkpoint (same curve as an uninterrupted run).
+    #[arg(long)]
+    pub resume: bool,
+    #[arg(long, default_value_t = 1000)]
+    pub iterations: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 0.9)]
+    pub momentum: f64,
+    #[arg(long, default_value_t = 5e-4)]
+    pub weight_decay: f64,
+    /// Iterations at which the learning rate is multiplied by 0.1 (default: 1/3 and 2/3 of the run).
+    #[arg(long, value_delimiter = ',')]
+    pub lr_milestones: Option<Vec<usize>>,
+    /// Training input size, rows x columns.
+    #[arg(long, default_value = "320x320", value_parser = parse_size)]
+    pub size: InputSize,
+    #[arg(long, default_value_t = 1)]
+    pub shots: usize,
+    /// Minimum object size (pixels at original resolution) for an image to be used for a class.
+    #[arg(long, default_value_t = 2048)]
+    pub min_pixels: u64,
+    #[arg(long, default_value_t = 1234)]
+    pub seed: u64,
+    /// Turn off PANet's prototype alignment loss.
+    #[arg(long)]
+    pub no_align: bool,
+    /// Train BatchNorm statistics too (default: frozen, as episodes are batch 1).
+    #[arg(long)]
+    pub train_bn: bool,
+    #[arg(long, default_value_t = 100)]
+    pub checkpoint_every: usize,
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceArg,
+    /// Stop after this many iterations of this invocation without a final checkpoint, as a kill
+    /// would (for testing resume).
+    #[arg(long, hide = true)]
+    pub stop_after: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    Davis,
+    Coco,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct EvalArgs {
+    #[arg(long, value_enum)]
+    pub protocol: Protocol,
+    /// Dataset root (DAVIS layout for davis, COCO128 layout for coco).
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long, default_value = "panet")]
+    pub method: Method,
+    /// Backbone (ignored with --checkpoint, which records its own).
+    #[arg(long, default_value = "efficientnet-lite0")]
+    pub backbone: BackboneKind,
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+    /// A training run directory (or its run.json) to evaluate.
+    #[arg(long, conflicts_with = "no_train")]
+    pub checkpoint: Option<PathBuf>,
+    /// Evaluate the ImageNet backbone without few-shot training.
+    #[arg(long)]
+    pub no_train: bool,
+    /// Model input size, rows x columns.
+    #[arg(long, default_value = "320x576", value_parser = parse_size)]
+    pub size: InputSize,
+    #[arg(long, default_value_t = 1)]
+    pub shots: usize,
+    /// COCO: episodes per fold per run.
+    #[arg(long, default_value_t = 1000)]
+    pub episodes: usize,
+    /// COCO: runs (seeds seed..seed+runs-1).
+    #[arg(long, default_value_t = 1)]
+    pub runs: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// COCO: folds to evaluate (default all four; a checkpoint defaults to its own fold).
+    #[arg(long, value_delimiter = ',')]
+    pub folds: Option<Vec<usize>>,
+    /// COCO: write the sampled episodes as JSON Lines.
+    #[arg(long)]
+    pub write_episodes: Option<PathBuf>,
+    /// COCO: replay episodes from a JSON Lines file instead of sampling.
+    #[arg(long)]
+    pub episodes_file: Option<PathBuf>,
+    /// Print one JSON line (evaluation.md schema) on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// Encoder batch size.
+    #[arg(long, default_value_t = 4)]
+    pub batch: usize,
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceArg,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    /// A training run directory (or its run.json) to export; backbone and method come from it.
+    #[arg(long, conflicts_with = "no_train")]
+    pub checkpoint: Option<PathBuf>,
+    /// Export the ImageNet backbone without few-shot training.
+    #[arg(long)]
+    pub no_train: bool,
+    /// Backbone with --no-train (default efficientnet-lite0); with --checkpoint it must match
+    /// the run's.
+    #[arg(long)]
+    pub backbone: Option<BackboneKind>,
+    /// Backbone weights with --no-train (default: weights/<backbone>.safetensors from set-up).
+    #[arg(long, conflicts_with = "checkpoint")]
+    pub weights: Option<PathBuf>,
+    /// Method with --no-train (a checkpoint records its own).
+    #[arg(long, default_value = "panet")]
+    pub method: Method,
+    /// Bundle folder: encoder.onnx and bundle.json are written there (created if needed).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Default model input size recorded in the manifest, rows x columns; the tch vs tract
+    /// parity check runs at it. The graph itself accepts any size.
+    #[arg(long, default_value = "320x576", value_parser = parse_size)]
+    pub size: InputSize,
+    /// JSON Lines of `host eval --json` / `edge eval --json`; each report becomes a metric
+    /// check in the manifest (repeatable).
+    #[arg(long)]
+    pub checks_from: Vec<PathBuf>,
+    /// Who measured the --checks-from reports: "host eval" or "edge eval".
+    #[arg(long, default_value = "host eval")]
+    pub checks_measured_by: String,
+}

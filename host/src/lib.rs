@@ -1,0 +1,13 @@
+//! `host` library: everything the `host` binary and its integration tests share.
+
+pub mod backbone;
+pub mod cli;
+pub mod doctor;
+pub mod eval;
+pub mod export;
+pub mod imagenet_classes;
+pub mod npy;
+pub mod optim;
+pub mod panet;
+pub mod plot;
+pub mod train;

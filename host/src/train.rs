@@ -1,0 +1,480 @@
+//! `host train`: episodic few-shot training on the base classes of a fold, with checkpoints that
+//! resume the exact same curve (weights, optimizer momentum, the episode sampler's RNG).
+//!
+//! Run directory layout:
+//! - `run.json`: format version, host version, the full configuration, the iteration reached,
+//!   the checkpoint it belongs to, the sampler state and the loss history. It is written last
+//!   and atomically: it is the commit point of a checkpoint.
+//! - `checkpoints/iter-NNNNNNN/{model,optimizer}.safetensors`: weights (BatchNorm statistics
+//!   included) and momentum buffers. Older checkpoint folders are removed once a newer one is
+//!   committed.
+//! - `loss.csv`, `loss.png`: the curve so far.
+
+use crate::backbone::{default_weights_path, Backbone, BackboneKind, BackboneOptions};
+use crate::cli::{Method, TrainArgs};
+use crate::optim::Sgd;
+use crate::panet::{self, EpisodeTensors};
+use anyhow::{anyhow, bail, Context, Result};
+use edge::data::coco::{CocoMaskDataset, FoldSplit};
+use edge::preprocess::{normalize_chw, resize_mask_nearest, resize_rgb, InputSize, Normalization};
+use edge::sampler::{TrainingSampler, TrainingSpec};
+use edge::tensor::Mask;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tch::{nn::VarStore, Device, Kind, Tensor};
+
+pub const RUN_FORMAT: u32 = 1;
+pub const FEATURE_STRIDE: i64 = 16;
+
+/// Everything that defines a training run (recorded in run.json).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainConfig {
+    pub method: Method,
+    pub backbone: String,
+    pub init_weights: Option<String>,
+    pub data: String,
+    pub split: FoldSplit,
+    pub fold: usize,
+    pub iterations: usize,
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub lr_milestones: Vec<usize>,
+    pub size: [usize; 2],
+    pub shots: usize,
+    pub min_pixels: u64,
+    pub seed: u64,
+    pub align: bool,
+    pub train_bn: bool,
+    pub hflip: bool,
+    pub feature_stride: i64,
+    pub checkpoint_every: usize,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct LossPoint {
+    pub iteration: usize,
+    pub loss: f64,
+    pub query: f64,
+    pub align: f64,
+    pub lr: f64,
+}
+
+/// run.json.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub format: u32,
+    pub host_version: String,
+    pub config: TrainConfig,
+    /// Iterations completed by the committed checkpoint.
+    pub iteration: usize,
+    /// Checkpoint folder relative to the run directory.
+    pub checkpoint: String,
+    pub sampler: TrainingSampler,
+    pub history: Vec<LossPoint>,
+    pub device: String,
+    pub elapsed_s: f64,
+}
+
+impl RunRecord {
+    /// Reads `run.json` from a run directory (or the file itself).
+    pub fn read(path: &Path) -> Result<(RunRecord, PathBuf)> {
+        let file = if path.is_dir() {
+            path.join("run.json")
+        } else {
+            path.to_path_buf()
+        };
+        let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| anyhow!("{}: cannot read the run record: {e}", file.display()))?;
+        let record: RunRecord = serde_json::from_str(&text)
+            .map_err(|e| anyhow!("{}: not a valid run record: {e}", file.display()))?;
+        if record.format != RUN_FORMAT {
+            bail!(
+                "{}: run format {} is not supported (this host reads {RUN_FORMAT})",
+                file.display(),
+                record.format
+            );
+        }
+        Ok((record, dir))
+    }
+
+    pub fn model_path(&self, dir: &Path) -> PathBuf {
+        dir.join(&self.checkpoint).join("model.safetensors")
+    }
+
+    pub fn backbone_kind(&self) -> Result<BackboneKind> {
+        self.config
+            .backbone
+            .parse::<BackboneKind>()
+            .map_err(|e| anyhow!("run record: {e}"))
+    }
+}
+
+fn lr_at(cfg: &TrainConfig, iteration: usize) -> f64 {
+    let passed = cfg
+        .lr_milestones
+        .iter()
+        .filter(|&&m| iteration >= m)
+        .count();
+    cfg.lr * 0.1f64.powi(passed as i32)
+}
+
+/// Decoded training images resized to the training size, kept in memory (COCO128 is small).
+struct ImageCache {
+    size: InputSize,
+    images: HashMap<usize, image::RgbImage>,
+}
+
+impl ImageCache {
+    fn image(&mut self, dataset: &CocoMaskDataset, idx: usize) -> Result<&image::RgbImage> {
+        if !self.images.contains_key(&idx) {
+            let img = resize_rgb(&dataset.load_image(idx)?, self.size);
+            self.images.insert(idx, img);
+        }
+        Ok(&self.images[&idx])
+    }
+}
+
+fn flip_mask(m: &Mask) -> Mask {
+    let mut out = m.clone();
+    for row in out.data.chunks_mut(m.width) {
+        row.reverse();
+    }
+    out
+}
+
+fn mask_tensor(m: &Mask) -> Tensor {
+    let v: Vec<f32> = m.data.iter().map(|&x| (x != 0) as u8 as f32).collect();
+    Tensor::from_slice(&v).view([m.height as i64, m.width as i64])
+}
+
+/// Builds the tensors of one episode at the training size.
+fn episode_tensors(
+    dataset: &CocoMaskDataset,
+    cache: &mut ImageCache,
+    norm: &Normalization,
+    ep: &edge::sampler::TrainingEpisode,
+    device: Device,
+) -> Result<EpisodeTensors> {
+    let size = cache.size;
+    let (h, w) = (size.height as i64, size.width as i64);
+    let mut image_tensor = |idx: usize, flip: bool| -> Result<Tensor> {
+        let mut img = cache.image(dataset, idx)?.clone();
+        if flip {
+            image::imageops::flip_horizontal_in_place(&mut img);
+        }
+        Ok(Tensor::from_slice(&normalize_chw(&img, norm)).view([1, 3, h, w]))
+    };
+    let label = |idx: usize, flip: bool| -> Result<Mask> {
+        let m = resize_mask_nearest(
+            &dataset.class_mask(idx, ep.episode.class_index)?,
+            size.height,
+            size.width,
+        );
+        Ok(if flip { flip_mask(&m) } else { m })
+    };
+    let k = ep.episode.supports.len();
+    let mut imgs = Vec::with_capacity(k);
+    let mut fgs = Vec::with_capacity(k);
+    for (i, &s) in ep.episode.supports.iter().enumerate() {
+        imgs.push(image_tensor(s, ep.flips[i])?);
+        fgs.push(mask_tensor(&label(s, ep.flips[i])?));
+    }
+    let q = ep.episode.query;
+    let query = image_tensor(q, ep.flips[k])?;
+    let qlabel = mask_tensor(&label(q, ep.flips[k])?)
+        .to_kind(Kind::Int64)
+        .unsqueeze(0);
+    let support_fg = Tensor::stack(&fgs, 0);
+    Ok(EpisodeTensors {
+        supports: Tensor::cat(&imgs, 0).to_device(device),
+        support_bg: support_fg.ones_like().g_sub(&support_fg).to_device(device),
+        support_fg: support_fg.to_device(device),
+        query: query.to_device(device),
+        query_label: qlabel.to_device(device),
+    })
+}
+
+fn write_csv(history: &[LossPoint], path: &Path) -> Result<()> {
+    let mut s = String::from("iteration,loss,query_loss,align_loss,lr\n");
+    for p in history {
+        s.push_str(&format!(
+            "{},{:.6},{:.6},{:.6},{:e}\n",
+            p.iteration, p.loss, p.query, p.align, p.lr
+        ));
+    }
+    edge::fsutil::write_atomic(path, s.as_bytes())?;
+    Ok(())
+}
+
+/// Writes a checkpoint folder completely, then commits it by rewriting run.json atomically,
+/// then removes older checkpoint folders.
+fn save_checkpoint(dir: &Path, vs: &VarStore, opt: &Sgd, record: &RunRecord) -> Result<()> {
+    let ckpt = dir.join(&record.checkpoint);
+    let partial = dir.join(format!("{}.partial", record.checkpoint));
+    let _ = std::fs::remove_dir_all(&partial);
+    std::fs::create_dir_all(&partial)
+        .with_context(|| format!("{}: cannot create", partial.display()))?;
+    vs.save(partial.join("model.safetensors"))
+        .map_err(|e| anyhow!("{}: cannot write the model: {e}", partial.display()))?;
+    opt.save(&partial.join("optimizer.safetensors"))?;
+    let _ = std::fs::remove_dir_all(&ckpt);
+    std::fs::rename(&partial, &ckpt)
+        .with_context(|| format!("{}: cannot commit", ckpt.display()))?;
+    let json = serde_json::to_vec_pretty(record)?;
+    edge::fsutil::write_atomic(&dir.join("run.json"), &json)?;
+    // Older checkpoints are now unreferenced.
+    if let Ok(entries) = std::fs::read_dir(dir.join("checkpoints")) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p != ckpt {
+                let _ = std::fs::remove_dir_all(p);
+            }
+        }
+    }
+    write_csv(&record.history, &dir.join("loss.csv"))?;
+    let pts: Vec<(usize, f64)> = record
+        .history
+        .iter()
+        .map(|p| (p.iteration, p.loss))
+        .collect();
+    crate::plot::write_loss_png(&pts, &dir.join("loss.png"))?;
+    Ok(())
+}
+
+fn config_from_args(args: &TrainArgs, weights: &Option<PathBuf>) -> Result<TrainConfig> {
+    if args.iterations == 0 {
+        bail!("--iterations must be at least 1");
+    }
+    if args.shots == 0 {
+        bail!("--shots must be at least 1");
+    }
+    if args.checkpoint_every == 0 {
+        bail!("--checkpoint-every must be at least 1");
+    }
+    let milestones = args
+        .lr_milestones
+        .clone()
+        .unwrap_or_else(|| vec![args.iterations / 3, 2 * args.iterations / 3]);
+    Ok(TrainConfig {
+        method: args.method,
+        backbone: args.backbone.name().to_string(),
+        init_weights: weights.as_ref().map(|p| p.display().to_string()),
+        data: args.data.display().to_string(),
+        split: FoldSplit::Interleaved,
+        fold: args.fold,
+        iterations: args.iterations,
+        lr: args.lr,
+        momentum: args.momentum,
+        weight_decay: args.weight_decay,
+        lr_milestones: milestones.into_iter().filter(|&m| m > 0).collect(),
+        size: [args.size.height, args.size.width],
+        shots: args.shots,
+        min_pixels: args.min_pixels,
+        seed: args.seed,
+        align: !args.no_align,
+        train_bn: args.train_bn,
+        hflip: true,
+        feature_stride: FEATURE_STRIDE,
+        checkpoint_every: args.checkpoint_every,
+    })
+}
+
+/// The ImageNet weights to start from: `--weights`, else the set-up's file; VGG-16 without
+/// weights trains from scratch.
+pub fn initial_weights(kind: BackboneKind, given: &Option<PathBuf>) -> Result<Option<PathBuf>> {
+    if let Some(p) = given {
+        return Ok(Some(p.clone()));
+    }
+    if kind == BackboneKind::Vgg16Panet {
+        return Ok(None);
+    }
+    Ok(Some(default_weights_path(kind)))
+}
+
+pub fn run(args: &TrainArgs) -> Result<()> {
+    let device = args.device.resolve()?;
+    let dir = args.out.clone();
+    let existing = dir.join("run.json");
+    let (cfg, resume) = if args.resume {
+        let (mut rec, _) = RunRecord::read(&dir)?;
+        if args.iterations > rec.config.iterations {
+            rec.config.iterations = args.iterations;
+        }
+        (rec.config.clone(), Some(rec))
+    } else {
+        if existing.exists() {
+            bail!("{}: a run already exists there; pass --resume to continue it or choose another --out", dir.display());
+        }
+        let weights = initial_weights(args.backbone, &args.weights)?;
+        (config_from_args(args, &weights)?, None)
+    };
+    train(&cfg, &dir, device, resume, args.stop_after)
+}
+
+/// Trains (or continues) the run in `dir` with `cfg`.
+pub fn train(
+    cfg: &TrainConfig,
+    dir: &Path,
+    device: Device,
+    resume: Option<RunRecord>,
+    stop_after: Option<usize>,
+) -> Result<()> {
+    if cfg.method != Method::Panet {
+        bail!("method {} cannot be trained yet", cfg.method);
+    }
+    let kind: BackboneKind = cfg.backbone.parse().map_err(|e| anyhow!("{e}"))?;
+    let dataset = CocoMaskDataset::open(Path::new(&cfg.data))?;
+    let subset = dataset.indices_of_split("train2017");
+    if subset.is_empty() {
+        bail!("{}: no train2017 images with masks to train on", cfg.data);
+    }
+    tch::manual_seed(cfg.seed as i64);
+    let vs = VarStore::new(device);
+    let mut backbone = Backbone::new(
+        &vs.root(),
+        kind,
+        BackboneOptions {
+            with_classifier: false,
+            bn_frozen: !cfg.train_bn,
+        },
+    )?;
+    backbone.set_bn_frozen(!cfg.train_bn);
+    let mut opt;
+    let (mut record, start) = match resume {
+        Some(rec) => {
+            backbone.load_weights(&rec.model_path(dir))?;
+            opt = Sgd::new(&vs, cfg.lr, cfg.momentum, cfg.weight_decay);
+            opt.load(&dir.join(&rec.checkpoint).join("optimizer.safetensors"))?;
+            let start = rec.iteration;
+            eprintln!("resuming {} at iteration {start}", dir.display());
+            (
+                RunRecord {
+                    config: cfg.clone(),
+                    ..rec
+                },
+                start,
+            )
+        }
+        None => {
+            if let Some(w) = &cfg.init_weights {
+                backbone.load_weights(Path::new(w))?;
+            }
+            opt = Sgd::new(&vs, cfg.lr, cfg.momentum, cfg.weight_decay);
+            let spec = TrainingSpec {
+                split: cfg.split,
+                fold: cfg.fold,
+                shots: cfg.shots,
+                min_pixels: cfg.min_pixels,
+                hflip: cfg.hflip,
+            };
+            let sampler = TrainingSampler::new(&dataset, spec, &subset, cfg.seed)?;
+            eprintln!(
+                "training {} / {} on {} base classes of fold {} ({} train2017 images), {} iterations",
+                cfg.method,
+                kind,
+                sampler.classes().len(),
+                cfg.fold,
+                subset.len(),
+                cfg.iterations
+            );
+            let rec = RunRecord {
+                format: RUN_FORMAT,
+                host_version: env!("CARGO_PKG_VERSION").to_string(),
+                config: cfg.clone(),
+                iteration: 0,
+                checkpoint: String::new(),
+                sampler,
+                history: Vec::new(),
+                device: format!("{device:?}"),
+                elapsed_s: 0.0,
+            };
+            (rec, 0)
+        }
+    };
+    let norm = Normalization {
+        mean: kind.normalization().0,
+        std: kind.normalization().1,
+    };
+    let size = InputSize::new(cfg.size[0], cfg.size[1]);
+    let mut cache = ImageCache {
+        size,
+        images: HashMap::new(),
+    };
+    let started = Instant::now();
+    let elapsed_before = record.elapsed_s;
+    let end = match stop_after {
+        Some(n) => (start + n).min(cfg.iterations),
+        None => cfg.iterations,
+    };
+    let bar = indicatif::ProgressBar::new((end - start) as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed}<{eta}]")
+            .unwrap(),
+    );
+    for it in start..end {
+        let lr = lr_at(cfg, it);
+        opt.lr = lr;
+        let ep = record.sampler.next_episode();
+        let t = episode_tensors(&dataset, &mut cache, &norm, &ep, device)?;
+        let k = t.supports.size()[0];
+        let feats = backbone.forward_to(
+            &Tensor::cat(&[&t.supports, &t.query], 0),
+            cfg.feature_stride,
+            true,
+        )?;
+        let losses = panet::losses(
+            &feats.narrow(0, 0, k),
+            &feats.narrow(0, k, 1),
+            &t,
+            cfg.align,
+        );
+        if !losses.query.is_finite() || !losses.align.is_finite() {
+            bail!(
+                "the loss became {} at iteration {} (lr {lr}); lower --lr",
+                losses.query + losses.align,
+                it + 1
+            );
+        }
+        opt.zero_grad();
+        losses.total.backward();
+        opt.step();
+        let point = LossPoint {
+            iteration: it + 1,
+            loss: losses.query + losses.align,
+            query: losses.query,
+            align: losses.align,
+            lr,
+        };
+        record.history.push(point);
+        bar.inc(1);
+        bar.set_message(format!("loss {:.4}", point.loss));
+        // A stop from `--stop-after` behaves like a kill: nothing after the last checkpoint is kept.
+        if (it + 1) % cfg.checkpoint_every == 0 || it + 1 == cfg.iterations {
+            record.iteration = it + 1;
+            record.checkpoint = format!("checkpoints/iter-{:07}", it + 1);
+            record.elapsed_s = elapsed_before + started.elapsed().as_secs_f64();
+            save_checkpoint(dir, &vs, &opt, &record)?;
+        }
+    }
+    bar.finish_and_clear();
+    let n = record.history.len();
+    let head = mean_loss(&record.history[..n.min(50)]);
+    let tail = mean_loss(&record.history[n.saturating_sub(50)..]);
+    eprintln!(
+        "{}: {} iterations, mean loss first 50 {:.4} -> last 50 {:.4}; checkpoint {}",
+        dir.display(),
+        record.iteration,
+        head,
+        tail,
+        record.checkpoint
+    );
+    Ok(())
+}
+
+fn mean_loss(points: &[LossPoint]) -> f64 {
+    points.iter().map(|p| p.loss).sum::<f64>() / points.len().max(1) as f64
+}
