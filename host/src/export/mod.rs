@@ -1,0 +1,634 @@
+//! `host export`: writes a deployable bundle — `encoder.onnx` (the backbone up to its feature
+//! tap, BatchNorm folded, symbolic H and W) and `bundle.json` (the manifest of
+//! `edge::bundle`) — and checks the graph against tch before committing it (design.md
+//! decisions 2-3, "Bundle manifest").
+//!
+//! The parity check runs the tch backbone (`Backbone::forward_to`) and tract on the written file
+//! on the same seeded random input at the bundle's default size; the export fails when the max
+//! abs difference exceeds [`PARITY_TOLERANCE`]. PANet has no head graph: its cosine scoring runs
+//! in Rust on the edge (`edge::prototype`).
+//!
+//! ```no_run
+//! use host::backbone::{self, BackboneKind};
+//! # fn main() -> anyhow::Result<()> {
+//! let kind = BackboneKind::MobileNetV2;
+//! let bb = backbone::load(kind, &backbone::default_weights_path(kind), tch::Device::Cpu)?;
+//! let spec = host::export::export_encoder(&bb, 16, std::path::Path::new("/tmp/encoder.onnx"))?;
+//! let diff = host::export::parity(&bb, 16, std::path::Path::new("/tmp/encoder.onnx"), 64, 80, 0)?;
+//! assert!(diff.max_abs_diff < 1e-4, "{spec:?}");
+//! # Ok(()) }
+//! ```
+
+pub mod onnx;
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use anyhow::{anyhow, bail, Context, Result};
+use edge::bundle::{
+    sha256_file, Checks, Dim, FeatureSpec, GraphSpec, Graphs, InputSpec, Manifest, MetricCheck,
+    PrototypeSpec, Provenance, ResizeSpec, TensorSpec, BUNDLE_FORMAT, MANIFEST_FILE,
+};
+use edge::preprocess::InputSize;
+use edge::report::EvalReport;
+use prost::Message;
+use rand::{Rng, SeedableRng};
+use tch::{nn::VarStore, Device, Tensor};
+use tract_onnx::pb::ModelProto;
+
+use crate::backbone::{default_weights_path, Backbone, BackboneKind, BackboneOptions};
+use crate::cli::{ExportArgs, Method};
+use crate::train::RunRecord;
+
+/// File name of the encoder graph inside a bundle.
+pub const ENCODER_FILE: &str = "encoder.onnx";
+/// Name of the encoder's input (`[1, 3, "H", "W"]`, normalised RGB, NCHW).
+pub const INPUT_NAME: &str = "image";
+/// Name of the encoder's output (`[1, C, "h", "w"]`).
+pub const OUTPUT_NAME: &str = "features";
+/// The largest max abs difference tch vs tract an export accepts.
+pub const PARITY_TOLERANCE: f64 = 1e-4;
+/// Seed of the random input of the export-time parity check.
+pub const PARITY_SEED: u64 = 0x5eed_0e0e;
+/// Who measured a metric check, as `--checks-measured-by` accepts it.
+pub const MEASURED_BY: [&str; 2] = ["host eval", "edge eval"];
+
+/// The feature stride a bundle's encoder ends at: 16 when the backbone has that level, else
+/// its deepest one (VGG-16 PANet: 8).
+pub fn encoder_stride(kind: BackboneKind) -> i64 {
+    let strides = kind.feature_strides();
+    if strides.contains(&16) {
+        16
+    } else {
+        *strides.last().expect("a backbone has feature levels")
+    }
+}
+
+/// The encoder's input and output as the manifest records them.
+pub fn encoder_io(channels: usize) -> (Vec<TensorSpec>, Vec<TensorSpec>) {
+    let input = TensorSpec {
+        name: INPUT_NAME.into(),
+        shape: vec![
+            Dim::Fixed(1),
+            Dim::Fixed(3),
+            Dim::Symbol("H".into()),
+            Dim::Symbol("W".into()),
+        ],
+    };
+    let output = TensorSpec {
+        name: OUTPUT_NAME.into(),
+        shape: vec![
+            Dim::Fixed(1),
+            Dim::Fixed(channels),
+            Dim::Symbol("h".into()),
+            Dim::Symbol("w".into()),
+        ],
+    };
+    (vec![input], vec![output])
+}
+
+fn stride_channels(backbone: &Backbone, stride: i64) -> Result<usize> {
+    backbone
+        .feature_channels(stride)
+        .map(|c| c as usize)
+        .ok_or_else(|| {
+            let have: Vec<String> = backbone
+                .taps()
+                .iter()
+                .map(|t| t.stride.to_string())
+                .collect();
+            anyhow!(
+                "backbone {} has no feature level at stride {stride} (available: {})",
+                backbone.kind(),
+                have.join(", ")
+            )
+        })
+}
+
+/// The encoder graph: the trunk layers up to the tap at `stride` (`Backbone::layers_to`).
+pub fn encoder_model(backbone: &Backbone, stride: i64) -> Result<ModelProto> {
+    let channels = stride_channels(backbone, stride)?;
+    let layers = backbone.layers_to(stride)?;
+    let doc = format!(
+        "{} encoder: normalised RGB image -> stride-{stride} features",
+        backbone.kind()
+    );
+    onnx::layers_model(layers, 3, channels, INPUT_NAME, OUTPUT_NAME, &doc)
+}
+
+/// Encodes `model` and writes it atomically to `path`.
+pub fn write_model(model: &ModelProto, path: &Path) -> Result<()> {
+    edge::fsutil::write_atomic(path, &model.encode_to_vec())?;
+    Ok(())
+}
+
+/// Writes the encoder graph to `path` (atomically) and returns its manifest entry (file name,
+/// symbolic input/output shapes, sha256).
+pub fn export_encoder(backbone: &Backbone, stride: i64, path: &Path) -> Result<GraphSpec> {
+    let model = encoder_model(backbone, stride)?;
+    write_model(&model, path)?;
+    graph_spec(backbone, stride, path)
+}
+
+fn graph_spec(backbone: &Backbone, stride: i64, path: &Path) -> Result<GraphSpec> {
+    let (inputs, outputs) = encoder_io(stride_channels(backbone, stride)?);
+    let file = path
+        .file_name()
+        .ok_or_else(|| anyhow!("{}: not a file path", path.display()))?
+        .to_string_lossy()
+        .into_owned();
+    Ok(GraphSpec {
+        file,
+        inputs,
+        outputs,
+        sha256: sha256_file(path)?,
+    })
+}
+
+/// A seeded random input `[1, 3, h, w]`, uniform in [-2.5, 2.5) (the range of normalised
+/// images), row-major.
+pub fn seeded_input(h: usize, w: usize, seed: u64) -> Vec<f32> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    (0..3 * h * w)
+        .map(|_| rng.random_range(-2.5f32..2.5f32))
+        .collect()
+}
+
+/// tch: the backbone's feature level at `stride` for input `[1, 3, h, w]` (BatchNorm in eval
+/// mode): `(shape, values)`.
+pub fn tch_features(
+    backbone: &Backbone,
+    stride: i64,
+    input: &[f32],
+    h: usize,
+    w: usize,
+) -> Result<(Vec<usize>, Vec<f32>)> {
+    if input.len() != 3 * h * w {
+        bail!("input has {} values, not 3x{h}x{w}", input.len());
+    }
+    let x = Tensor::from_slice(input)
+        .view([1, 3, h as i64, w as i64])
+        .to_device(backbone.device());
+    let y = tch::no_grad(|| backbone.forward_to(&x, stride, false))?;
+    let shape = y.size().iter().map(|&d| d as usize).collect();
+    Ok((shape, onnx::tensor_f32(&y)?))
+}
+
+fn tract_output(
+    plan: &std::sync::Arc<tract_onnx::prelude::TypedSimplePlan>,
+    input: &[f32],
+    shape: &[usize],
+) -> Result<(Vec<usize>, Vec<f32>)> {
+    use tract_onnx::prelude::*;
+    let x = Tensor::from_shape(shape, input)?;
+    let out = plan.run(tvec!(x.into()))?;
+    let first = out
+        .first()
+        .ok_or_else(|| anyhow!("the graph produced no output"))?;
+    let view = first.to_plain_array_view::<f32>()?;
+    Ok((view.shape().to_vec(), view.iter().copied().collect()))
+}
+
+/// tract on an ONNX file with the input pinned to `shape` (`into_optimized`, the edge's fast
+/// path): `(output shape, values)` of the first output.
+pub fn tract_run(path: &Path, input: &[f32], shape: &[usize]) -> Result<(Vec<usize>, Vec<f32>)> {
+    use tract_onnx::prelude::*;
+    let plan = tract_onnx::onnx()
+        .model_for_path(path)
+        .with_context(|| format!("{}: tract cannot load it", path.display()))?
+        .with_input_fact(0, f32::fact(shape).into())?
+        .into_optimized()
+        .with_context(|| format!("{}: tract cannot optimize it", path.display()))?
+        .into_runnable()?;
+    tract_output(&plan, input, shape)
+}
+
+/// tract on an ONNX file with symbolic `H` and `W` (one optimized plan for every size), run at
+/// `[1, 3, h, w]`.
+pub fn tract_run_symbolic(
+    path: &Path,
+    input: &[f32],
+    h: usize,
+    w: usize,
+) -> Result<(Vec<usize>, Vec<f32>)> {
+    use tract_onnx::prelude::*;
+    let mut m = tract_onnx::onnx()
+        .model_for_path(path)
+        .with_context(|| format!("{}: tract cannot load it", path.display()))?;
+    let (sh, sw) = (m.sym("H"), m.sym("W"));
+    let fact = f32::fact([1.to_dim(), 3.to_dim(), TDim::from(sh), TDim::from(sw)]);
+    m = m.with_input_fact(0, fact.into())?;
+    let plan = m
+        .into_typed()?
+        .into_decluttered()?
+        .into_optimized()
+        .with_context(|| {
+            format!(
+                "{}: tract cannot optimize it with symbolic H, W",
+                path.display()
+            )
+        })?
+        .into_runnable()?;
+    tract_output(&plan, input, &[1, 3, h, w])
+}
+
+/// Max abs difference of two outputs (NaN if either has a NaN); errors on a shape mismatch.
+pub fn max_abs_diff(a: &(Vec<usize>, Vec<f32>), b: &(Vec<usize>, Vec<f32>)) -> Result<f64> {
+    if a.0 != b.0 || a.1.len() != b.1.len() {
+        bail!("output shapes differ: {:?} vs {:?}", a.0, b.0);
+    }
+    let mut m = 0f64;
+    for (x, y) in a.1.iter().zip(&b.1) {
+        let d = (*x as f64 - *y as f64).abs();
+        if d.is_nan() {
+            return Ok(f64::NAN);
+        }
+        m = m.max(d);
+    }
+    Ok(m)
+}
+
+/// The result of a parity check.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parity {
+    /// Max abs difference tch vs tract.
+    pub max_abs_diff: f64,
+    /// Largest |value| of the tch output (for scale).
+    pub max_abs_value: f64,
+    /// The output shape.
+    pub shape: Vec<usize>,
+}
+
+/// tch `forward_to(stride)` vs tract on the ONNX file at `path`, same seeded random input
+/// `[1, 3, h, w]`.
+pub fn parity(
+    backbone: &Backbone,
+    stride: i64,
+    path: &Path,
+    h: usize,
+    w: usize,
+    seed: u64,
+) -> Result<Parity> {
+    let input = seeded_input(h, w, seed);
+    let want = tch_features(backbone, stride, &input, h, w)?;
+    let got = tract_run(path, &input, &[1, 3, h, w])?;
+    let max_abs_diff = max_abs_diff(&want, &got)?;
+    let max_abs_value = want.1.iter().fold(0f64, |m, v| m.max(v.abs() as f64));
+    Ok(Parity {
+        max_abs_diff,
+        max_abs_value,
+        shape: want.0,
+    })
+}
+
+/// What a bundle is made of besides the backbone.
+#[derive(Debug, Clone)]
+pub struct BundleOptions {
+    pub method: Method,
+    /// Feature stride of the encoder output.
+    pub stride: i64,
+    /// Default input size recorded in the manifest; the parity check runs at it.
+    pub size: InputSize,
+    pub provenance: Provenance,
+    pub metrics: Vec<MetricCheck>,
+    pub parity_seed: u64,
+    /// The export fails when tch vs tract differ by more.
+    pub tolerance: f64,
+}
+
+impl BundleOptions {
+    pub fn new(method: Method, stride: i64, size: InputSize, provenance: Provenance) -> Self {
+        BundleOptions {
+            method,
+            stride,
+            size,
+            provenance,
+            metrics: Vec::new(),
+            parity_seed: PARITY_SEED,
+            tolerance: PARITY_TOLERANCE,
+        }
+    }
+}
+
+/// Writes the bundle into `out` (created if needed): `encoder.onnx`, checked against tch, then
+/// `bundle.json`. Both files are written atomically; the encoder replaces an older one only
+/// after its parity check passed, and the manifest is written last.
+pub fn export_bundle(backbone: &Backbone, opts: &BundleOptions, out: &Path) -> Result<Manifest> {
+    if out.exists() && !out.is_dir() {
+        bail!("{}: is a file, not a bundle folder", out.display());
+    }
+    if opts.method != Method::Panet {
+        bail!("method {} cannot be exported yet", opts.method);
+    }
+    std::fs::create_dir_all(out).map_err(|e| anyhow!("{}: cannot create: {e}", out.display()))?;
+    let channels = stride_channels(backbone, opts.stride)?;
+    let model = encoder_model(backbone, opts.stride)?;
+    let path = out.join(ENCODER_FILE);
+    let tmp = out.join(format!(".{ENCODER_FILE}.tmp-{}", std::process::id()));
+    let checked = (|| -> Result<Parity> {
+        std::fs::write(&tmp, model.encode_to_vec())
+            .map_err(|e| anyhow!("{}: cannot write: {e}", tmp.display()))?;
+        let (h, w) = (opts.size.height, opts.size.width);
+        let p = parity(backbone, opts.stride, &tmp, h, w, opts.parity_seed)
+            .with_context(|| format!("parity check of {}", path.display()))?;
+        if p.max_abs_diff.is_nan() || p.max_abs_diff > opts.tolerance {
+            bail!(
+                "{}: parity check failed: tch vs tract max abs diff {:e} > {:e} at {h}x{w}",
+                path.display(),
+                p.max_abs_diff,
+                opts.tolerance
+            );
+        }
+        std::fs::rename(&tmp, &path)
+            .map_err(|e| anyhow!("{}: cannot write: {e}", path.display()))?;
+        Ok(p)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    let parity = checked?;
+    let (mean, std) = backbone.normalization();
+    let encoder = graph_spec(backbone, opts.stride, &path)?;
+    let manifest = Manifest {
+        format: BUNDLE_FORMAT,
+        method: opts.method.name().into(),
+        backbone: backbone.kind().name().into(),
+        input: InputSpec {
+            height: opts.size.height,
+            width: opts.size.width,
+            mean,
+            std,
+            channel_order: "rgb".into(),
+            layout: "nchw".into(),
+        },
+        feature: FeatureSpec {
+            stride: opts.stride as usize,
+            channels,
+        },
+        graphs: Graphs {
+            encoder,
+            head: None,
+        },
+        precision: "fp32".into(),
+        quantization: None,
+        resize: ResizeSpec {
+            mode: "stretch".into(),
+            interpolation: "bilinear".into(),
+        },
+        prototype: PrototypeSpec {
+            kind: "panet".into(),
+            eps: crate::panet::MAP_EPS as f32,
+            scale: crate::panet::SCALE as f32,
+        },
+        threshold: None,
+        provenance: opts.provenance.clone(),
+        checks: Checks {
+            parity_max_abs_diff: Some(parity.max_abs_diff),
+            metrics: opts.metrics.clone(),
+        },
+    };
+    manifest.write(out)?;
+    Ok(manifest)
+}
+
+/// Reads metric checks from a JSON Lines file of `host eval --json` / `edge eval --json`
+/// reports (blank lines skipped). Each report must be of `method`, `backbone` and fp32.
+pub fn read_metric_checks(
+    path: &Path,
+    measured_by: &str,
+    method: Method,
+    backbone: BackboneKind,
+) -> Result<Vec<MetricCheck>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow!("--checks-from {}: cannot read it: {e}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = format!("--checks-from {}:{}", path.display(), i + 1);
+        let r: EvalReport = serde_json::from_str(line)
+            .map_err(|e| anyhow!("{at}: not an eval report (host/edge eval --json): {e}"))?;
+        let kind: BackboneKind = r.backbone.parse().map_err(|e| anyhow!("{at}: {e}"))?;
+        if kind != backbone {
+            bail!(
+                "{at}: report is for backbone {}, the bundle is {backbone}",
+                r.backbone
+            );
+        }
+        if !r.method.eq_ignore_ascii_case(method.name()) {
+            bail!(
+                "{at}: report is for method {}, the bundle is {method}",
+                r.method
+            );
+        }
+        if r.precision != "fp32" {
+            bail!(
+                "{at}: report is for precision {}, the bundle is fp32",
+                r.precision
+            );
+        }
+        out.push(MetricCheck {
+            protocol: r.protocol,
+            data: r.data,
+            size: r.size,
+            j_mean: r.j_mean,
+            miou: r.miou,
+            fb_iou: r.fb_iou,
+            measured_by: measured_by.to_string(),
+        });
+    }
+    if out.is_empty() {
+        bail!("--checks-from {}: no report in it", path.display());
+    }
+    Ok(out)
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` (UTC) of a system time; times before 1970 print as the epoch.
+pub fn utc_timestamp(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + (month <= 2) as i64;
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// `path` made absolute when it exists (for provenance), else as given.
+fn absolute(path: &Path) -> String {
+    std::fs::canonicalize(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
+}
+
+/// What `host export` resolved from its arguments.
+struct Source {
+    kind: BackboneKind,
+    weights: PathBuf,
+    method: Method,
+    stride: i64,
+    provenance: Provenance,
+}
+
+fn resolve_source(args: &ExportArgs) -> Result<Source> {
+    let host_version = env!("CARGO_PKG_VERSION").to_string();
+    let created = utc_timestamp(SystemTime::now());
+    match &args.checkpoint {
+        Some(ckpt) => {
+            if !ckpt.exists() {
+                bail!(
+                    "--checkpoint {}: no such run directory or run.json",
+                    ckpt.display()
+                );
+            }
+            let (rec, dir) = RunRecord::read(ckpt)?;
+            let kind = rec.backbone_kind()?;
+            if let Some(b) = args.backbone {
+                if b != kind {
+                    bail!(
+                        "--backbone {b} contradicts the checkpoint, which is a {kind} run ({})",
+                        ckpt.display()
+                    );
+                }
+            }
+            let weights = rec.model_path(&dir);
+            if !weights.is_file() {
+                bail!(
+                    "{}: the checkpoint weights named by run.json are missing",
+                    weights.display()
+                );
+            }
+            let stride = rec.config.feature_stride;
+            let run_json = if ckpt.is_dir() {
+                ckpt.join("run.json")
+            } else {
+                ckpt.clone()
+            };
+            Ok(Source {
+                kind,
+                weights,
+                method: rec.config.method,
+                stride,
+                provenance: Provenance {
+                    data: rec.config.data.clone(),
+                    fold: Some(rec.config.fold),
+                    iterations: rec.iteration,
+                    seed: Some(rec.config.seed),
+                    host_version,
+                    source: absolute(&run_json),
+                    created,
+                },
+            })
+        }
+        None => {
+            if !args.no_train {
+                bail!("give --checkpoint RUN_DIR to export a trained model, or --no-train for the ImageNet backbone");
+            }
+            let kind = args.backbone.unwrap_or(BackboneKind::EfficientNetLite0);
+            let weights = match &args.weights {
+                Some(w) => w.clone(),
+                None if kind == BackboneKind::Vgg16Panet => bail!(
+                    "backbone vgg16 has no ImageNet weights in this project: give --weights PATH \
+                     (a converted torchvision file) or export a trained --checkpoint"
+                ),
+                None => default_weights_path(kind),
+            };
+            Ok(Source {
+                kind,
+                weights: weights.clone(),
+                method: args.method,
+                stride: encoder_stride(kind),
+                provenance: Provenance {
+                    data: "imagenet".into(),
+                    fold: None,
+                    iterations: 0,
+                    seed: None,
+                    host_version,
+                    source: absolute(&weights),
+                    created,
+                },
+            })
+        }
+    }
+}
+
+/// `host export`.
+pub fn run(args: &ExportArgs) -> Result<()> {
+    if args.out.exists() && !args.out.is_dir() {
+        bail!(
+            "--out {}: is a file, not a bundle folder",
+            args.out.display()
+        );
+    }
+    let measured_by = args.checks_measured_by.trim();
+    if !MEASURED_BY.contains(&measured_by) {
+        bail!(
+            "--checks-measured-by '{measured_by}': expected one of {}",
+            MEASURED_BY.map(|m| format!("'{m}'")).join(", ")
+        );
+    }
+    let src = resolve_source(args)?;
+    if src.method != Method::Panet {
+        bail!("method {} cannot be exported yet", src.method);
+    }
+    let mut metrics = Vec::new();
+    for f in &args.checks_from {
+        metrics.extend(read_metric_checks(f, measured_by, src.method, src.kind)?);
+    }
+    let vs = VarStore::new(Device::Cpu);
+    let backbone = Backbone::new(&vs.root(), src.kind, BackboneOptions::default())?;
+    backbone.load_weights(&src.weights)?;
+    let mut opts = BundleOptions::new(src.method, src.stride, args.size, src.provenance);
+    opts.metrics = metrics;
+    let manifest = export_bundle(&backbone, &opts, &args.out)?;
+    let bytes = std::fs::metadata(args.out.join(ENCODER_FILE))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    println!(
+        "wrote {} ({} {} stride {}, {ENCODER_FILE} {:.1} MB, parity tch vs tract max abs diff {:.2e} at {}) and {MANIFEST_FILE}",
+        args.out.display(),
+        manifest.method,
+        manifest.backbone,
+        manifest.feature.stride,
+        bytes as f64 / 1e6,
+        manifest.checks.parity_max_abs_diff.unwrap_or(f64::NAN),
+        args.size,
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn timestamps_are_utc_rfc3339() {
+        let at = |s: u64| utc_timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(s));
+        assert_eq!(at(0), "1970-01-01T00:00:00Z");
+        assert_eq!(at(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(at(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(at(4_102_444_799), "2099-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn vgg_exports_its_deepest_level() {
+        assert_eq!(encoder_stride(BackboneKind::Vgg16Panet), 8);
+        assert_eq!(encoder_stride(BackboneKind::MobileNetV2), 16);
+        assert_eq!(encoder_stride(BackboneKind::EfficientNetLite0), 16);
+    }
+}
