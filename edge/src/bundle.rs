@@ -165,23 +165,34 @@ impl Manifest {
             .map_err(|e| EdgeError::invalid(&path, format!("not valid JSON: {e}")))?;
         match value.get("format").and_then(|f| f.as_u64()) {
             Some(f) if f == BUNDLE_FORMAT as u64 => {}
-            Some(f) => {
+            Some(f) => return Err(EdgeError::invalid(
+                &path,
+                format!(
+                    "bundle format {f} is not supported (this edge reads format {BUNDLE_FORMAT})"
+                ),
+            )),
+            None => {
                 return Err(EdgeError::invalid(
                     &path,
-                    format!("bundle format {f} is not supported (this edge reads format {BUNDLE_FORMAT})"),
+                    "no \"format\" field: not a bundle manifest",
                 ))
             }
-            None => return Err(EdgeError::invalid(&path, "no \"format\" field: not a bundle manifest")),
         }
         let m: Manifest = serde_json::from_value(value)
             .map_err(|e| EdgeError::invalid(&path, format!("invalid manifest: {e}")))?;
         if m.precision != "fp32" && m.precision != "int8" {
-            return Err(EdgeError::invalid(&path, format!("unknown precision '{}' (fp32 or int8)", m.precision)));
+            return Err(EdgeError::invalid(
+                &path,
+                format!("unknown precision '{}' (fp32 or int8)", m.precision),
+            ));
         }
         for g in std::iter::once(&m.graphs.encoder).chain(m.graphs.head.iter()) {
             let f = dir.join(&g.file);
             if !f.is_file() {
-                return Err(EdgeError::invalid(&f, "graph file named in bundle.json is missing"));
+                return Err(EdgeError::invalid(
+                    &f,
+                    "graph file named in bundle.json is missing",
+                ));
             }
         }
         Ok(m)
@@ -192,7 +203,8 @@ impl Manifest {
     }
 
     pub fn write(&self, dir: &Path) -> Result<()> {
-        let json = serde_json::to_vec_pretty(self).map_err(|e| EdgeError::input(format!("manifest: {e}")))?;
+        let json = serde_json::to_vec_pretty(self)
+            .map_err(|e| EdgeError::input(format!("manifest: {e}")))?;
         crate::fsutil::write_atomic(&dir.join(MANIFEST_FILE), &json)
     }
 }

@@ -45,7 +45,11 @@ impl std::str::FromStr for InputSize {
     type Err = EdgeError;
     /// Parses `HxW` (rows x columns), e.g. `320x576`.
     fn from_str(s: &str) -> Result<Self> {
-        let bad = || EdgeError::input(format!("size '{s}' is not HxW (rows x columns, e.g. 320x576)"));
+        let bad = || {
+            EdgeError::input(format!(
+                "size '{s}' is not HxW (rows x columns, e.g. 320x576)"
+            ))
+        };
         let (h, w) = s.split_once(['x', 'X']).ok_or_else(bad)?;
         let h: usize = h.trim().parse().map_err(|_| bad())?;
         let w: usize = w.trim().parse().map_err(|_| bad())?;
@@ -104,11 +108,14 @@ pub fn resize_mask_nearest(mask: &Mask, height: usize, width: usize) -> Mask {
         return mask.clone();
     }
     let src_x: Vec<usize> = (0..width)
-        .map(|x| (((x as f64 + 0.5) * mask.width as f64 / width as f64) as usize).min(mask.width - 1))
+        .map(|x| {
+            (((x as f64 + 0.5) * mask.width as f64 / width as f64) as usize).min(mask.width - 1)
+        })
         .collect();
     let mut data = Vec::with_capacity(height * width);
     for y in 0..height {
-        let sy = (((y as f64 + 0.5) * mask.height as f64 / height as f64) as usize).min(mask.height - 1);
+        let sy =
+            (((y as f64 + 0.5) * mask.height as f64 / height as f64) as usize).min(mask.height - 1);
         let row = &mask.data[sy * mask.width..(sy + 1) * mask.width];
         data.extend(src_x.iter().map(|&sx| row[sx]));
     }
@@ -205,6 +212,9 @@ mod tests {
     fn nearest_mask_uses_pixel_centres() {
         let m = Mask::new(1, 4, vec![1, 2, 3, 4]).unwrap();
         assert_eq!(resize_mask_nearest(&m, 1, 2).data, vec![2, 4]);
-        assert_eq!(resize_mask_nearest(&m, 1, 8).data, vec![1, 1, 2, 2, 3, 3, 4, 4]);
+        assert_eq!(
+            resize_mask_nearest(&m, 1, 8).data,
+            vec![1, 1, 2, 2, 3, 3, 4, 4]
+        );
     }
 }

@@ -139,7 +139,9 @@ impl Prototypes {
 /// An empty foreground mask is an error (its prototype would be a silent zero vector).
 pub fn panet_prototypes(ways: &[Vec<SupportShot>]) -> Result<Prototypes> {
     if ways.is_empty() || ways.iter().any(|w| w.is_empty()) {
-        return Err(EdgeError::input("every target needs at least one support shot"));
+        return Err(EdgeError::input(
+            "every target needs at least one support shot",
+        ));
     }
     let dim = ways[0][0].features.channels;
     let mut background = vec![0.0f64; dim];
@@ -160,7 +162,10 @@ pub fn panet_prototypes(ways: &[Vec<SupportShot>]) -> Result<Prototypes> {
                     shot.foreground.height, shot.foreground.width
                 )));
             }
-            for (acc, v) in fg.iter_mut().zip(masked_average_pool(&shot.features, &shot.foreground)) {
+            for (acc, v) in fg
+                .iter_mut()
+                .zip(masked_average_pool(&shot.features, &shot.foreground))
+            {
                 *acc += v as f64;
             }
             for (acc, v) in background
@@ -258,7 +263,11 @@ pub fn logits_to_labels(logits: &FeatureMap, height: usize, width: usize) -> Mas
 
 /// The canonical PANet prediction for one query: cosine x20 logits at feature resolution, then
 /// upsampled to `label_size` and argmaxed. 0 = background, i = i-th target.
-pub fn panet_predict(query: &FeatureMap, prototypes: &Prototypes, label_size: (usize, usize)) -> Result<Mask> {
+pub fn panet_predict(
+    query: &FeatureMap,
+    prototypes: &Prototypes,
+    label_size: (usize, usize),
+) -> Result<Mask> {
     let logits = cosine_logits(query, &prototypes.ordered(), PANET_SCALE)?;
     Ok(logits_to_labels(&logits, label_size.0, label_size.1))
 }
@@ -280,7 +289,9 @@ mod tests {
     #[test]
     fn pooling_at_feature_resolution_equals_literal_definition() {
         let f = FeatureMap::new(3, 5, 7, pseudo_random(105, 1)).unwrap();
-        let mask_data: Vec<u8> = (0..80 * 112).map(|i| ((i * 7 + i / 112 * 3) % 5 == 0) as u8).collect();
+        let mask_data: Vec<u8> = (0..80 * 112)
+            .map(|i| ((i * 7 + i / 112 * 3) % 5 == 0) as u8)
+            .collect();
         let mask = Mask::new(80, 112, mask_data).unwrap();
         let fast = masked_average_pool(&f, &mask);
         let literal = masked_average_pool_literal(&f, &mask);
