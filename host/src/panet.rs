@@ -84,6 +84,7 @@ pub fn losses(
     let up = logits.upsample_bilinear2d([h, w], false, None, None);
     let query_loss =
         up.cross_entropy_loss::<Tensor>(&ep.query_label, None, Reduction::Mean, IGNORE, 0.0);
+    // Not `+=`: tch's AddAssign adds in place, which would alter `query_loss` itself.
     let mut total = query_loss.shallow_clone();
     let mut align_value = 0.0;
     if align {
@@ -121,7 +122,7 @@ pub fn losses(
             }
             let align_loss = acc / k as f64;
             align_value = align_loss.double_value(&[]);
-            total += align_loss;
+            total = total.g_add(&align_loss);
         }
     }
     Losses {
