@@ -165,12 +165,14 @@ impl Manifest {
             .map_err(|e| EdgeError::invalid(&path, format!("not valid JSON: {e}")))?;
         match value.get("format").and_then(|f| f.as_u64()) {
             Some(f) if f == BUNDLE_FORMAT as u64 => {}
-            Some(f) => return Err(EdgeError::invalid(
-                &path,
-                format!(
+            Some(f) => {
+                return Err(EdgeError::invalid(
+                    &path,
+                    format!(
                     "bundle format {f} is not supported (this edge reads format {BUNDLE_FORMAT})"
                 ),
-            )),
+                ))
+            }
             None => {
                 return Err(EdgeError::invalid(
                     &path,

@@ -12,6 +12,8 @@ use crate::report::{ClassEntry, EvalReport, FoldEntry};
 use crate::sampler::{Episode, EpisodeRecord};
 use crate::tensor::FeatureMap;
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::Instant;
 
 /// Anything that turns preprocessed images (CHW f32 at `size`) into feature maps.
 pub trait FeatureEncoder {
@@ -326,4 +328,119 @@ pub fn coco_report(
     base.per_fold = Some(per_fold);
     base.per_class = Some(per_class);
     Ok(base)
+}
+
+/// The protocols of evaluation.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Protocol {
+    Davis,
+    Coco,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Davis => "davis",
+            Protocol::Coco => "coco",
+        }
+    }
+}
+
+/// One evaluation as `host eval` and `edge eval` ask for it.
+#[derive(Debug, Clone)]
+pub struct ProtocolRequest {
+    pub protocol: Protocol,
+    pub data: PathBuf,
+    pub shots: usize,
+    /// COCO: episodes per fold per run.
+    pub episodes: usize,
+    /// COCO: runs (seeds `seed..seed + runs`).
+    pub runs: usize,
+    pub seed: u64,
+    /// COCO: folds; `None` = the model's training fold if it has one, else all four.
+    pub folds: Option<Vec<usize>>,
+    /// The fold the model was trained for (its novel classes are the ones to test).
+    pub trained_fold: Option<usize>,
+    pub write_episodes: Option<PathBuf>,
+    pub episodes_file: Option<PathBuf>,
+}
+
+/// Runs a protocol end to end and fills `base` (identification fields set by the caller) with
+/// the metrics and the elapsed time.
+pub fn run_protocol(
+    encoder: &mut dyn FeatureEncoder,
+    input: ScoringInput,
+    request: &ProtocolRequest,
+    mut base: EvalReport,
+    progress: Progress,
+) -> Result<EvalReport> {
+    if request.shots == 0 {
+        return Err(EdgeError::input("--shots must be at least 1"));
+    }
+    let started = Instant::now();
+    base.seed = request.seed;
+    let mut report = match request.protocol {
+        Protocol::Davis => {
+            if request.shots != 1 {
+                return Err(EdgeError::input(
+                    "the DAVIS protocol is one-shot (frame 0); --shots must be 1",
+                ));
+            }
+            let dataset = DavisDataset::open(&request.data)?;
+            let acc = davis_one_shot(encoder, &dataset, input, progress)?;
+            davis_report(base, &acc)
+        }
+        Protocol::Coco => {
+            let dataset = CocoMaskDataset::open(&request.data)?;
+            let folds = match (&request.folds, request.trained_fold) {
+                (Some(f), _) => f.clone(),
+                (None, Some(f)) => vec![f],
+                (None, None) => vec![0, 1, 2, 3],
+            };
+            for &f in &folds {
+                crate::data::coco::check_fold(f)?;
+            }
+            let settings = CocoEpisodes {
+                shots: request.shots,
+                episodes: request.episodes,
+                runs: request.runs,
+                seed: request.seed,
+                folds: folds.clone(),
+                min_pixels: crate::data::coco::DEFAULT_MIN_PIXELS,
+                split: FoldSplit::Interleaved,
+            };
+            let replay = match &request.episodes_file {
+                Some(p) => Some(crate::sampler::read_jsonl(p)?),
+                None => None,
+            };
+            let result = coco_episodes(
+                encoder,
+                &dataset,
+                input,
+                &settings,
+                replay.as_deref(),
+                progress,
+            )?;
+            if let Some(p) = &request.write_episodes {
+                crate::sampler::write_jsonl(p, &result.episodes)?;
+            }
+            base.folds = Some(folds);
+            base.episodes = Some(request.episodes);
+            base.runs = request.runs;
+            coco_report(base, &dataset, &result)?
+        }
+    };
+    report.timing.elapsed_s = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// The stderr progress bar of the evaluation commands.
+pub fn progress_bar(label: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(0);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(&format!(
+        "{label} {{bar:30}} {{pos}}/{{len}} [{{elapsed}}<{{eta}}]"
+    )) {
+        bar.set_style(style);
+    }
+    bar
 }

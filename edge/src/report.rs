@@ -106,6 +106,35 @@ impl EvalReport {
         serde_json::to_string(self).expect("EvalReport serializes")
     }
 
+    /// A short human-readable summary (what the evaluation commands print without `--json`).
+    pub fn human_summary(&self) -> String {
+        let fmt = |v: Option<f64>| v.map(|x| format!("{x:.1}")).unwrap_or_else(|| "-".into());
+        let mut out = format!(
+            "{} {} {} {} {}x{} {}-shot: J-mean {} FB-IoU {} mIoU {} ({:.1}s)",
+            self.protocol,
+            self.method,
+            self.backbone,
+            self.precision,
+            self.size[0],
+            self.size[1],
+            self.shots,
+            fmt(self.j_mean),
+            fmt(self.fb_iou),
+            fmt(self.miou),
+            self.timing.elapsed_s
+        );
+        for (name, j) in self.per_sequence.iter().flatten() {
+            out.push_str(&format!("\n  {name:<24} J {j:.1}"));
+        }
+        for f in self.per_fold.iter().flatten() {
+            out.push_str(&format!(
+                "\n  fold {} mIoU {:.1} ± {:.1} ({} classes)",
+                f.fold, f.miou, f.miou_std, f.classes
+            ));
+        }
+        out
+    }
+
     /// The report as a JSON value without `timing`, for result comparisons.
     pub fn comparable_json(&self) -> serde_json::Value {
         let mut v = serde_json::to_value(self).expect("EvalReport serializes");

@@ -141,11 +141,7 @@ pub struct TrainArgs {
     pub stop_after: Option<usize>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Protocol {
-    Davis,
-    Coco,
-}
+pub use edge::eval::Protocol;
 
 #[derive(Debug, Clone, Args)]
 pub struct EvalArgs {

@@ -1,6 +1,6 @@
 //! The `host` binary end to end: linking, doctor, bad inputs, training, resume, evaluation.
 
-use fss_tests::{write_coco_like, write_davis_like, TempDir};
+use fss_tests::{assert_clean_error, write_coco_like, write_davis_like, TempDir};
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -9,30 +9,6 @@ fn host(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("host runs")
-}
-
-/// A failed run: non-zero exit, no panic, and a first stderr line that says what is wrong.
-fn assert_clean_error(out: &Output, needles: &[&str]) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "expected failure, got success; stderr: {stderr}"
-    );
-    assert!(
-        !stderr.contains("panicked"),
-        "panic instead of an error: {stderr}"
-    );
-    let first = stderr.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
-    assert!(
-        first.starts_with("error:"),
-        "first line is not an error line: {stderr}"
-    );
-    for n in needles {
-        assert!(
-            first.contains(n),
-            "'{n}' missing from the error line: {first}"
-        );
-    }
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use edge::bundle::{sha256_file, Dim, Manifest};
-use fss_tests::{write_coco_like, TempDir};
+use fss_tests::{assert_clean_error, write_coco_like, TempDir};
 use host::backbone::layers::{
     Activation, BatchNorm2d, Conv2d, Conv2dConfig, ConvBnAct, Layer, Padding, Scope,
 };
@@ -312,29 +312,6 @@ fn host(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("host runs")
-}
-
-fn assert_clean_error(out: &Output, needles: &[&str]) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !out.status.success(),
-        "expected failure, got success; stderr: {stderr}"
-    );
-    assert!(
-        !stderr.contains("panicked"),
-        "panic instead of an error: {stderr}"
-    );
-    let first = stderr.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
-    assert!(
-        first.starts_with("error:"),
-        "first line is not an error line: {stderr}"
-    );
-    for n in needles {
-        assert!(
-            first.contains(n),
-            "'{n}' missing from the error line: {first}"
-        );
-    }
 }
 
 fn assert_bundle(dir: &Path, backbone: &str, channels: usize) -> Manifest {

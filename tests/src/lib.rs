@@ -172,3 +172,28 @@ pub fn shared_data() -> Option<PathBuf> {
     let p = workspace_root().parent()?.join("shared/data");
     p.is_dir().then_some(p)
 }
+
+/// A failed run of one of the project's binaries: non-zero exit, no panic, and a first stderr
+/// line `error: ...` that contains every needle.
+pub fn assert_clean_error(out: &std::process::Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr: {stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked"),
+        "panic instead of an error: {stderr}"
+    );
+    let first = stderr.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    assert!(
+        first.starts_with("error:"),
+        "first line is not an error line: {stderr}"
+    );
+    for n in needles {
+        assert!(
+            first.contains(n),
+            "'{n}' missing from the error line: {first}"
+        );
+    }
+}

@@ -11,7 +11,11 @@ fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(|d| d.parent()).unwrap();
     let p = dir.join(name);
-    assert!(p.is_file(), "{} not built: run `cargo test --workspace` (or cargo build -p host -p edge first)", p.display());
+    assert!(
+        p.is_file(),
+        "{} not built: run `cargo test --workspace` (or cargo build -p host -p edge first)",
+        p.display()
+    );
     p
 }
 
@@ -26,7 +30,8 @@ fn run(bin: &str, args: &[&str]) -> Output {
 }
 
 fn json(out: &Output) -> serde_json::Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 #[test]
@@ -46,29 +51,97 @@ fn train_export_and_edge_agree_with_host() {
     );
     run(
         "host",
-        &["train", "--backbone", "mobilenetv2", "--data", c, "--out", r, "--iterations", "3", "--size", "64x64", "--min-pixels", "200"],
+        &[
+            "train",
+            "--backbone",
+            "mobilenetv2",
+            "--data",
+            c,
+            "--out",
+            r,
+            "--iterations",
+            "3",
+            "--size",
+            "64x64",
+            "--min-pixels",
+            "200",
+        ],
     );
-    run("host", &["export", "--checkpoint", r, "--out", b, "--size", "80x112"]);
-    let host_eval = json(&run("host", &["eval", "--protocol", "davis", "--data", d, "--checkpoint", r, "--size", "80x112", "--json"]));
-    let edge_eval = json(&run("edge", &["eval", "--bundle", b, "--protocol", "davis", "--data", d, "--json"]));
-    let (jh, je) = (host_eval["j_mean"].as_f64().unwrap(), edge_eval["j_mean"].as_f64().unwrap());
+    run(
+        "host",
+        &["export", "--checkpoint", r, "--out", b, "--size", "80x112"],
+    );
+    let host_eval = json(&run(
+        "host",
+        &[
+            "eval",
+            "--protocol",
+            "davis",
+            "--data",
+            d,
+            "--checkpoint",
+            r,
+            "--size",
+            "80x112",
+            "--json",
+        ],
+    ));
+    let edge_eval = json(&run(
+        "edge",
+        &[
+            "eval",
+            "--bundle",
+            b,
+            "--protocol",
+            "davis",
+            "--data",
+            d,
+            "--json",
+        ],
+    ));
+    let (jh, je) = (
+        host_eval["j_mean"].as_f64().unwrap(),
+        edge_eval["j_mean"].as_f64().unwrap(),
+    );
     eprintln!("host J {jh:.3}, edge J {je:.3}");
     assert!((jh - je).abs() < 0.5, "host {jh} vs edge {je}");
-    for key in ["protocol", "method", "backbone", "size", "precision", "shots"] {
+    for key in [
+        "protocol",
+        "method",
+        "backbone",
+        "size",
+        "precision",
+        "shots",
+    ] {
         assert_eq!(host_eval[key], edge_eval[key], "{key}");
     }
 
     let out_dir = work.path().join("masks");
-    let frame = |f: usize| davis.path().join(format!("JPEGImages/480p/seq0/{f:05}.jpg"));
+    let frame = |f: usize| {
+        davis
+            .path()
+            .join(format!("JPEGImages/480p/seq0/{f:05}.jpg"))
+    };
     let mask0 = davis.path().join("Annotations/480p/seq0/00000.png");
     run(
         "edge",
         &[
-            "segment", "--bundle", b, "--support", frame(0).to_str().unwrap(), "--support-mask", mask0.to_str().unwrap(),
-            "--query", frame(3).to_str().unwrap(), "--out", out_dir.to_str().unwrap(),
+            "segment",
+            "--bundle",
+            b,
+            "--support",
+            frame(0).to_str().unwrap(),
+            "--support-mask",
+            mask0.to_str().unwrap(),
+            "--query",
+            frame(3).to_str().unwrap(),
+            "--out",
+            out_dir.to_str().unwrap(),
         ],
     );
-    let mask = image::open(out_dir.join("00003_mask.png")).unwrap().to_luma8();
+    let mask = image::open(out_dir.join("00003_mask.png"))
+        .unwrap()
+        .to_luma8();
     assert_eq!(mask.dimensions(), (112, 80));
     assert!(mask.pixels().all(|p| p.0[0] <= 1));
 }
@@ -76,15 +149,24 @@ fn train_export_and_edge_agree_with_host() {
 #[test]
 fn shipped_default_bundle_runs_the_demo() {
     let bundle = workspace_root().join("models/default");
-    assert!(bundle.join("bundle.json").is_file(), "the default bundle is missing from models/default");
+    assert!(
+        bundle.join("bundle.json").is_file(),
+        "the default bundle is missing from models/default"
+    );
     let out = TempDir::new("e2e-demo");
-    let o = run("edge", &["demo", "--out", out.path().to_str().unwrap(), "--json"]);
+    let o = run(
+        "edge",
+        &["demo", "--out", out.path().to_str().unwrap(), "--json"],
+    );
     let summary = json(&o);
     let j = summary["j_mean"].as_f64().unwrap();
     eprintln!("demo: {summary}");
     // The shipped model segments its shipped sample sequence: far better than chance.
     assert!(j > 40.0, "demo J {j}");
-    let overlays = walk(out.path()).into_iter().filter(|p| p.to_string_lossy().ends_with("_overlay.png")).count();
+    let overlays = walk(out.path())
+        .into_iter()
+        .filter(|p| p.to_string_lossy().ends_with("_overlay.png"))
+        .count();
     assert!(overlays >= 9, "{overlays} overlays");
 }
 

@@ -2,22 +2,13 @@
 //! harness (`edge::eval`) and scoring as `host eval`; same JSON schema.
 
 use super::{apply_threads, parse_size};
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Args;
-use edge::data::coco::{CocoMaskDataset, FoldSplit, DEFAULT_MIN_PIXELS};
-use edge::data::davis::DavisDataset;
-use edge::eval::{coco_episodes, coco_report, davis_one_shot, davis_report, CocoEpisodes};
+use edge::eval::{progress_bar, run_protocol, Protocol, ProtocolRequest};
 use edge::preprocess::InputSize;
 use edge::report::EvalReport;
 use edge::runtime::BundleEncoder;
 use std::path::PathBuf;
-use std::time::Instant;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Protocol {
-    Davis,
-    Coco,
-}
 
 #[derive(Debug, Clone, Args)]
 pub struct EvalArgs {
@@ -59,20 +50,7 @@ pub struct EvalArgs {
     pub json: bool,
 }
 
-fn progress_bar(what: &str) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(0);
-    if let Ok(style) = indicatif::ProgressStyle::with_template(&format!(
-        "{what} {{bar:30}} {{pos}}/{{len}} [{{elapsed}}<{{eta}}]"
-    )) {
-        bar.set_style(style);
-    }
-    bar
-}
-
 pub fn run(args: &EvalArgs) -> Result<()> {
-    if args.shots == 0 {
-        bail!("--shots must be at least 1");
-    }
     apply_threads(args.threads)?;
     let mut encoder = BundleEncoder::open(&args.bundle)?;
     encoder.bundle().require_panet()?;
@@ -80,8 +58,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     encoder.prepare(size)?;
     let input = encoder.scoring_input(size);
     let m = encoder.manifest().clone();
-    let started = Instant::now();
-    let mut base = EvalReport::new(
+    let base = EvalReport::new(
         "",
         args.data.display().to_string(),
         m.method.clone(),
@@ -90,105 +67,29 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         m.precision.clone(),
         args.shots,
     );
-    let bar = progress_bar(match args.protocol {
-        Protocol::Davis => "davis",
-        Protocol::Coco => "coco",
-    });
+    let request = ProtocolRequest {
+        protocol: args.protocol,
+        data: args.data.clone(),
+        shots: args.shots,
+        episodes: args.episodes,
+        runs: args.runs,
+        seed: args.seed,
+        folds: args.folds.clone(),
+        trained_fold: m.provenance.fold,
+        write_episodes: args.write_episodes.clone(),
+        episodes_file: args.episodes_file.clone(),
+    };
+    let bar = progress_bar(args.protocol.name());
     let mut progress = |done: usize, total: usize| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     };
-    let mut report = match args.protocol {
-        Protocol::Davis => {
-            if args.shots != 1 {
-                bail!("the DAVIS protocol is one-shot (frame 0); --shots must be 1");
-            }
-            let dataset = DavisDataset::open(&args.data)?;
-            let acc = davis_one_shot(&mut encoder, &dataset, input, &mut progress)?;
-            base.seed = args.seed;
-            davis_report(base, &acc)
-        }
-        Protocol::Coco => {
-            let dataset = CocoMaskDataset::open(&args.data)?;
-            let folds = match (&args.folds, m.provenance.fold) {
-                (Some(f), _) => f.clone(),
-                (None, Some(f)) => vec![f],
-                (None, None) => vec![0, 1, 2, 3],
-            };
-            for &f in &folds {
-                edge::data::coco::check_fold(f)?;
-            }
-            let settings = CocoEpisodes {
-                shots: args.shots,
-                episodes: args.episodes,
-                runs: args.runs,
-                seed: args.seed,
-                folds: folds.clone(),
-                min_pixels: DEFAULT_MIN_PIXELS,
-                split: FoldSplit::Interleaved,
-            };
-            let replay = match &args.episodes_file {
-                Some(p) => Some(edge::sampler::read_jsonl(p)?),
-                None => None,
-            };
-            let result = coco_episodes(
-                &mut encoder,
-                &dataset,
-                input,
-                &settings,
-                replay.as_deref(),
-                &mut progress,
-            )?;
-            if let Some(p) = &args.write_episodes {
-                edge::sampler::write_jsonl(p, &result.episodes)?;
-            }
-            base.folds = Some(folds);
-            base.episodes = Some(args.episodes);
-            base.runs = args.runs;
-            base.seed = args.seed;
-            coco_report(base, &dataset, &result)?
-        }
-    };
+    let report = run_protocol(&mut encoder, input, &request, base, &mut progress)?;
     bar.finish_and_clear();
-    report.timing.elapsed_s = started.elapsed().as_secs_f64();
     if args.json {
         println!("{}", report.to_json_line());
     } else {
-        print_human(&report);
+        println!("{}", report.human_summary());
     }
     Ok(())
-}
-
-fn fmt_opt(v: Option<f64>) -> String {
-    v.map(|x| format!("{x:.1}")).unwrap_or_else(|| "-".into())
-}
-
-fn print_human(r: &EvalReport) {
-    println!(
-        "{} {} {} {} {}x{} {}-shot: J-mean {} FB-IoU {} mIoU {} ({:.1}s)",
-        r.protocol,
-        r.method,
-        r.backbone,
-        r.precision,
-        r.size[0],
-        r.size[1],
-        r.shots,
-        fmt_opt(r.j_mean),
-        fmt_opt(r.fb_iou),
-        fmt_opt(r.miou),
-        r.timing.elapsed_s
-    );
-    if let Some(seqs) = &r.per_sequence {
-        for (name, j) in seqs {
-            println!("  {name:<24} J {j:.1}");
-        }
-    }
-    if let Some(folds) = &r.per_fold {
-        for f in folds {
-            println!(
-                "  fold {} mIoU {:.1} ± {:.1} ({} classes)",
-                f.fold, f.miou, f.miou_std, f.classes
-            );
-        }
-    }
 }
