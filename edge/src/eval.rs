@@ -3,10 +3,14 @@
 
 use crate::data::coco::{CocoMaskDataset, FoldSplit};
 use crate::data::davis::{check_same_size, DavisDataset};
+use crate::data::folder::{
+    generate_folder_episodes, FolderDataset, FolderEpisode, FOLDER_MIN_PIXELS,
+};
 use crate::data::image_io::image_size;
 use crate::error::{EdgeError, Result};
 use crate::metrics::{mean_and_population_std, percent, ClassIouAccumulator, VideoJAccumulator};
 use crate::preprocess::{prepare_input, resize_mask_nearest, InputSize, Normalization};
+use crate::presets::Preset;
 use crate::prototype::{panet_predict, panet_prototypes, SupportShot};
 use crate::report::{ClassEntry, EvalReport, FoldEntry};
 use crate::sampler::{Episode, EpisodeRecord};
@@ -119,6 +123,9 @@ pub struct CocoEpisodes {
     pub folds: Vec<usize>,
     pub min_pixels: u64,
     pub split: FoldSplit,
+    /// Score at the input size (ground truth nearest-resized to it, as PANet's 417² and
+    /// HSNet's 400² harnesses do) instead of the label's own size.
+    pub label_at_input: bool,
 }
 
 /// Per fold and run: one accumulator. Returned so callers can report and compare.
@@ -141,6 +148,15 @@ struct FeatureCache<'a> {
 
 impl FeatureCache<'_> {
     fn ensure(&mut self, dataset: &CocoMaskDataset, wanted: &[usize]) -> Result<()> {
+        self.ensure_with(wanted, |i| dataset.load_image(i))
+    }
+
+    /// Encodes the `wanted` images not cached yet, loading each with `load`.
+    fn ensure_with(
+        &mut self,
+        wanted: &[usize],
+        load: impl Fn(usize) -> Result<image::RgbImage>,
+    ) -> Result<()> {
         let missing: Vec<usize> = {
             let mut m: Vec<usize> = wanted
                 .iter()
@@ -156,7 +172,7 @@ impl FeatureCache<'_> {
                 .iter()
                 .map(|&i| {
                     Ok(prepare_input(
-                        &dataset.load_image(i)?,
+                        &load(i)?,
                         self.input.size,
                         &self.input.normalization,
                     ))
@@ -179,6 +195,7 @@ fn score_episode(
     dataset: &CocoMaskDataset,
     episode: &Episode,
     input: ScoringInput,
+    label_at_input: bool,
 ) -> Result<(crate::tensor::Mask, crate::tensor::Mask)> {
     let shots = episode
         .supports
@@ -190,7 +207,10 @@ fn score_episode(
         })
         .collect::<Result<Vec<_>>>()?;
     let protos = panet_prototypes(&[shots])?;
-    let gt = dataset.class_mask(episode.query, episode.class_index)?;
+    let mut gt = dataset.class_mask(episode.query, episode.class_index)?;
+    if label_at_input {
+        gt = resize_mask_nearest(&gt, input.size.height, input.size.width);
+    }
     let pred = panet_predict(&cache.cache[&episode.query], &protos, (gt.height, gt.width))?;
     Ok((pred, gt))
 }
@@ -263,7 +283,7 @@ pub fn coco_episodes(
                 .collect();
             cache.ensure(dataset, &wanted)?;
             for e in chunk {
-                let (pred, gt) = score_episode(&cache, dataset, e, input)?;
+                let (pred, gt) = score_episode(&cache, dataset, e, input, settings.label_at_input)?;
                 acc.add(e.class_index, &pred, &gt)?;
                 result.episodes.push(e.to_record(dataset)?);
                 done += 1;
@@ -335,6 +355,9 @@ pub fn coco_report(
 pub enum Protocol {
     Davis,
     Coco,
+    /// A user dataset in the folder format (`data::folder`): 1-way K-shot episodes over its
+    /// class folders.
+    Folder,
 }
 
 impl Protocol {
@@ -342,6 +365,7 @@ impl Protocol {
         match self {
             Protocol::Davis => "davis",
             Protocol::Coco => "coco",
+            Protocol::Folder => "folder",
         }
     }
 }
@@ -363,6 +387,9 @@ pub struct ProtocolRequest {
     pub trained_fold: Option<usize>,
     pub write_episodes: Option<PathBuf>,
     pub episodes_file: Option<PathBuf>,
+    /// COCO: a published harness's settings (`crate::presets`); they replace `episodes`,
+    /// `runs` and `seed`, and `input.size` must be the preset's.
+    pub preset: Option<Preset>,
 }
 
 /// Runs a protocol end to end and fills `base` (identification fields set by the caller) with
@@ -379,6 +406,11 @@ pub fn run_protocol(
     }
     let started = Instant::now();
     base.seed = request.seed;
+    if request.preset.is_some() && request.protocol != Protocol::Coco {
+        return Err(EdgeError::input(
+            "--preset applies to the COCO protocol only",
+        ));
+    }
     let mut report = match request.protocol {
         Protocol::Davis => {
             if request.shots != 1 {
@@ -400,7 +432,7 @@ pub fn run_protocol(
             for &f in &folds {
                 crate::data::coco::check_fold(f)?;
             }
-            let settings = CocoEpisodes {
+            let mut settings = CocoEpisodes {
                 shots: request.shots,
                 episodes: request.episodes,
                 runs: request.runs,
@@ -408,7 +440,28 @@ pub fn run_protocol(
                 folds: folds.clone(),
                 min_pixels: crate::data::coco::DEFAULT_MIN_PIXELS,
                 split: FoldSplit::Interleaved,
+                label_at_input: false,
             };
+            if let Some(preset) = request.preset {
+                let c = preset.settings().coco()?;
+                if input.size != c.size {
+                    return Err(EdgeError::input(format!(
+                        "preset {} evaluates at {}; the model input is {} (give --size {} or leave --size out)",
+                        preset.name(),
+                        c.size,
+                        input.size,
+                        c.size
+                    )));
+                }
+                settings.episodes = c.episodes;
+                settings.runs = c.runs;
+                settings.seed = c.seed;
+                settings.split = c.split;
+                settings.min_pixels = c.min_pixels;
+                settings.label_at_input = c.label_at_input;
+                base.seed = c.seed;
+                base.protocol = format!("coco-{}", preset.name());
+            }
             let replay = match &request.episodes_file {
                 Some(p) => Some(crate::sampler::read_jsonl(p)?),
                 None => None,
@@ -425,13 +478,213 @@ pub fn run_protocol(
                 crate::sampler::write_jsonl(p, &result.episodes)?;
             }
             base.folds = Some(folds);
+            base.episodes = Some(settings.episodes);
+            base.runs = settings.runs;
+            let name = base.protocol.clone();
+            let mut report = coco_report(base, &dataset, &result)?;
+            if request.preset.is_some() {
+                report.protocol = name;
+            }
+            report
+        }
+        Protocol::Folder => {
+            if request.folds.is_some() {
+                return Err(EdgeError::input(
+                    "the folder protocol has no folds (every class folder takes part); drop --folds",
+                ));
+            }
+            let dataset = FolderDataset::open(&request.data)?;
+            let settings = FolderEpisodes {
+                shots: request.shots,
+                episodes: request.episodes,
+                runs: request.runs,
+                seed: request.seed,
+                min_pixels: FOLDER_MIN_PIXELS,
+            };
+            let replay = match &request.episodes_file {
+                Some(p) => Some(crate::sampler::read_jsonl(p)?),
+                None => None,
+            };
+            let result = folder_episodes(
+                encoder,
+                &dataset,
+                input,
+                &settings,
+                replay.as_deref(),
+                progress,
+            )?;
+            if let Some(p) = &request.write_episodes {
+                crate::sampler::write_jsonl(p, &result.episodes)?;
+            }
             base.episodes = Some(request.episodes);
             base.runs = request.runs;
-            coco_report(base, &dataset, &result)?
+            folder_report(base, &dataset, &result)
         }
     };
     report.timing.elapsed_s = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Settings of the folder protocol (`Protocol::Folder`).
+#[derive(Debug, Clone)]
+pub struct FolderEpisodes {
+    pub shots: usize,
+    /// Episodes per run.
+    pub episodes: usize,
+    pub runs: usize,
+    pub seed: u64,
+    /// Object pixels a mask needs for its image to be drawn ([`FOLDER_MIN_PIXELS`] = 1).
+    pub min_pixels: u64,
+}
+
+/// Per run: one accumulator keyed by class position + 1.
+pub struct FolderResult {
+    /// `run -> accumulator`.
+    pub runs: BTreeMap<usize, ClassIouAccumulator>,
+    /// Classes taking part.
+    pub taking_part: usize,
+    /// The episodes that were scored, in order (JSON Lines form).
+    pub episodes: Vec<EpisodeRecord>,
+}
+
+/// The folder protocol: the same scoring as the COCO episodes, over a [`FolderDataset`]
+/// (sampled with the seeds of [`crate::sampler`] on fold 0, or replayed from `replay`).
+pub fn folder_episodes(
+    encoder: &mut dyn FeatureEncoder,
+    dataset: &FolderDataset,
+    input: ScoringInput,
+    settings: &FolderEpisodes,
+    replay: Option<&[EpisodeRecord]>,
+    progress: Progress,
+) -> Result<FolderResult> {
+    let mut plan: Vec<(usize, Vec<FolderEpisode>)> = Vec::new();
+    let taking_part;
+    match replay {
+        Some(records) => {
+            let eps = records
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    FolderEpisode::from_record(r, dataset)
+                        .map_err(|e| EdgeError::input(format!("episode {}: {e}", i + 1)))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let classes: std::collections::BTreeSet<usize> = eps.iter().map(|e| e.class).collect();
+            taking_part = classes.len();
+            plan.push((0, eps));
+        }
+        None => {
+            let mut tp = 0;
+            for run in 0..settings.runs {
+                let (classes, eps) = generate_folder_episodes(
+                    dataset,
+                    settings.shots,
+                    settings.episodes,
+                    settings.min_pixels,
+                    settings.seed + run as u64,
+                )?;
+                tp = classes.len();
+                plan.push((run, eps));
+            }
+            taking_part = tp;
+        }
+    }
+    let total: usize = plan.iter().map(|(_, e)| e.len()).sum();
+    let mut cache = FeatureCache {
+        encoder,
+        input,
+        cache: HashMap::new(),
+    };
+    let mut result = FolderResult {
+        runs: BTreeMap::new(),
+        taking_part,
+        episodes: Vec::with_capacity(total),
+    };
+    let mut done = 0;
+    for (run, episodes) in plan {
+        let mut acc = ClassIouAccumulator::new();
+        for chunk in episodes.chunks(64) {
+            let wanted: Vec<usize> = chunk
+                .iter()
+                .flat_map(|e| e.supports.iter().copied().chain(std::iter::once(e.query)))
+                .collect();
+            cache.ensure_with(&wanted, |i| dataset.load_image(i))?;
+            for e in chunk {
+                let shots = e
+                    .supports
+                    .iter()
+                    .map(|&s| {
+                        let mask = dataset.load_mask(s)?;
+                        let mask = resize_mask_nearest(&mask, input.size.height, input.size.width);
+                        if mask.count_nonzero() == 0 {
+                            return Err(EdgeError::invalid(
+                                &dataset.image(s)?.mask_path,
+                                format!("support mask is empty at {}", input.size),
+                            ));
+                        }
+                        Ok(SupportShot::from_foreground(cache.cache[&s].clone(), mask))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let protos = panet_prototypes(&[shots])?;
+                let gt = dataset.load_mask(e.query)?;
+                let pred = panet_predict(&cache.cache[&e.query], &protos, (gt.height, gt.width))?;
+                acc.add((e.class + 1) as u8, &pred, &gt)?;
+                result.episodes.push(e.to_record(dataset)?);
+                done += 1;
+                progress(done, total);
+            }
+        }
+        result.runs.insert(run, acc);
+    }
+    Ok(result)
+}
+
+/// Fills a report from a folder result: mIoU mean and population std over runs (one
+/// `per_fold` entry, fold 0), FB-IoU averaged over runs, per-class IoU pooled over the runs and
+/// keyed by the class folder name.
+pub fn folder_report(
+    mut base: EvalReport,
+    dataset: &FolderDataset,
+    result: &FolderResult,
+) -> EvalReport {
+    base.protocol = "folder".into();
+    let mious: Vec<f64> = result
+        .runs
+        .values()
+        .filter_map(|a| a.miou_percent())
+        .collect();
+    let fbs: Vec<f64> = result
+        .runs
+        .values()
+        .filter_map(|a| a.fb_iou_percent())
+        .collect();
+    let (m, s) = mean_and_population_std(&mious).unwrap_or((f64::NAN, 0.0));
+    base.miou = mean_and_population_std(&mious).map(|(m, _)| m);
+    base.fb_iou = mean_and_population_std(&fbs).map(|(m, _)| m);
+    base.per_fold = Some(vec![FoldEntry {
+        fold: 0,
+        miou: m,
+        miou_std: s,
+        classes: result.taking_part,
+    }]);
+    let mut merged = ClassIouAccumulator::new();
+    for a in result.runs.values() {
+        merged.merge(a);
+    }
+    let mut per_class = BTreeMap::new();
+    for (key, iou) in merged.per_class() {
+        if let Some(c) = dataset.classes().get(key as usize - 1) {
+            per_class.insert(
+                c.name.clone(),
+                ClassEntry {
+                    name: c.name.clone(),
+                    iou: percent(iou),
+                },
+            );
+        }
+    }
+    base.per_class = Some(per_class);
+    base
 }
 
 /// The stderr progress bar of the evaluation commands.
@@ -443,4 +696,204 @@ pub fn progress_bar(label: &str) -> indicatif::ProgressBar {
         bar.set_style(style);
     }
     bar
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::testutil::{write_gray_png, TempDir};
+
+    /// Features = the preprocessed input itself (3 channels, stride 1).
+    struct IdentityEncoder;
+
+    impl FeatureEncoder for IdentityEncoder {
+        fn encode_batch(
+            &mut self,
+            inputs: &[Vec<f32>],
+            size: InputSize,
+        ) -> Result<Vec<FeatureMap>> {
+            inputs
+                .iter()
+                .map(|x| FeatureMap::new(3, size.height, size.width, x.clone()))
+                .collect()
+        }
+    }
+
+    /// Class folders whose objects are red on blue, masks exactly on the red rows.
+    fn write_red_on_blue(root: &std::path::Path, classes: &[&str], per_class: usize) {
+        for name in classes {
+            for k in 0..per_class {
+                let rows = 2 + k % 4;
+                let img = image::RgbImage::from_fn(8, 8, |_, y| {
+                    if (y as usize) < rows {
+                        image::Rgb([250, 0, 0])
+                    } else {
+                        image::Rgb([0, 0, 250])
+                    }
+                });
+                let p = root.join(format!("{name}/images/i{k}.png"));
+                std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+                img.save(&p).unwrap();
+                let mut m = vec![0u8; 64];
+                m[..8 * rows].fill(255);
+                write_gray_png(&root.join(format!("{name}/masks/i{k}.png")), 8, 8, &m);
+            }
+        }
+    }
+
+    #[test]
+    fn folder_protocol_end_to_end() {
+        let dir = TempDir::new("eval_folder");
+        let data = dir.path().join("data");
+        write_red_on_blue(&data, &["kiwi", "mug"], 3);
+        let input = ScoringInput {
+            size: InputSize::new(8, 8),
+            normalization: Normalization::IMAGENET,
+        };
+        let episodes_path = dir.path().join("eps.jsonl");
+        let mut request = ProtocolRequest {
+            protocol: Protocol::Folder,
+            data: data.clone(),
+            shots: 2,
+            episodes: 20,
+            runs: 2,
+            seed: 3,
+            folds: None,
+            trained_fold: None,
+            write_episodes: Some(episodes_path.clone()),
+            episodes_file: None,
+            preset: None,
+        };
+        let base = EvalReport::new("", "d", "panet", "id", [8, 8], "fp32", 2);
+        let mut calls = 0;
+        let report = run_protocol(
+            &mut IdentityEncoder,
+            input,
+            &request,
+            base.clone(),
+            &mut |_, _| calls += 1,
+        )
+        .unwrap();
+        assert_eq!(calls, 40);
+        assert_eq!(report.protocol, "folder");
+        assert_eq!(report.miou, Some(100.0));
+        assert_eq!(report.fb_iou, Some(100.0));
+        let per_class = report.per_class.as_ref().unwrap();
+        assert_eq!(per_class.keys().collect::<Vec<_>>(), ["kiwi", "mug"]);
+        assert_eq!(per_class["mug"].name, "mug");
+        let pf = report.per_fold.as_ref().unwrap();
+        assert_eq!((pf.len(), pf[0].classes, pf[0].miou_std), (1, 2, 0.0));
+        assert_eq!(report.seed, 3);
+        assert_eq!(report.runs, 2);
+        assert_eq!(
+            crate::sampler::read_jsonl(&episodes_path).unwrap().len(),
+            40
+        );
+
+        // Replay gives the same metrics.
+        request.write_episodes = None;
+        request.episodes_file = Some(episodes_path);
+        let replayed = run_protocol(
+            &mut IdentityEncoder,
+            input,
+            &request,
+            base.clone(),
+            &mut |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(replayed.per_class, report.per_class);
+
+        // Folds make no sense for user folders.
+        request.episodes_file = None;
+        request.folds = Some(vec![0]);
+        let e = run_protocol(&mut IdentityEncoder, input, &request, base, &mut |_, _| {})
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no folds"), "{e}");
+    }
+
+    #[test]
+    fn coco_label_at_input_scores_at_the_input_size() {
+        let dir = TempDir::new("eval_coco_label");
+        crate::data::coco::fixture::write(dir.path(), 6, 2);
+        let ds = CocoMaskDataset::open(dir.path()).unwrap();
+        let input = ScoringInput {
+            size: InputSize::new(4, 4),
+            normalization: Normalization::IMAGENET,
+        };
+        for (label_at_input, pixels) in [(false, 64u64), (true, 16)] {
+            let settings = CocoEpisodes {
+                shots: 1,
+                episodes: 5,
+                runs: 1,
+                seed: 0,
+                folds: vec![0],
+                min_pixels: 16,
+                split: FoldSplit::Interleaved,
+                label_at_input,
+            };
+            let r = coco_episodes(
+                &mut IdentityEncoder,
+                &ds,
+                input,
+                &settings,
+                None,
+                &mut |_, _| {},
+            )
+            .unwrap();
+            let (fg, bg) = r.runs[&(0, 0)].pooled();
+            // Per episode: pixels = |fg union| + |bg intersection|.
+            assert_eq!(fg.union + bg.intersection, 5 * pixels);
+        }
+    }
+
+    #[test]
+    fn presets_are_checked() {
+        let dir = TempDir::new("eval_preset");
+        crate::data::coco::fixture::write(dir.path(), 4, 0);
+        let input = ScoringInput {
+            size: InputSize::new(8, 8),
+            normalization: Normalization::IMAGENET,
+        };
+        let mut request = ProtocolRequest {
+            protocol: Protocol::Coco,
+            data: dir.path().to_path_buf(),
+            shots: 1,
+            episodes: 3,
+            runs: 1,
+            seed: 0,
+            folds: Some(vec![0]),
+            trained_fold: None,
+            write_episodes: None,
+            episodes_file: None,
+            preset: Some(Preset::Panet),
+        };
+        let base = EvalReport::new("", "d", "panet", "id", [8, 8], "fp32", 1);
+        let e = run_protocol(
+            &mut IdentityEncoder,
+            input,
+            &request,
+            base.clone(),
+            &mut |_, _| {},
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("417x417"), "{e}");
+        request.preset = Some(Preset::Pfenet);
+        let e = run_protocol(
+            &mut IdentityEncoder,
+            input,
+            &request,
+            base.clone(),
+            &mut |_, _| {},
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("pfenet") && e.contains("641"), "{e}");
+        request.protocol = Protocol::Davis;
+        let e = run_protocol(&mut IdentityEncoder, input, &request, base, &mut |_, _| {})
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("COCO protocol only"), "{e}");
+    }
 }

@@ -11,6 +11,7 @@ pub mod eval;
 pub mod fsutil;
 pub mod metrics;
 pub mod preprocess;
+pub mod presets;
 pub mod prototype;
 pub mod report;
 pub mod sampler;

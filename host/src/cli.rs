@@ -147,7 +147,7 @@ pub use edge::eval::Protocol;
 pub struct EvalArgs {
     #[arg(long, value_enum)]
     pub protocol: Protocol,
-    /// Dataset root (DAVIS layout for davis, COCO128 layout for coco).
+    /// Dataset root (DAVIS layout for davis, COCO128 layout for coco, class folders for folder).
     #[arg(long)]
     pub data: PathBuf,
     #[arg(long, default_value = "panet")]
@@ -185,6 +185,10 @@ pub struct EvalArgs {
     /// COCO: replay episodes from a JSON Lines file instead of sampling.
     #[arg(long)]
     pub episodes_file: Option<PathBuf>,
+    /// COCO: run a published harness's settings (size, label resolution, episodes, seeds,
+    /// split; methods.md §7.4). Replaces --size, --episodes, --runs and --seed.
+    #[arg(long, value_enum)]
+    pub preset: Option<edge::presets::Preset>,
     /// Print one JSON line (evaluation.md schema) on stdout.
     #[arg(long)]
     pub json: bool,
@@ -227,4 +231,31 @@ pub struct ExportArgs {
     /// Who measured the --checks-from reports: "host eval" or "edge eval".
     #[arg(long, default_value = "host eval")]
     pub checks_measured_by: String,
+}
+
+pub use edge::data::check::DataFormat;
+
+/// `host data`: dataset tools.
+#[derive(Debug, Clone, Args)]
+pub struct DataArgs {
+    #[command(subcommand)]
+    pub command: DataCommand,
+}
+
+/// Subcommands of `host data`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum DataCommand {
+    /// List every problem of a dataset folder (missing or unreadable files, masks of another
+    /// size, unexpected label values, empty masks), then a summary; exit 1 if any.
+    Check(DataCheckArgs),
+}
+
+/// `host data check PATH --format davis|coco|folder`.
+#[derive(Debug, Clone, Args)]
+pub struct DataCheckArgs {
+    /// Dataset root folder.
+    pub path: PathBuf,
+    /// Layout of the dataset.
+    #[arg(long, value_enum)]
+    pub format: DataFormat,
 }

@@ -137,8 +137,12 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         bail!("method {method} cannot be evaluated yet");
     }
     let mut encoder = TchEncoder::load(kind, weights.as_deref(), device, args.batch)?;
+    let size = match args.preset {
+        Some(p) => p.settings().coco()?.size,
+        None => args.size,
+    };
     let input = ScoringInput {
-        size: args.size,
+        size,
         normalization: encoder.normalization(),
     };
     let started = Instant::now();
@@ -147,20 +151,26 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         args.data.display().to_string(),
         method.name(),
         kind.name(),
-        [args.size.height, args.size.width],
+        [size.height, size.width],
         "fp32",
         args.shots,
     );
-    let bar = progress_bar(match args.protocol {
-        Protocol::Davis => "davis",
-        Protocol::Coco => "coco",
-    });
+    let bar = progress_bar(args.protocol.name());
     let mut progress = |done: usize, total: usize| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     };
     let mut report = match args.protocol {
+        Protocol::Folder => {
+            shared_harness(args, trained_fold, &mut encoder, input, base, &mut progress)?
+        }
+        Protocol::Coco if args.preset.is_some() => {
+            shared_harness(args, trained_fold, &mut encoder, input, base, &mut progress)?
+        }
         Protocol::Davis => {
+            if args.preset.is_some() {
+                bail!("--preset applies to the COCO protocol only");
+            }
             if args.shots != 1 {
                 bail!("the DAVIS protocol is one-shot (frame 0); --shots must be 1");
             }
@@ -187,6 +197,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                 folds: folds.clone(),
                 min_pixels: DEFAULT_MIN_PIXELS,
                 split: FoldSplit::Interleaved,
+                label_at_input: false,
             };
             let replay = match &args.episodes_file {
                 Some(p) => Some(edge::sampler::read_jsonl(p)?),
@@ -218,6 +229,33 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         print_human(&report);
     }
     Ok(())
+}
+
+/// The folder protocol and COCO presets through the shared `edge::eval::run_protocol`.
+fn shared_harness(
+    args: &EvalArgs,
+    trained_fold: Option<usize>,
+    encoder: &mut TchEncoder,
+    input: ScoringInput,
+    base: EvalReport,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<EvalReport> {
+    let request = edge::eval::ProtocolRequest {
+        protocol: args.protocol,
+        data: args.data.clone(),
+        shots: args.shots,
+        episodes: args.episodes,
+        runs: args.runs,
+        seed: args.seed,
+        folds: args.folds.clone(),
+        trained_fold,
+        write_episodes: args.write_episodes.clone(),
+        episodes_file: args.episodes_file.clone(),
+        preset: args.preset,
+    };
+    Ok(edge::eval::run_protocol(
+        encoder, input, &request, base, progress,
+    )?)
 }
 
 fn fmt_opt(v: Option<f64>) -> String {

@@ -2,6 +2,7 @@
 
 pub mod backbone;
 pub mod cli;
+pub mod data_check;
 pub mod doctor;
 pub mod eval;
 pub mod export;

@@ -2,7 +2,7 @@
 //! and (next) exports bundles for the edge runtime.
 
 use clap::{Parser, Subcommand};
-use host::cli::{EvalArgs, ExportArgs, TrainArgs};
+use host::cli::{DataArgs, EvalArgs, ExportArgs, TrainArgs};
 
 #[derive(Parser)]
 #[command(
@@ -25,6 +25,8 @@ enum Command {
     Eval(EvalArgs),
     /// Export a bundle (encoder.onnx + bundle.json) from a checkpoint or the ImageNet backbone.
     Export(ExportArgs),
+    /// Dataset tools: `host data check PATH --format davis|coco|folder`.
+    Data(DataArgs),
 }
 
 fn main() {
@@ -34,6 +36,7 @@ fn main() {
         Command::Train(args) => host::train::run(&args),
         Command::Eval(args) => host::eval::run(&args),
         Command::Export(args) => host::export::run(&args),
+        Command::Data(args) => host::data_check::run(&args),
     };
     if let Err(e) = result {
         eprintln!("error: {}", one_line(&e));

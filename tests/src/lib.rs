@@ -159,6 +159,40 @@ pub fn write_davis_like(root: &Path, sequences: usize, frames: usize, w: u32, h:
     std::fs::write(root.join("sequences.txt"), names.join("\n") + "\n").unwrap();
 }
 
+/// A dataset in the user folder format (`edge::data::folder`): for each `(class, n)`, `n` images
+/// `<class>/images/imgNN.jpg` of `side` x `side` with one disk of that class and binary masks
+/// `<class>/masks/imgNN.png` (0 / 255).
+pub fn write_folder_like(root: &Path, classes: &[(&str, usize)], side: u32) {
+    for (ci, (name, n)) in classes.iter().enumerate() {
+        let idir = root.join(name).join("images");
+        let mdir = root.join(name).join("masks");
+        std::fs::create_dir_all(&idir).unwrap();
+        std::fs::create_dir_all(&mdir).unwrap();
+        for k in 0..*n {
+            let (img, label) = scene(
+                side,
+                side,
+                31 * ci as u32 + k as u32,
+                &[(
+                    1 + ci as u8,
+                    0.35 + 0.1 * (k % 3) as f32,
+                    0.5,
+                    0.18 + 0.03 * (k % 2) as f32,
+                )],
+            );
+            let mask = GrayImage::from_fn(side, side, |x, y| {
+                Luma([if label.get_pixel(x, y).0[0] > 0 {
+                    255
+                } else {
+                    0
+                }])
+            });
+            img.save(idir.join(format!("img{k:02}.jpg"))).unwrap();
+            mask.save(mdir.join(format!("img{k:02}.png"))).unwrap();
+        }
+    }
+}
+
 /// The workspace root (this crate sits in `tests/`).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -17,7 +17,7 @@ pub struct EvalArgs {
     pub bundle: PathBuf,
     #[arg(long, value_enum)]
     pub protocol: Protocol,
-    /// Dataset root (DAVIS layout for davis, COCO128 layout for coco).
+    /// Dataset root (DAVIS layout for davis, COCO128 layout for coco, class folders for folder).
     #[arg(long)]
     pub data: PathBuf,
     /// Model input size HxW (default: the bundle's).
@@ -42,6 +42,10 @@ pub struct EvalArgs {
     /// COCO: replay episodes from a JSON Lines file instead of sampling.
     #[arg(long)]
     pub episodes_file: Option<PathBuf>,
+    /// COCO: run a published harness's settings (size, label resolution, episodes, seeds,
+    /// split; methods.md §7.4). Replaces --episodes/--runs/--seed; sets --size if not given.
+    #[arg(long, value_enum)]
+    pub preset: Option<edge::presets::Preset>,
     /// tract threads.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
@@ -54,7 +58,14 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     apply_threads(args.threads)?;
     let mut encoder = BundleEncoder::open(&args.bundle)?;
     encoder.bundle().require_panet()?;
-    let size = args.size.unwrap_or_else(|| encoder.default_size());
+    let preset_size = match args.preset {
+        Some(p) => Some(p.settings().coco()?.size),
+        None => None,
+    };
+    let size = args
+        .size
+        .or(preset_size)
+        .unwrap_or_else(|| encoder.default_size());
     encoder.prepare(size)?;
     let input = encoder.scoring_input(size);
     let m = encoder.manifest().clone();
@@ -78,6 +89,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         trained_fold: m.provenance.fold,
         write_episodes: args.write_episodes.clone(),
         episodes_file: args.episodes_file.clone(),
+        preset: args.preset,
     };
     let bar = progress_bar(args.protocol.name());
     let mut progress = |done: usize, total: usize| {

@@ -1,12 +1,18 @@
 //! Dataset readers: image and label-PNG decoding ([`image_io`]), DAVIS video segmentation
-//! ([`davis`]) and COCO semantic masks in the COCO128 layout ([`coco`]).
+//! ([`davis`]), COCO semantic masks in the COCO128 layout ([`coco`]), COCO instances JSON with
+//! rasterisation following pycocotools ([`coco_json`]), PASCAL VOC / PASCAL-5i ([`pascal`]), the user
+//! folder format ([`folder`]) and whole-dataset checks listing every problem ([`check`]).
 //!
 //! Every reader validates its layout when it is opened and reports problems as one-line errors
 //! that name the offending file or folder.
 
+pub mod check;
 pub mod coco;
+pub mod coco_json;
 pub mod davis;
+pub mod folder;
 pub mod image_io;
+pub mod pascal;
 
 pub use coco::{base_classes, fold_classes, CocoMaskDataset, FoldSplit, PoolImage};
 pub use davis::{DavisDataset, DavisKind, DavisOptions, Sequence, Target};
