@@ -1,4 +1,4 @@
-//! The `edge` binary: `edge segment | eval | bench | demo` (see `edge --help`).
+//! The `edge` binary: `edge segment | eval | bench | demo | doctor` (see `edge --help`).
 
 mod cli;
 

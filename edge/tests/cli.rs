@@ -7,9 +7,28 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn edge_cmd() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_edge"));
+    let mut c = match emulator() {
+        Some(runner) => {
+            let mut c = Command::new(&runner[0]);
+            c.args(&runner[1..]).arg(env!("CARGO_BIN_EXE_edge"));
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_edge")),
+    };
     c.env_remove("EDGE_ORT_PYTHON");
     c
+}
+
+/// Under `cargo test --target aarch64-unknown-linux-gnu` with a qemu runner (scripts/test-arm.sh)
+/// this test binary is emulated, but the `edge` it spawns would be exec'd by the host kernel,
+/// which cannot run it without binfmt_misc: spawn it through the same runner.
+fn emulator() -> Option<Vec<String>> {
+    if !cfg!(target_arch = "aarch64") {
+        return None;
+    }
+    let r = std::env::var("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER").ok()?;
+    let parts: Vec<String> = r.split_whitespace().map(str::to_string).collect();
+    (!parts.is_empty()).then_some(parts)
 }
 
 fn run(cmd: &mut Command) -> Output {
@@ -628,5 +647,65 @@ fn help_documents_the_commands() {
     assert!(
         stdout.contains("EDGE_ORT_PYTHON") && stdout.contains("--threads"),
         "{stdout}"
+    );
+}
+
+#[test]
+fn doctor_reports_the_machine_and_checks_the_bundle() {
+    let tmp = TempDir::new("edge-cli-doctor");
+    let bundle = tmp.path().join("bundle");
+    write_test_bundle(&bundle, 32, 32);
+    let (stdout, _) = ok(edge_cmd()
+        .arg("doctor")
+        .arg("--bundle")
+        .arg(&bundle)
+        .args(["--size", "32x48", "--json"]));
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["arch"], std::env::consts::ARCH);
+    assert_eq!(v["bundle"]["ok"], true, "{v}");
+    assert_eq!(v["bundle"]["features"], serde_json::json!([16, 8, 12]));
+    assert!(v["cameras"].is_array() && v["gpio_chips"].is_array(), "{v}");
+    let feature = |name: &str| {
+        v["features"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .map(|f| f["present"].as_bool().unwrap())
+    };
+    if cfg!(target_arch = "aarch64") {
+        assert_eq!(feature("neon"), Some(true), "{v}");
+        // Under qemu the CPU model is known: Pi 4's A72 has no dotprod, Pi 5's A76 has it.
+        let runner = emulator().unwrap_or_default().join(" ");
+        if runner.contains("cortex-a72") {
+            assert_eq!(feature("dotprod"), Some(false), "{v}");
+            assert!(!v["tract_isa"].as_str().unwrap().contains("dotprod"), "{v}");
+        } else if runner.contains("cortex-a76") {
+            assert_eq!(feature("dotprod"), Some(true), "{v}");
+            assert!(v["tract_isa"].as_str().unwrap().contains("dotprod"), "{v}");
+        }
+    } else if cfg!(target_arch = "x86_64") {
+        assert!(feature("avx2").is_some(), "{v}");
+    }
+    // The human report names every section; no camera is not an error.
+    let (stdout, _) = ok(edge_cmd().arg("doctor").arg("--bundle").arg(&bundle));
+    for s in [
+        "arch:",
+        "features:",
+        "tract ISA:",
+        "cameras:",
+        "gpio",
+        "bundle:",
+        ": ok",
+    ] {
+        assert!(stdout.contains(s), "{s}: {stdout}");
+    }
+    // A bundle that fails: one error line, exit 1.
+    fails(
+        edge_cmd()
+            .arg("doctor")
+            .arg("--bundle")
+            .arg(tmp.path().join("missing")),
+        &["missing", "does not exist"],
     );
 }

@@ -180,9 +180,22 @@ fn vgg16_encoder_matches_tch() {
 
 /// A single depthwise ConvBnAct with BatchNorm statistics far from identity, ReLU6, stride 2,
 /// TF "SAME" padding: the BN folding, the Clip and `SAME_UPPER` against tch.
+/// Deterministic pseudo-random values in [-0.5, 0.5) * scale + offset, independent of tch's
+/// global generator (which the tests of this file, running in parallel threads, share).
+fn det(shape: &[i64], seed: u32, scale: f64, offset: f64) -> Tensor {
+    let n: i64 = shape.iter().product();
+    let mut st = seed.wrapping_mul(2654435761).wrapping_add(12345);
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            st = st.wrapping_mul(1664525).wrapping_add(1013904223);
+            (((st >> 8) as f64 / (1u32 << 24) as f64 - 0.5) * scale + offset) as f32
+        })
+        .collect();
+    Tensor::from_slice(&v).view(shape)
+}
+
 #[test]
 fn conv_bn_relu6_depthwise_tf_same_layer_matches_tch() {
-    tch::manual_seed(11);
     for kernel in [3i64, 5] {
         let vs = nn::VarStore::new(Device::Cpu);
         let root = Scope::root(&vs.root());
@@ -194,19 +207,18 @@ fn conv_bn_relu6_depthwise_tf_same_layer_matches_tch() {
         let conv = Conv2d::new(&root.sub("conv"), cfg);
         let bn = BatchNorm2d::new(&root.sub("bn"), c, 1e-3, 0.01);
         tch::no_grad(|| {
-            let opts = (Kind::Float, Device::Cpu);
-            bn.weight
+            let wshape = conv.weight.size();
+            conv.weight
                 .shallow_clone()
-                .copy_(&(Tensor::rand([c], opts) * 2.0 + 0.5));
-            bn.bias
-                .shallow_clone()
-                .copy_(&(Tensor::randn([c], opts) * 0.5));
+                .copy_(&det(&wshape, 1 + kernel as u32, 1.2, 0.05));
+            bn.weight.shallow_clone().copy_(&det(&[c], 2, 2.0, 1.5));
+            bn.bias.shallow_clone().copy_(&det(&[c], 3, 1.0, 0.0));
             bn.running_mean
                 .shallow_clone()
-                .copy_(&(Tensor::randn([c], opts) * 0.3));
+                .copy_(&det(&[c], 4, 0.6, 0.0));
             bn.running_var
                 .shallow_clone()
-                .copy_(&(Tensor::rand([c], opts) * 3.0 + 0.05));
+                .copy_(&det(&[c], 5, 3.0, 1.55));
         });
         let layer = Layer::ConvBnAct(ConvBnAct {
             conv,
@@ -227,7 +239,7 @@ fn conv_bn_relu6_depthwise_tf_same_layer_matches_tch() {
         export::write_model(&model, &path).unwrap();
         // Even and odd sizes: the odd pixel of SAME padding goes to the bottom/right.
         for (h, w) in [(16usize, 20usize), (17, 23), (9, 12)] {
-            let x = Tensor::randn([1, c, h as i64, w as i64], (Kind::Float, Device::Cpu)) * 3.0;
+            let x = det(&[1, c, h as i64, w as i64], (h * 100 + w) as u32, 8.0, 0.0);
             let input = onnx::tensor_f32(&x).unwrap();
             let y = tch::no_grad(|| layer.forward(&x, false));
             let want = (

@@ -1,7 +1,8 @@
-//! The `edge` command line: `segment`, `eval`, `bench`, `demo`.
+//! The `edge` command line: `segment`, `eval`, `bench`, `demo`, `doctor`.
 
 mod bench;
 mod demo;
+mod doctor;
 mod eval;
 mod segment;
 
@@ -34,6 +35,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Run the default bundle on the shipped sample frames: overlays, per-sequence J, frames per second.
     Demo(demo::DemoArgs),
+    /// Check this machine: CPU features tract uses, cameras, GPIO chips, and one encoder pass of a bundle.
+    Doctor(doctor::DoctorArgs),
 }
 
 pub fn run() -> Result<()> {
@@ -52,6 +55,7 @@ pub fn run() -> Result<()> {
         Command::Eval(args) => eval::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Demo(args) => demo::run(&args),
+        Command::Doctor(args) => doctor::run(&args),
     }
 }
 

@@ -8,7 +8,7 @@ use edge::cache::{CacheKey, PrototypeCache};
 use edge::data::image_io::{image_size, load_rgb};
 use edge::overlay::{overlay_in_place, write_mask_png, write_rgb_png};
 use edge::preprocess::InputSize;
-use edge::prototype::{panet_predict, Prototypes};
+use edge::prototype::{cosine_logits, panet_predict, Prototypes, PANET_SCALE};
 use edge::runtime::support::{support_records, validate_targets};
 use edge::runtime::{compute_prototypes, BundleEncoder, SupportShotSpec, TargetSpec};
 use std::collections::{BTreeMap, HashMap};
@@ -81,6 +81,36 @@ pub struct SegmentArgs {
     /// One JSON line per query on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Debug: also write <stem>_features.npy (encoder output, [C, h, w]) and <stem>_logits.npy
+    /// (cosine x20 logits at feature resolution, [1 + N, h, w]) per query into DIR, as
+    /// little-endian f32 (used by the x86 vs aarch64 parity test, edge/tests/arm_parity.rs).
+    #[arg(long, value_name = "DIR", hide = true)]
+    pub dump_npy: Option<PathBuf>,
+}
+
+/// Writes `data` (C order, `shape`) as a NumPy `.npy` file of little-endian f32.
+fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape_text = if dims.len() == 1 {
+        format!("({},)", dims[0])
+    } else {
+        format!("({})", dims.join(", "))
+    };
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_text}, }}");
+    // Magic (6) + version (2) + length (2) + header + '\n', padded to a multiple of 64.
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = Vec::with_capacity(10 + header.len() + 4 * data.len());
+    bytes.extend_from_slice(b"\x93NUMPY\x01\x00");
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    for v in data {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    std::fs::write(path, bytes).map_err(|e| edge::EdgeError::io(path, e))?;
+    Ok(())
 }
 
 /// Groups `--support`/`--support-mask` into targets by their positions relative to `--target`.
@@ -253,6 +283,9 @@ pub fn run(args: &SegmentArgs, matches: &ArgMatches) -> Result<()> {
         );
     }
     std::fs::create_dir_all(&args.out).map_err(|e| edge::EdgeError::io(&args.out, e))?;
+    if let Some(d) = &args.dump_npy {
+        std::fs::create_dir_all(d).map_err(|e| edge::EdgeError::io(d, e))?;
+    }
     for q in &queries {
         let t0 = Instant::now();
         let mut img = load_rgb(q)?;
@@ -264,6 +297,14 @@ pub fn run(args: &SegmentArgs, matches: &ArgMatches) -> Result<()> {
         )?;
         let ms = ms_since(t0);
         let stem = stem_of(q)?;
+        if let Some(d) = &args.dump_npy {
+            let f = &features;
+            let shape = [f.channels, f.height, f.width];
+            write_npy_f32(&d.join(format!("{stem}_features.npy")), &shape, &f.data)?;
+            let l = cosine_logits(f, &protos.ordered(), PANET_SCALE)?;
+            let shape = [l.channels, l.height, l.width];
+            write_npy_f32(&d.join(format!("{stem}_logits.npy")), &shape, &l.data)?;
+        }
         let mask_path = args.out.join(format!("{stem}_mask.png"));
         let overlay_path = args.out.join(format!("{stem}_overlay.png"));
         write_mask_png(&mask_path, &labels)?;

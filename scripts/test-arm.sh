@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The edge crate's tests on aarch64 under qemu-user, once per CPU model (cortex-a72 = Pi 4: no
+# dotprod/fp16; cortex-a76 = Pi 5: dotprod + fp16), `edge doctor` under both, the x86_64 vs
+# aarch64 parity test of `edge segment` (edge/tests/arm_parity.rs), then the .deb and the tarball
+# with their smoke test (scripts/package-arm.sh). Needs scripts/setup-arm.sh first
+# (scripts/test.sh runs both). Exits non-zero on any failure. ~3.5 min warm, ~15 min cold on
+# 2 cores (docs/arm.md).
+#   scripts/test-arm.sh [extra cargo test args]
+# The tests are built with --release: the same compiled tract as the shipped binary
+# (scripts/build-arm.sh), one aarch64 build of the dependencies instead of two, and faster
+# under emulation (qemu runs the encoder ~100x slower than native; the tests use small inputs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+TARGET=aarch64-unknown-linux-gnu
+SYSROOT=/usr/aarch64-linux-gnu
+CPUS=${EDGE_ARM_CPUS:-cortex-a72 cortex-a76}
+log() { printf '[test-arm] %s\n' "$*" >&2; }
+for tool in aarch64-linux-gnu-gcc qemu-aarch64; do
+  command -v "$tool" >/dev/null || { echo "error: $tool missing: run scripts/setup-arm.sh" >&2; exit 1; }
+done
+
+t0=$(date +%s)
+cargo build --release -p edge --target "$TARGET"
+cargo test --release -p edge --target "$TARGET" --no-run
+log "aarch64 build (binary + tests): $(( $(date +%s) - t0 )) s"
+BIN="target/$TARGET/release/edge"
+
+for cpu in $CPUS; do
+  t=$(date +%s)
+  log "cargo test -p edge under qemu-aarch64 -cpu $cpu"
+  CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu $cpu -L $SYSROOT" \
+    cargo test --release -p edge --target "$TARGET" --no-fail-fast "$@"
+  log "tests under $cpu: $(( $(date +%s) - t )) s"
+done
+
+# edge doctor: exit 0 without camera, dotprod as the CPU model says.
+for cpu in $CPUS; do
+  json=$(qemu-aarch64 -cpu "$cpu" -L "$SYSROOT" "$BIN" doctor --json)
+  echo "$json" | grep -q '"arch":"aarch64"' || { echo "error: doctor under $cpu: $json" >&2; exit 1; }
+  case $cpu in
+    cortex-a72|cortex-a53|cortex-a57) want=false ;;
+    cortex-a76|cortex-a710|neoverse-n1|max) want=true ;;
+    *) want="" ;;
+  esac
+  if [ -n "$want" ] && ! echo "$json" | grep -q "\"cpuinfo\":\"asimddp\",\"name\":\"dotprod\",\"present\":$want"; then
+    echo "error: doctor under $cpu: dotprod should be $want: $json" >&2; exit 1
+  fi
+  log "doctor under $cpu: ok (dotprod ${want:-?})"
+done
+
+# x86_64 (native) vs aarch64 (qemu, each CPU) on the same inputs: masks, features, logits.
+t=$(date +%s)
+EDGE_ARM_BIN="$PWD/$BIN" EDGE_ARM_CPUS="$CPUS" EDGE_ARM_QEMU="qemu-aarch64 -L $SYSROOT" \
+  cargo test -p edge --test arm_parity -- --nocapture
+log "parity test: $(( $(date +%s) - t )) s; all aarch64 steps: $(( $(date +%s) - t0 )) s"
+
+# The .deb and the tarball, unpacked/installed into a scratch root and checked with edge doctor.
+t=$(date +%s)
+scripts/package-arm.sh
+log "packages: $(( $(date +%s) - t )) s; all aarch64 steps: $(( $(date +%s) - t0 )) s"
