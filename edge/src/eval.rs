@@ -7,6 +7,9 @@ use crate::data::folder::{
     generate_folder_episodes, FolderDataset, FolderEpisode, FOLDER_MIN_PIXELS,
 };
 use crate::data::image_io::image_size;
+use crate::data::pascal::{
+    pascal_fold_classes, PascalDataset, PascalOptions, PASCAL_FOLDS, VOC_CLASSES,
+};
 use crate::error::{EdgeError, Result};
 use crate::metrics::{mean_and_population_std, percent, ClassIouAccumulator, VideoJAccumulator};
 use crate::preprocess::{prepare_input, resize_mask_nearest, InputSize, Normalization};
@@ -358,6 +361,9 @@ pub enum Protocol {
     /// A user dataset in the folder format (`data::folder`): 1-way K-shot episodes over its
     /// class folders.
     Folder,
+    /// PASCAL-5i on a VOC2012-layout folder (`data::pascal`): 1-way K-shot episodes on each
+    /// fold's novel classes, the `val` list, 255 ignored.
+    Pascal,
 }
 
 impl Protocol {
@@ -366,6 +372,7 @@ impl Protocol {
             Protocol::Davis => "davis",
             Protocol::Coco => "coco",
             Protocol::Folder => "folder",
+            Protocol::Pascal => "pascal",
         }
     }
 }
@@ -519,6 +526,44 @@ pub fn run_protocol(
             base.episodes = Some(request.episodes);
             base.runs = request.runs;
             folder_report(base, &dataset, &result)
+        }
+        Protocol::Pascal => {
+            let dataset = PascalDataset::open(&request.data, &PascalOptions::val())?;
+            // A model's training fold is a COCO-20i fold: it says nothing about PASCAL-5i.
+            let folds = request
+                .folds
+                .clone()
+                .unwrap_or_else(|| (0..PASCAL_FOLDS).collect());
+            for &f in &folds {
+                pascal_fold_classes(f)?;
+            }
+            let settings = PascalEpisodes {
+                shots: request.shots,
+                episodes: request.episodes,
+                runs: request.runs,
+                seed: request.seed,
+                folds: folds.clone(),
+                min_pixels: PASCAL_MIN_PIXELS,
+            };
+            let replay = match &request.episodes_file {
+                Some(p) => Some(crate::sampler::read_jsonl(p)?),
+                None => None,
+            };
+            let result = pascal_episodes(
+                encoder,
+                &dataset,
+                input,
+                &settings,
+                replay.as_deref(),
+                progress,
+            )?;
+            if let Some(p) = &request.write_episodes {
+                crate::sampler::write_jsonl(p, &result.episodes)?;
+            }
+            base.folds = Some(folds);
+            base.episodes = Some(settings.episodes);
+            base.runs = settings.runs;
+            pascal_report(base, &result)
         }
     };
     report.timing.elapsed_s = started.elapsed().as_secs_f64();
@@ -683,6 +728,339 @@ pub fn folder_report(
             );
         }
     }
+    base.per_class = Some(per_class);
+    base
+}
+
+/// Settings of the PASCAL-5i protocol (`Protocol::Pascal`; methods.md §7.1).
+#[derive(Debug, Clone)]
+pub struct PascalEpisodes {
+    pub shots: usize,
+    /// Episodes per fold per run.
+    pub episodes: usize,
+    pub runs: usize,
+    pub seed: u64,
+    pub folds: Vec<usize>,
+    /// Class pixels (at the label's resolution) an image needs to be drawn for that class
+    /// ([`PASCAL_MIN_PIXELS`] = 1: any pixel of the class, as PANet's pools).
+    pub min_pixels: u64,
+}
+
+/// Default eligibility of the PASCAL-5i protocol: the class is present (PANet; PFENet's
+/// 2,048 px rule is `min_pixels = 2048`).
+pub const PASCAL_MIN_PIXELS: u64 = 1;
+
+/// One 1-way K-shot PASCAL-5i episode (indices into the [`PascalDataset`]'s list).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PascalEpisode {
+    pub fold: usize,
+    /// VOC class id 1..=20.
+    pub class: u8,
+    pub supports: Vec<usize>,
+    pub query: usize,
+}
+
+impl PascalEpisode {
+    /// The JSON Lines form: `class_id` = VOC id, paths `JPEGImages/<name>.jpg`.
+    pub fn to_record(&self, dataset: &PascalDataset) -> Result<EpisodeRecord> {
+        let path = |i: usize| {
+            dataset
+                .image(i)
+                .map(|im| format!("JPEGImages/{}.jpg", im.name))
+        };
+        Ok(EpisodeRecord {
+            fold: self.fold,
+            class_id: self.class as u32,
+            supports: self
+                .supports
+                .iter()
+                .map(|&i| path(i))
+                .collect::<Result<_>>()?,
+            query: path(self.query)?,
+        })
+    }
+
+    /// Resolves a record against the dataset's list (images by name; `JPEGImages/` optional).
+    pub fn from_record(record: &EpisodeRecord, dataset: &PascalDataset) -> Result<PascalEpisode> {
+        if !(1..=20).contains(&record.class_id) {
+            return Err(EdgeError::input(format!(
+                "episode class_id {} is not a VOC class id (1..=20)",
+                record.class_id
+            )));
+        }
+        if record.supports.is_empty() {
+            return Err(EdgeError::input("episode has no support images"));
+        }
+        let find = |p: &str| {
+            let name = std::path::Path::new(p)
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("");
+            dataset
+                .images()
+                .iter()
+                .position(|im| im.name == name)
+                .ok_or_else(|| {
+                    EdgeError::input(format!(
+                        "episode image {p:?} is not in the list of {}",
+                        dataset.root().display()
+                    ))
+                })
+        };
+        Ok(PascalEpisode {
+            fold: record.fold,
+            class: record.class_id as u8,
+            supports: record
+                .supports
+                .iter()
+                .map(|p| find(p))
+                .collect::<Result<_>>()?,
+            query: find(&record.query)?,
+        })
+    }
+}
+
+/// The fold's novel classes (ascending VOC ids) with at least `shots + 1` eligible images.
+pub fn pascal_taking_part(
+    dataset: &PascalDataset,
+    fold: usize,
+    shots: usize,
+    min_pixels: u64,
+) -> Result<Vec<u8>> {
+    Ok(pascal_fold_classes(fold)?
+        .into_iter()
+        .filter(|&c| dataset.eligible_images(c, min_pixels).len() > shots)
+        .collect())
+}
+
+/// The episodes of one fold and run: exactly the draw order of [`crate::sampler`] (RNG
+/// `eval_rng(seed, fold)`, the class uniform over the taking-part classes, then
+/// `draw_distinct` over the class's eligible images: K supports in order, then the query).
+/// Returns the taking-part classes and the episodes.
+pub fn generate_pascal_episodes(
+    dataset: &PascalDataset,
+    fold: usize,
+    shots: usize,
+    episodes: usize,
+    min_pixels: u64,
+    seed: u64,
+) -> Result<(Vec<u8>, Vec<PascalEpisode>)> {
+    if shots == 0 {
+        return Err(EdgeError::input("shots must be at least 1"));
+    }
+    let taking_part = pascal_taking_part(dataset, fold, shots, min_pixels)?;
+    if taking_part.is_empty() && episodes > 0 {
+        return Err(EdgeError::invalid(
+            dataset.root(),
+            format!(
+                "PASCAL-5i fold {fold} has no class with at least {} images of >= {min_pixels} px in the list",
+                shots + 1
+            ),
+        ));
+    }
+    let eligible: Vec<Vec<usize>> = taking_part
+        .iter()
+        .map(|&c| dataset.eligible_images(c, min_pixels))
+        .collect();
+    let mut rng = crate::sampler::eval_rng(seed, fold);
+    let mut out = Vec::with_capacity(episodes);
+    for _ in 0..episodes {
+        let ci = rand::Rng::random_range(&mut rng, 0..taking_part.len() as u32) as usize;
+        let e = &eligible[ci];
+        let mut imgs: Vec<usize> = crate::sampler::draw_distinct(&mut rng, e.len(), shots + 1)
+            .into_iter()
+            .map(|p| e[p])
+            .collect();
+        let query = imgs.pop().expect("shots + 1 >= 1 images");
+        out.push(PascalEpisode {
+            fold,
+            class: taking_part[ci],
+            supports: imgs,
+            query,
+        });
+    }
+    Ok((taking_part, out))
+}
+
+/// Per fold and run: one accumulator keyed by VOC id (255 ignored when the dataset ignores it).
+pub struct PascalResult {
+    /// `(fold, run) -> accumulator`.
+    pub runs: BTreeMap<(usize, usize), ClassIouAccumulator>,
+    /// Classes taking part per fold.
+    pub taking_part: BTreeMap<usize, usize>,
+    /// The episodes that were scored, in order (JSON Lines form).
+    pub episodes: Vec<EpisodeRecord>,
+}
+
+/// The PASCAL-5i protocol: 1-way K-shot episodes on each fold's novel classes, the canonical
+/// scoring at the label's resolution. With [`crate::data::pascal::VoidLabel::Ignore`] the 255 pixels are left out of
+/// both support prototypes (neither foreground nor background) and are excluded from prediction
+/// and ground truth when counting; with [`crate::data::pascal::VoidLabel::Background`] they are background.
+pub fn pascal_episodes(
+    encoder: &mut dyn FeatureEncoder,
+    dataset: &PascalDataset,
+    input: ScoringInput,
+    settings: &PascalEpisodes,
+    replay: Option<&[EpisodeRecord]>,
+    progress: Progress,
+) -> Result<PascalResult> {
+    let mut plan: Vec<((usize, usize), Vec<PascalEpisode>)> = Vec::new();
+    let mut taking_part = BTreeMap::new();
+    match replay {
+        Some(records) => {
+            let mut by_fold: BTreeMap<usize, Vec<PascalEpisode>> = BTreeMap::new();
+            for (i, r) in records.iter().enumerate() {
+                let e = PascalEpisode::from_record(r, dataset)
+                    .map_err(|e| EdgeError::input(format!("episode {}: {e}", i + 1)))?;
+                by_fold.entry(e.fold).or_default().push(e);
+            }
+            for (fold, eps) in by_fold {
+                let classes: std::collections::BTreeSet<u8> = eps.iter().map(|e| e.class).collect();
+                taking_part.insert(fold, classes.len());
+                plan.push(((fold, 0), eps));
+            }
+        }
+        None => {
+            for &fold in &settings.folds {
+                for run in 0..settings.runs {
+                    let (classes, eps) = generate_pascal_episodes(
+                        dataset,
+                        fold,
+                        settings.shots,
+                        settings.episodes,
+                        settings.min_pixels,
+                        settings.seed + run as u64,
+                    )?;
+                    taking_part.insert(fold, classes.len());
+                    plan.push(((fold, run), eps));
+                }
+            }
+        }
+    }
+    let total: usize = plan.iter().map(|(_, e)| e.len()).sum();
+    let mut cache = FeatureCache {
+        encoder,
+        input,
+        cache: HashMap::new(),
+    };
+    let mut result = PascalResult {
+        runs: BTreeMap::new(),
+        taking_part,
+        episodes: Vec::with_capacity(total),
+    };
+    let mut done = 0;
+    for ((fold, run), episodes) in plan {
+        let mut acc = ClassIouAccumulator::with_ignore(dataset.ignore_label());
+        for chunk in episodes.chunks(64) {
+            let wanted: Vec<usize> = chunk
+                .iter()
+                .flat_map(|e| e.supports.iter().copied().chain(std::iter::once(e.query)))
+                .collect();
+            cache.ensure_with(&wanted, |i| dataset.load_image(i))?;
+            for e in chunk {
+                let shots = e
+                    .supports
+                    .iter()
+                    .map(|&s| {
+                        // 1 = class, 0 = background, 255 = void (only when ignored).
+                        let m = dataset.class_mask(s, e.class)?;
+                        let m = resize_mask_nearest(&m, input.size.height, input.size.width);
+                        let pick = |want: u8| crate::tensor::Mask {
+                            height: m.height,
+                            width: m.width,
+                            data: m.data.iter().map(|&v| (v == want) as u8).collect(),
+                        };
+                        let foreground = pick(1);
+                        if foreground.count_nonzero() == 0 {
+                            return Err(EdgeError::invalid(
+                                &dataset.image(s)?.label_path,
+                                format!(
+                                    "class {} ({}) vanishes from the support mask at {} (nearest resize); give a larger --size",
+                                    e.class,
+                                    VOC_CLASSES[e.class as usize - 1],
+                                    input.size
+                                ),
+                            ));
+                        }
+                        Ok(SupportShot {
+                            features: cache.cache[&s].clone(),
+                            foreground,
+                            background: pick(0),
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                let protos = panet_prototypes(&[shots])?;
+                let gt = dataset.class_mask(e.query, e.class)?;
+                let mut pred =
+                    panet_predict(&cache.cache[&e.query], &protos, (gt.height, gt.width))?;
+                if let Some(ig) = dataset.ignore_label() {
+                    // Excluded from the prediction too (HSNet / PFENet style; the counts skip
+                    // these pixels either way).
+                    for (p, &g) in pred.data.iter_mut().zip(&gt.data) {
+                        if g == ig {
+                            *p = ig;
+                        }
+                    }
+                }
+                acc.add(e.class, &pred, &gt)?;
+                result.episodes.push(e.to_record(dataset)?);
+                done += 1;
+                progress(done, total);
+            }
+        }
+        result.runs.insert((fold, run), acc);
+    }
+    Ok(result)
+}
+
+/// Fills a report from a PASCAL-5i result: per fold mean and population std over runs, the mean
+/// over folds, FB-IoU averaged likewise, per-class IoU pooled over the runs, keyed by VOC id.
+pub fn pascal_report(mut base: EvalReport, result: &PascalResult) -> EvalReport {
+    base.protocol = "pascal".into();
+    let mut per_fold = Vec::new();
+    let mut fold_mious = Vec::new();
+    let mut fold_fbs = Vec::new();
+    let mut per_class = BTreeMap::new();
+    let folds: std::collections::BTreeSet<usize> = result.runs.keys().map(|(f, _)| *f).collect();
+    for fold in folds {
+        let accs: Vec<&ClassIouAccumulator> = result
+            .runs
+            .iter()
+            .filter(|((f, _), _)| *f == fold)
+            .map(|(_, a)| a)
+            .collect();
+        let mious: Vec<f64> = accs.iter().filter_map(|a| a.miou_percent()).collect();
+        let fbs: Vec<f64> = accs.iter().filter_map(|a| a.fb_iou_percent()).collect();
+        let (m, s) = mean_and_population_std(&mious).unwrap_or((f64::NAN, 0.0));
+        per_fold.push(FoldEntry {
+            fold,
+            miou: m,
+            miou_std: s,
+            classes: result.taking_part.get(&fold).copied().unwrap_or(0),
+        });
+        fold_mious.push(m);
+        if let Some((fb, _)) = mean_and_population_std(&fbs) {
+            fold_fbs.push(fb);
+        }
+        let mut merged = ClassIouAccumulator::new();
+        for a in &accs {
+            merged.merge(a);
+        }
+        for (class, iou) in merged.per_class() {
+            if let Some(name) = VOC_CLASSES.get((class as usize).wrapping_sub(1)) {
+                per_class.insert(
+                    class.to_string(),
+                    ClassEntry {
+                        name: name.to_string(),
+                        iou: percent(iou),
+                    },
+                );
+            }
+        }
+    }
+    base.miou = mean_and_population_std(&fold_mious).map(|(m, _)| m);
+    base.fb_iou = mean_and_population_std(&fold_fbs).map(|(m, _)| m);
+    base.per_fold = Some(per_fold);
     base.per_class = Some(per_class);
     base
 }

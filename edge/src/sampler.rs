@@ -246,7 +246,7 @@ pub fn taking_part_classes(
 
 /// Draws `k` distinct positions out of `0..m` by a partial Fisher-Yates shuffle (see the module
 /// doc). Requires `k <= m <= u32::MAX`.
-fn draw_distinct<R: Rng>(rng: &mut R, m: usize, k: usize) -> Vec<usize> {
+pub fn draw_distinct<R: Rng>(rng: &mut R, m: usize, k: usize) -> Vec<usize> {
     assert!(k <= m && m <= u32::MAX as usize);
     let mut p: Vec<usize> = (0..m).collect();
     for i in 0..k {

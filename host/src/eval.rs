@@ -161,7 +161,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         bar.set_position(done as u64);
     };
     let mut report = match args.protocol {
-        Protocol::Folder => {
+        Protocol::Folder | Protocol::Pascal => {
             shared_harness(args, trained_fold, &mut encoder, input, base, &mut progress)?
         }
         Protocol::Coco if args.preset.is_some() => {
@@ -231,7 +231,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     Ok(())
 }
 
-/// The folder protocol and COCO presets through the shared `edge::eval::run_protocol`.
+/// The folder and PASCAL-5i protocols and COCO presets through the shared `edge::eval::run_protocol`.
 fn shared_harness(
     args: &EvalArgs,
     trained_fold: Option<usize>,

@@ -17,7 +17,8 @@ pub struct EvalArgs {
     pub bundle: PathBuf,
     #[arg(long, value_enum)]
     pub protocol: Protocol,
-    /// Dataset root (DAVIS layout for davis, COCO128 layout for coco, class folders for folder).
+    /// Dataset root (DAVIS layout for davis, COCO128 layout for coco, class folders for folder,
+    /// VOC2012 layout for pascal: the `val` list, 255 ignored).
     #[arg(long)]
     pub data: PathBuf,
     /// Model input size HxW (default: the bundle's).
