@@ -299,21 +299,39 @@ pub fn coco_episodes(
 }
 
 /// Fills a report from a COCO result: per fold mean and population std over runs, the mean
-/// over folds, FB-IoU averaged likewise, per-class IoU pooled over the runs.
+/// over folds, FB-IoU averaged likewise, per-class IoU pooled over the runs (keyed by COCO id).
 pub fn coco_report(
-    mut base: EvalReport,
+    base: EvalReport,
     dataset: &CocoMaskDataset,
     result: &CocoResult,
 ) -> Result<EvalReport> {
-    base.protocol = "coco".into();
+    fold_runs_report(base, "coco", &result.runs, &result.taking_part, |class| {
+        Ok(Some((
+            dataset.class_id(class)?.to_string(),
+            dataset.class_name(class)?.to_string(),
+        )))
+    })
+}
+
+/// The report of fold x run accumulators, shared by the COCO, PASCAL and folder protocols: per
+/// fold mean and population std of the runs' mIoU, the mean over folds, FB-IoU averaged the same
+/// way, and per-class IoU pooled over all runs of a fold. `class_entry` maps a class to its
+/// `per_class` key and name (`None` leaves it out).
+pub fn fold_runs_report(
+    mut base: EvalReport,
+    protocol: &str,
+    runs: &BTreeMap<(usize, usize), ClassIouAccumulator>,
+    taking_part: &BTreeMap<usize, usize>,
+    class_entry: impl Fn(u8) -> Result<Option<(String, String)>>,
+) -> Result<EvalReport> {
+    base.protocol = protocol.into();
     let mut per_fold = Vec::new();
     let mut fold_mious = Vec::new();
     let mut fold_fbs = Vec::new();
     let mut per_class = BTreeMap::new();
-    let folds: std::collections::BTreeSet<usize> = result.runs.keys().map(|(f, _)| *f).collect();
+    let folds: std::collections::BTreeSet<usize> = runs.keys().map(|(f, _)| *f).collect();
     for fold in folds {
-        let accs: Vec<&ClassIouAccumulator> = result
-            .runs
+        let accs: Vec<&ClassIouAccumulator> = runs
             .iter()
             .filter(|((f, _), _)| *f == fold)
             .map(|(_, a)| a)
@@ -325,7 +343,7 @@ pub fn coco_report(
             fold,
             miou: m,
             miou_std: s,
-            classes: result.taking_part.get(&fold).copied().unwrap_or(0),
+            classes: taking_part.get(&fold).copied().unwrap_or(0),
         });
         fold_mious.push(m);
         if let Some((fb, _)) = mean_and_population_std(&fbs) {
@@ -336,14 +354,15 @@ pub fn coco_report(
             merged.merge(a);
         }
         for (class, iou) in merged.per_class() {
-            let id = dataset.class_id(class)?;
-            per_class.insert(
-                id.to_string(),
-                ClassEntry {
-                    name: dataset.class_name(class)?.to_string(),
-                    iou: percent(iou),
-                },
-            );
+            if let Some((key, name)) = class_entry(class)? {
+                per_class.insert(
+                    key,
+                    ClassEntry {
+                        name,
+                        iou: percent(iou),
+                    },
+                );
+            }
         }
     }
     base.miou = mean_and_population_std(&fold_mious).map(|(m, _)| m);
@@ -525,7 +544,7 @@ pub fn run_protocol(
             }
             base.episodes = Some(request.episodes);
             base.runs = request.runs;
-            folder_report(base, &dataset, &result)
+            folder_report(base, &dataset, &result)?
         }
         Protocol::Pascal => {
             let dataset = PascalDataset::open(&request.data, &PascalOptions::val())?;
@@ -563,7 +582,7 @@ pub fn run_protocol(
             base.folds = Some(folds);
             base.episodes = Some(settings.episodes);
             base.runs = settings.runs;
-            pascal_report(base, &result)
+            pascal_report(base, &result)?
         }
     };
     report.timing.elapsed_s = started.elapsed().as_secs_f64();
@@ -688,48 +707,22 @@ pub fn folder_episodes(
 /// `per_fold` entry, fold 0), FB-IoU averaged over runs, per-class IoU pooled over the runs and
 /// keyed by the class folder name.
 pub fn folder_report(
-    mut base: EvalReport,
+    base: EvalReport,
     dataset: &FolderDataset,
     result: &FolderResult,
-) -> EvalReport {
-    base.protocol = "folder".into();
-    let mious: Vec<f64> = result
+) -> Result<EvalReport> {
+    let runs: BTreeMap<(usize, usize), ClassIouAccumulator> = result
         .runs
-        .values()
-        .filter_map(|a| a.miou_percent())
+        .iter()
+        .map(|(&run, acc)| ((0, run), acc.clone()))
         .collect();
-    let fbs: Vec<f64> = result
-        .runs
-        .values()
-        .filter_map(|a| a.fb_iou_percent())
-        .collect();
-    let (m, s) = mean_and_population_std(&mious).unwrap_or((f64::NAN, 0.0));
-    base.miou = mean_and_population_std(&mious).map(|(m, _)| m);
-    base.fb_iou = mean_and_population_std(&fbs).map(|(m, _)| m);
-    base.per_fold = Some(vec![FoldEntry {
-        fold: 0,
-        miou: m,
-        miou_std: s,
-        classes: result.taking_part,
-    }]);
-    let mut merged = ClassIouAccumulator::new();
-    for a in result.runs.values() {
-        merged.merge(a);
-    }
-    let mut per_class = BTreeMap::new();
-    for (key, iou) in merged.per_class() {
-        if let Some(c) = dataset.classes().get(key as usize - 1) {
-            per_class.insert(
-                c.name.clone(),
-                ClassEntry {
-                    name: c.name.clone(),
-                    iou: percent(iou),
-                },
-            );
-        }
-    }
-    base.per_class = Some(per_class);
-    base
+    let taking_part = BTreeMap::from([(0, result.taking_part)]);
+    fold_runs_report(base, "folder", &runs, &taking_part, |key| {
+        Ok(dataset
+            .classes()
+            .get((key as usize).wrapping_sub(1))
+            .map(|c| (c.name.clone(), c.name.clone())))
+    })
 }
 
 /// Settings of the PASCAL-5i protocol (`Protocol::Pascal`; methods.md §7.1).
@@ -1015,54 +1008,12 @@ pub fn pascal_episodes(
 
 /// Fills a report from a PASCAL-5i result: per fold mean and population std over runs, the mean
 /// over folds, FB-IoU averaged likewise, per-class IoU pooled over the runs, keyed by VOC id.
-pub fn pascal_report(mut base: EvalReport, result: &PascalResult) -> EvalReport {
-    base.protocol = "pascal".into();
-    let mut per_fold = Vec::new();
-    let mut fold_mious = Vec::new();
-    let mut fold_fbs = Vec::new();
-    let mut per_class = BTreeMap::new();
-    let folds: std::collections::BTreeSet<usize> = result.runs.keys().map(|(f, _)| *f).collect();
-    for fold in folds {
-        let accs: Vec<&ClassIouAccumulator> = result
-            .runs
-            .iter()
-            .filter(|((f, _), _)| *f == fold)
-            .map(|(_, a)| a)
-            .collect();
-        let mious: Vec<f64> = accs.iter().filter_map(|a| a.miou_percent()).collect();
-        let fbs: Vec<f64> = accs.iter().filter_map(|a| a.fb_iou_percent()).collect();
-        let (m, s) = mean_and_population_std(&mious).unwrap_or((f64::NAN, 0.0));
-        per_fold.push(FoldEntry {
-            fold,
-            miou: m,
-            miou_std: s,
-            classes: result.taking_part.get(&fold).copied().unwrap_or(0),
-        });
-        fold_mious.push(m);
-        if let Some((fb, _)) = mean_and_population_std(&fbs) {
-            fold_fbs.push(fb);
-        }
-        let mut merged = ClassIouAccumulator::new();
-        for a in &accs {
-            merged.merge(a);
-        }
-        for (class, iou) in merged.per_class() {
-            if let Some(name) = VOC_CLASSES.get((class as usize).wrapping_sub(1)) {
-                per_class.insert(
-                    class.to_string(),
-                    ClassEntry {
-                        name: name.to_string(),
-                        iou: percent(iou),
-                    },
-                );
-            }
-        }
-    }
-    base.miou = mean_and_population_std(&fold_mious).map(|(m, _)| m);
-    base.fb_iou = mean_and_population_std(&fold_fbs).map(|(m, _)| m);
-    base.per_fold = Some(per_fold);
-    base.per_class = Some(per_class);
-    base
+pub fn pascal_report(base: EvalReport, result: &PascalResult) -> Result<EvalReport> {
+    fold_runs_report(base, "pascal", &result.runs, &result.taking_part, |class| {
+        Ok(VOC_CLASSES
+            .get((class as usize).wrapping_sub(1))
+            .map(|name| (class.to_string(), name.to_string())))
+    })
 }
 
 /// The stderr progress bar of the evaluation commands.
