@@ -413,6 +413,8 @@ pub struct ProtocolRequest {
     pub trained_fold: Option<usize>,
     pub write_episodes: Option<PathBuf>,
     pub episodes_file: Option<PathBuf>,
+    /// PASCAL: list, labels folder and 255 handling.
+    pub pascal: PascalOptions,
     /// COCO: a published harness's settings (`crate::presets`); they replace `episodes`,
     /// `runs` and `seed`, and `input.size` must be the preset's.
     pub preset: Option<Preset>,
@@ -547,7 +549,7 @@ pub fn run_protocol(
             folder_report(base, &dataset, &result)?
         }
         Protocol::Pascal => {
-            let dataset = PascalDataset::open(&request.data, &PascalOptions::val())?;
+            let dataset = PascalDataset::open(&request.data, &request.pascal)?;
             // A model's training fold is a COCO-20i fold: it says nothing about PASCAL-5i.
             let folds = request
                 .folds
@@ -1081,6 +1083,7 @@ mod tests {
         };
         let episodes_path = dir.path().join("eps.jsonl");
         let mut request = ProtocolRequest {
+            pascal: PascalOptions::val(),
             protocol: Protocol::Folder,
             data: data.clone(),
             shots: 2,
@@ -1185,6 +1188,7 @@ mod tests {
             normalization: Normalization::IMAGENET,
         };
         let mut request = ProtocolRequest {
+            pascal: PascalOptions::val(),
             protocol: Protocol::Coco,
             data: dir.path().to_path_buf(),
             shots: 1,
@@ -1224,5 +1228,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("COCO protocol only"), "{e}");
+    }
+}
+
+/// The PASCAL flags of `host eval` and `edge eval` (flattened into both).
+#[derive(Debug, Clone, clap::Args)]
+pub struct PascalArgs {
+    /// PASCAL: image list under ImageSets/Segmentation (train, val, trainaug, ...) or a list file.
+    #[arg(long, default_value = "val")]
+    pub pascal_list: String,
+    /// PASCAL: labels folder (default: SegmentationClassAug if present, else SegmentationClass).
+    #[arg(long)]
+    pub pascal_labels: Option<String>,
+    /// PASCAL: label 255 (object boundaries) is ignored (PANet, PFENet, HSNet) or background (OSLSM, SG-One).
+    #[arg(long, value_enum, default_value = "ignore")]
+    pub void: crate::data::pascal::VoidLabel,
+}
+
+impl PascalArgs {
+    pub fn options(&self) -> PascalOptions {
+        PascalOptions {
+            list: self.pascal_list.clone(),
+            labels: self.pascal_labels.clone(),
+            void: self.void,
+        }
     }
 }

@@ -210,6 +210,7 @@ fn scoring_input() -> ScoringInput {
 
 fn pascal_request(folds: Option<Vec<usize>>) -> ProtocolRequest {
     ProtocolRequest {
+        pascal: edge::data::pascal::PascalOptions::val(),
         protocol: Protocol::Pascal,
         data: fixtures().join("voc2012"),
         shots: 1,
@@ -408,4 +409,64 @@ fn edge_eval_pascal_on_the_voc_fixture() {
             "{entry}"
         );
     }
+}
+
+/// Copies a fixture folder so a test can break it.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            copy_dir(&p, &to.join(e.file_name()));
+        } else {
+            std::fs::copy(&p, to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+#[test]
+fn pascal_check_is_clean_on_the_fixture_and_reports_each_problem() {
+    let voc = fixtures().join("voc2012");
+    assert_no_problems(&voc, DataFormat::Pascal);
+
+    let tmp = fss_tests::TempDir::new("pascal-check");
+    let root = tmp.path().join("voc");
+    copy_dir(&voc, &root);
+    let names: Vec<String> = std::fs::read_to_string(root.join("ImageSets/Segmentation/val.txt"))
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    // A missing image, a label with a value VOC does not use, a label of another size.
+    std::fs::remove_file(root.join(format!("JPEGImages/{}.jpg", names[0]))).unwrap();
+    let bad_values = image::GrayImage::from_fn(4, 4, |_, _| image::Luma([77u8]));
+    let (w, h) =
+        image::image_dimensions(root.join(format!("JPEGImages/{}.jpg", names[1]))).unwrap();
+    let mut wrong = image::GrayImage::from_fn(w, h, |_, _| image::Luma([0u8]));
+    wrong.put_pixel(0, 0, image::Luma([77]));
+    wrong
+        .save(root.join(format!("SegmentationClassAug/{}.png", names[1])))
+        .unwrap();
+    bad_values
+        .save(root.join(format!("SegmentationClassAug/{}.png", names[2])))
+        .unwrap();
+    let report = check_dataset(&root, DataFormat::Pascal);
+    let text: Vec<String> = report.problems.iter().map(|p| p.message.clone()).collect();
+    assert_eq!(report.problems.len(), 4, "{text:#?}");
+    assert!(
+        text.iter()
+            .any(|m| m.contains(&names[0]) && m.contains("missing")),
+        "{text:#?}"
+    );
+    assert!(
+        text.iter()
+            .any(|m| m.contains(&names[1]) && m.contains("77")),
+        "{text:#?}"
+    );
+    assert!(
+        text.iter()
+            .any(|m| m.contains(&names[2]) && m.contains("another size")
+                || m.contains(&names[2]) && m.contains("4x4")),
+        "{text:#?}"
+    );
 }

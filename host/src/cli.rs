@@ -185,6 +185,8 @@ pub struct EvalArgs {
     /// COCO: replay episodes from a JSON Lines file instead of sampling.
     #[arg(long)]
     pub episodes_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub pascal: edge::eval::PascalArgs,
     /// COCO: run a published harness's settings (size, label resolution, episodes, seeds,
     /// split; methods.md §7.4). Replaces --size, --episodes, --runs and --seed.
     #[arg(long, value_enum)]

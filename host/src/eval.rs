@@ -252,6 +252,7 @@ fn shared_harness(
         write_episodes: args.write_episodes.clone(),
         episodes_file: args.episodes_file.clone(),
         preset: args.preset,
+        pascal: args.pascal.options(),
     };
     Ok(edge::eval::run_protocol(
         encoder, input, &request, base, progress,

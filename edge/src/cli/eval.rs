@@ -43,6 +43,8 @@ pub struct EvalArgs {
     /// COCO: replay episodes from a JSON Lines file instead of sampling.
     #[arg(long)]
     pub episodes_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub pascal: edge::eval::PascalArgs,
     /// COCO: run a published harness's settings (size, label resolution, episodes, seeds,
     /// split; methods.md §7.4). Replaces --episodes/--runs/--seed; sets --size if not given.
     #[arg(long, value_enum)]
@@ -91,6 +93,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         write_episodes: args.write_episodes.clone(),
         episodes_file: args.episodes_file.clone(),
         preset: args.preset,
+        pascal: args.pascal.options(),
     };
     let bar = progress_bar(args.protocol.name());
     let mut progress = |done: usize, total: usize| {

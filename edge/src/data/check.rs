@@ -20,6 +20,12 @@
 //!   multi-label masks; the reader takes `> 0`), classes with fewer than 2 images (no 1-shot
 //!   episode possible).
 //!
+//! * **pascal** (VOC2012 layout, see `data::pascal`): `JPEGImages/`, the labels folder
+//!   (`SegmentationClassAug`, else `SegmentationClass`), the lists
+//!   `ImageSets/Segmentation/{train,val,trainaug}.txt` (at least one); per listed name, an image
+//!   that is missing or does not decode, a label that is missing, does not decode, has another
+//!   size than its image, or has values other than 0..=20 and 255.
+//!
 //! Images are fully decoded (a truncated JPEG is found), masks are decoded as label values.
 
 use std::collections::BTreeSet;
@@ -37,6 +43,7 @@ pub enum DataFormat {
     Davis,
     Coco,
     Folder,
+    Pascal,
 }
 
 impl DataFormat {
@@ -45,6 +52,7 @@ impl DataFormat {
             DataFormat::Davis => "davis",
             DataFormat::Coco => "coco",
             DataFormat::Folder => "folder",
+            DataFormat::Pascal => "pascal",
         }
     }
 }
@@ -249,6 +257,7 @@ pub fn check_dataset(root: &Path, format: DataFormat) -> CheckReport {
         DataFormat::Davis => check_davis(&mut c, root),
         DataFormat::Coco => check_coco(&mut c, root),
         DataFormat::Folder => check_folder(&mut c, root),
+        DataFormat::Pascal => check_pascal(&mut c, root),
     }
     c.report
 }
@@ -420,6 +429,64 @@ fn check_coco(c: &mut Checker, root: &Path) {
             root,
             "no image under images/{train2017,val2017} has a mask under masks/<split>/<id>.png",
         );
+    }
+}
+
+fn check_pascal(c: &mut Checker, root: &Path) {
+    let jdir = root.join("JPEGImages");
+    let aug = root.join("SegmentationClassAug");
+    let ldir = if aug.is_dir() {
+        aug
+    } else {
+        root.join("SegmentationClass")
+    };
+    let folders_ok = c.folder(&jdir) & c.folder(&ldir);
+    let sets = root.join("ImageSets/Segmentation");
+    let lists: Vec<PathBuf> = ["train.txt", "val.txt", "trainaug.txt"]
+        .iter()
+        .map(|n| sets.join(n))
+        .filter(|p| p.is_file())
+        .collect();
+    if lists.is_empty() {
+        c.problem(&sets, "no list (train.txt, val.txt or trainaug.txt)");
+    }
+    if !folders_ok {
+        return;
+    }
+    let mut names = BTreeSet::new();
+    for list in &lists {
+        match super::pascal::read_list(list) {
+            Ok(n) => names.extend(n),
+            Err(e) => c.error(list, e),
+        }
+    }
+    for name in names {
+        let ipath = jdir.join(format!("{name}.jpg"));
+        if !ipath.is_file() {
+            c.problem(&ipath, "listed image is missing");
+            continue;
+        }
+        let dims = c.image(&ipath);
+        let lpath = ldir.join(format!("{name}.png"));
+        if !lpath.is_file() {
+            c.problem(&lpath, format!("label of {} is missing", ipath.display()));
+            continue;
+        }
+        if let Some(mask) = c.mask(&lpath, dims.map(|d| (ipath.as_path(), d))) {
+            let bad: Vec<u8> = distinct_values(&mask)
+                .into_iter()
+                .filter(|&v| v > 20 && v != 255)
+                .collect();
+            if !bad.is_empty() {
+                c.problem(
+                    &lpath,
+                    format!(
+                        "unexpected label values {} (VOC uses 0..=20 and 255)",
+                        show(&bad)
+                    ),
+                );
+            }
+        }
     }
 }
 

@@ -79,7 +79,17 @@ pub fn pascal_base_classes(fold: usize) -> Result<Vec<u8>> {
 }
 
 /// What label 255 becomes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum VoidLabel {
     /// Kept as 255 in masks: excluded from prediction and ground truth when scoring.
@@ -110,6 +120,12 @@ pub struct PascalOptions {
     /// Labels folder name under the root (default: see the module doc).
     pub labels: Option<String>,
     pub void: VoidLabel,
+}
+
+impl Default for PascalOptions {
+    fn default() -> Self {
+        PascalOptions::val()
+    }
 }
 
 impl PascalOptions {
@@ -144,7 +160,8 @@ pub struct PascalDataset {
     images: Vec<PascalImage>,
 }
 
-fn read_list(path: &Path) -> Result<Vec<String>> {
+/// The image names of a list file (see the module doc for the accepted line forms).
+pub(crate) fn read_list(path: &Path) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path).map_err(|e| EdgeError::io(path, e))?;
     let mut seen = HashSet::new();
     let mut out = Vec::new();
