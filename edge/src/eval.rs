@@ -439,6 +439,12 @@ pub fn run_protocol(
             "--preset applies to the COCO protocol only",
         ));
     }
+    // Episode lists: replayed from a file if given; the scored ones written if asked.
+    let replay = match &request.episodes_file {
+        Some(p) => Some(crate::sampler::read_jsonl(p)?),
+        None => None,
+    };
+    let mut scored: Vec<EpisodeRecord> = Vec::new();
     let mut report = match request.protocol {
         Protocol::Davis => {
             if request.shots != 1 {
@@ -490,11 +496,7 @@ pub fn run_protocol(
                 base.seed = c.seed;
                 base.protocol = format!("coco-{}", preset.name());
             }
-            let replay = match &request.episodes_file {
-                Some(p) => Some(crate::sampler::read_jsonl(p)?),
-                None => None,
-            };
-            let result = coco_episodes(
+            let mut result = coco_episodes(
                 encoder,
                 &dataset,
                 input,
@@ -502,9 +504,7 @@ pub fn run_protocol(
                 replay.as_deref(),
                 progress,
             )?;
-            if let Some(p) = &request.write_episodes {
-                crate::sampler::write_jsonl(p, &result.episodes)?;
-            }
+            scored = std::mem::take(&mut result.episodes);
             base.folds = Some(folds);
             base.episodes = Some(settings.episodes);
             base.runs = settings.runs;
@@ -529,11 +529,7 @@ pub fn run_protocol(
                 seed: request.seed,
                 min_pixels: FOLDER_MIN_PIXELS,
             };
-            let replay = match &request.episodes_file {
-                Some(p) => Some(crate::sampler::read_jsonl(p)?),
-                None => None,
-            };
-            let result = folder_episodes(
+            let mut result = folder_episodes(
                 encoder,
                 &dataset,
                 input,
@@ -541,9 +537,7 @@ pub fn run_protocol(
                 replay.as_deref(),
                 progress,
             )?;
-            if let Some(p) = &request.write_episodes {
-                crate::sampler::write_jsonl(p, &result.episodes)?;
-            }
+            scored = std::mem::take(&mut result.episodes);
             base.episodes = Some(request.episodes);
             base.runs = request.runs;
             folder_report(base, &dataset, &result)?
@@ -566,11 +560,7 @@ pub fn run_protocol(
                 folds: folds.clone(),
                 min_pixels: PASCAL_MIN_PIXELS,
             };
-            let replay = match &request.episodes_file {
-                Some(p) => Some(crate::sampler::read_jsonl(p)?),
-                None => None,
-            };
-            let result = pascal_episodes(
+            let mut result = pascal_episodes(
                 encoder,
                 &dataset,
                 input,
@@ -578,15 +568,20 @@ pub fn run_protocol(
                 replay.as_deref(),
                 progress,
             )?;
-            if let Some(p) = &request.write_episodes {
-                crate::sampler::write_jsonl(p, &result.episodes)?;
-            }
+            scored = std::mem::take(&mut result.episodes);
             base.folds = Some(folds);
             base.episodes = Some(settings.episodes);
             base.runs = settings.runs;
             pascal_report(base, &result)?
         }
     };
+    if let Some(p) = request
+        .write_episodes
+        .as_ref()
+        .filter(|_| request.protocol != Protocol::Davis)
+    {
+        crate::sampler::write_jsonl(p, &scored)?;
+    }
     report.timing.elapsed_s = started.elapsed().as_secs_f64();
     Ok(report)
 }
