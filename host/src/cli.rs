@@ -233,6 +233,14 @@ pub struct ExportArgs {
     /// Who measured the --checks-from reports: "host eval" or "edge eval".
     #[arg(long, default_value = "host eval")]
     pub checks_measured_by: String,
+    /// Write an int8 encoder (QLinearConv per-tensor for dense/pointwise convs, depthwise kept
+    /// fp32) calibrated with --calibration; precision "int8" in the manifest.
+    #[arg(long)]
+    pub int8: bool,
+    /// Folder of calibration images (*.jpg, *.png) for --int8 (min-max ranges), e.g.
+    /// calibration/.
+    #[arg(long)]
+    pub calibration: Option<PathBuf>,
 }
 
 pub use edge::data::check::DataFormat;

@@ -8,6 +8,11 @@
 //! abs difference exceeds [`PARITY_TOLERANCE`]. PANet has no head graph: its cosine scoring runs
 //! in Rust on the edge (`edge::prototype`).
 //!
+//! With `--int8 --calibration DIR` ([`BundleOptions::int8_calibration`]) the encoder is
+//! quantized instead ([`quant`]: QLinearConv per-tensor for dense/pointwise convs, depthwise
+//! fp32, min-max calibration on the folder's images); its difference to tch fp32 is recorded in
+//! `checks.parity_max_abs_diff` and printed with the relative L2 error and cosine, not gated.
+//!
 //! ```no_run
 //! use host::backbone::{self, BackboneKind};
 //! # fn main() -> anyhow::Result<()> {
@@ -20,6 +25,7 @@
 //! ```
 
 pub mod onnx;
+pub mod quant;
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -27,7 +33,7 @@ use std::time::SystemTime;
 use anyhow::{anyhow, bail, Context, Result};
 use edge::bundle::{
     sha256_file, Checks, Dim, FeatureSpec, GraphSpec, Graphs, InputSpec, Manifest, MetricCheck,
-    PrototypeSpec, Provenance, ResizeSpec, TensorSpec, BUNDLE_FORMAT, MANIFEST_FILE,
+    PrototypeSpec, Provenance, Quantization, ResizeSpec, TensorSpec, BUNDLE_FORMAT, MANIFEST_FILE,
 };
 use edge::preprocess::InputSize;
 use edge::report::EvalReport;
@@ -292,8 +298,11 @@ pub struct BundleOptions {
     pub provenance: Provenance,
     pub metrics: Vec<MetricCheck>,
     pub parity_seed: u64,
-    /// The export fails when tch vs tract differ by more.
+    /// The export fails when tch vs tract differ by more (fp32 only).
     pub tolerance: f64,
+    /// `Some(folder)`: write an int8 encoder calibrated on the images of the folder
+    /// ([`quant`]); its tch-vs-tract difference is recorded, not gated.
+    pub int8_calibration: Option<PathBuf>,
 }
 
 impl BundleOptions {
@@ -306,6 +315,7 @@ impl BundleOptions {
             metrics: Vec::new(),
             parity_seed: PARITY_SEED,
             tolerance: PARITY_TOLERANCE,
+            int8_calibration: None,
         }
     }
 }
@@ -325,7 +335,21 @@ pub fn export_bundle(backbone: &Backbone, opts: &BundleOptions, out: &Path) -> R
     let model = encoder_model(backbone, opts.stride)?;
     let path = out.join(ENCODER_FILE);
     let tmp = out.join(format!(".{ENCODER_FILE}.tmp-{}", std::process::id()));
+    let mut int8: Option<quant::Int8Report> = None;
     let checked = (|| -> Result<Parity> {
+        if let Some(dir) = &opts.int8_calibration {
+            let r = quant::export_int8_encoder(backbone, opts.stride, opts.size, dir, &tmp)
+                .with_context(|| format!("int8 export of {}", path.display()))?;
+            let p = Parity {
+                max_abs_diff: r.error.max_abs_diff,
+                max_abs_value: f64::NAN,
+                shape: Vec::new(),
+            };
+            std::fs::rename(&tmp, &path)
+                .map_err(|e| anyhow!("{}: cannot write: {e}", path.display()))?;
+            int8 = Some(r);
+            return Ok(p);
+        }
         std::fs::write(&tmp, model.encode_to_vec())
             .map_err(|e| anyhow!("{}: cannot write: {e}", tmp.display()))?;
         let (h, w) = (opts.size.height, opts.size.width);
@@ -367,8 +391,19 @@ pub fn export_bundle(backbone: &Backbone, opts: &BundleOptions, out: &Path) -> R
             encoder,
             head: None,
         },
-        precision: "fp32".into(),
-        quantization: None,
+        precision: if int8.is_some() { "int8" } else { "fp32" }.into(),
+        quantization: int8.as_ref().map(|r| Quantization {
+            method: quant::METHOD.into(),
+            calibration: format!(
+                "{} ({} images)",
+                opts.int8_calibration
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                r.images
+            ),
+            layers_fp32: r.quantized.layers_fp32.clone(),
+        }),
         resize: ResizeSpec {
             mode: "stretch".into(),
             interpolation: "bilinear".into(),
@@ -386,6 +421,18 @@ pub fn export_bundle(backbone: &Backbone, opts: &BundleOptions, out: &Path) -> R
         },
     };
     manifest.write(out)?;
+    if let Some(r) = &int8 {
+        eprintln!(
+            "int8 encoder: {} convs int8, {} kept fp32; features vs tch fp32 on the first \
+             calibration image at {}: relative L2 error {:.4}, cosine {:.5}, max abs diff {:.3e}",
+            r.quantized.layers_int8.len(),
+            r.quantized.layers_fp32.len(),
+            opts.size,
+            r.error.relative_l2,
+            r.error.cosine,
+            r.error.max_abs_diff
+        );
+    }
     Ok(manifest)
 }
 
@@ -585,6 +632,12 @@ pub fn run(args: &ExportArgs) -> Result<()> {
     if src.method != Method::Panet {
         bail!("method {} cannot be exported yet", src.method);
     }
+    if args.int8 && !args.checks_from.is_empty() {
+        bail!(
+            "--checks-from records fp32 eval reports; they do not describe an --int8 bundle \
+             (evaluate the int8 bundle with `edge eval` first)"
+        );
+    }
     let mut metrics = Vec::new();
     for f in &args.checks_from {
         metrics.extend(read_metric_checks(f, measured_by, src.method, src.kind)?);
@@ -594,16 +647,25 @@ pub fn run(args: &ExportArgs) -> Result<()> {
     backbone.load_weights(&src.weights)?;
     let mut opts = BundleOptions::new(src.method, src.stride, args.size, src.provenance);
     opts.metrics = metrics;
+    if args.int8 {
+        let dir = args.calibration.clone().ok_or_else(|| {
+            anyhow!("--int8 needs --calibration DIR (a folder of images, e.g. calibration/)")
+        })?;
+        opts.int8_calibration = Some(dir);
+    } else if args.calibration.is_some() {
+        bail!("--calibration is only used with --int8");
+    }
     let manifest = export_bundle(&backbone, &opts, &args.out)?;
     let bytes = std::fs::metadata(args.out.join(ENCODER_FILE))
         .map(|m| m.len())
         .unwrap_or(0);
     println!(
-        "wrote {} ({} {} stride {}, {ENCODER_FILE} {:.1} MB, parity tch vs tract max abs diff {:.2e} at {}) and {MANIFEST_FILE}",
+        "wrote {} ({} {} stride {} {}, {ENCODER_FILE} {:.1} MB, parity tch vs tract max abs diff {:.2e} at {}) and {MANIFEST_FILE}",
         args.out.display(),
         manifest.method,
         manifest.backbone,
         manifest.feature.stride,
+        manifest.precision,
         bytes as f64 / 1e6,
         manifest.checks.parity_max_abs_diff.unwrap_or(f64::NAN),
         args.size,

@@ -165,6 +165,38 @@ impl GraphBuilder {
         Ok(name)
     }
 
+    /// An initializer of any element type from its raw little-endian bytes (`data_type` is a
+    /// `tensor_proto::DataType`); returns its unique name.
+    pub fn initializer_raw(
+        &mut self,
+        base: &str,
+        dims: &[i64],
+        data_type: DataType,
+        raw_data: Vec<u8>,
+    ) -> Result<String> {
+        let n: i64 = dims.iter().product();
+        let width = match data_type {
+            DataType::Uint8 | DataType::Int8 => 1,
+            DataType::Int32 | DataType::Float => 4,
+            other => bail!("ONNX initializer {base}: element type {other:?} not supported"),
+        };
+        if (n as usize) * width != raw_data.len() {
+            bail!(
+                "ONNX initializer {base}: {} bytes for shape {dims:?} of {data_type:?}",
+                raw_data.len()
+            );
+        }
+        let name = self.unique(base);
+        self.initializers.push(TensorProto {
+            dims: dims.to_vec(),
+            data_type: data_type as i32,
+            name: name.clone(),
+            raw_data,
+            ..Default::default()
+        });
+        Ok(name)
+    }
+
     /// A scalar (rank 0) float constant, shared by every node that uses the same value.
     pub fn scalar_f32(&mut self, base: &str, v: f32) -> Result<String> {
         if let Some(n) = self.scalars.get(&v.to_bits()) {
@@ -339,7 +371,7 @@ pub fn fold_conv_bn(conv: &Conv2d, bn: Option<&BatchNorm2d>) -> Result<FoldedCon
 /// The ONNX padding attributes of a conv: explicit `pads` `[top, left, bottom, right]` when they
 /// do not depend on the input size, else `auto_pad = "SAME_UPPER"` (TF "SAME": the odd pixel
 /// at the end).
-fn conv_padding_attrs(conv: &Conv2d) -> Vec<AttributeProto> {
+pub fn conv_padding_attrs(conv: &Conv2d) -> Vec<AttributeProto> {
     let kernel = conv.kernel();
     match conv.padding {
         Padding::Explicit(p) => vec![attr_ints("pads", &p)],
@@ -432,7 +464,7 @@ pub fn emit_inverted_residual(
 }
 
 /// `features.3.conv.2` -> `features.3`: the block prefix of a layer name (best effort).
-fn block_name(conv_name: &str) -> String {
+pub fn block_name(conv_name: &str) -> String {
     let parts: Vec<&str> = conv_name.split('.').collect();
     if parts.len() >= 2 {
         parts[..2].join(".")
