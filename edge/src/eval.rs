@@ -1249,3 +1249,93 @@ impl PascalArgs {
         }
     }
 }
+
+/// The protocol flags shared by `host eval` and `edge eval` (flattened into both, so the two
+/// commands take the same flags with the same meaning).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProtocolArgs {
+    #[arg(long, value_enum)]
+    pub protocol: Protocol,
+    /// Dataset root: DAVIS layout (davis), COCO128 layout (coco), class folders (folder),
+    /// VOC2012 layout (pascal).
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long, default_value_t = 1)]
+    pub shots: usize,
+    /// Episodes per fold per run (coco, pascal, folder).
+    #[arg(long, default_value_t = 1000)]
+    pub episodes: usize,
+    /// Runs: seeds seed..seed+runs-1.
+    #[arg(long, default_value_t = 1)]
+    pub runs: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Folds to evaluate (coco: default the model's training fold, else all four; pascal: all four).
+    #[arg(long, value_delimiter = ',')]
+    pub folds: Option<Vec<usize>>,
+    /// Write the scored episodes as JSON Lines.
+    #[arg(long)]
+    pub write_episodes: Option<PathBuf>,
+    /// Replay episodes from a JSON Lines file instead of sampling.
+    #[arg(long)]
+    pub episodes_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub pascal: PascalArgs,
+    /// COCO: a published harness's settings (size, label resolution, episodes, seeds, split;
+    /// methods.md §7.4). Replaces --episodes, --runs and --seed.
+    #[arg(long, value_enum)]
+    pub preset: Option<Preset>,
+    /// Print one JSON line (the evaluation schema) on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl ProtocolArgs {
+    /// The request for [`run_protocol`]; `trained_fold` is the model's COCO training fold.
+    pub fn request(&self, trained_fold: Option<usize>) -> ProtocolRequest {
+        ProtocolRequest {
+            protocol: self.protocol,
+            data: self.data.clone(),
+            shots: self.shots,
+            episodes: self.episodes,
+            runs: self.runs,
+            seed: self.seed,
+            folds: self.folds.clone(),
+            trained_fold,
+            write_episodes: self.write_episodes.clone(),
+            episodes_file: self.episodes_file.clone(),
+            preset: self.preset,
+            pascal: self.pascal.options(),
+        }
+    }
+
+    /// Runs the protocol with a progress bar on stderr and prints the report (JSON line or
+    /// summary) on stdout.
+    pub fn run_and_print(
+        &self,
+        encoder: &mut dyn FeatureEncoder,
+        input: ScoringInput,
+        base: EvalReport,
+        trained_fold: Option<usize>,
+    ) -> Result<EvalReport> {
+        let bar = progress_bar(self.protocol.name());
+        let mut progress = |done: usize, total: usize| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        };
+        let report = run_protocol(
+            encoder,
+            input,
+            &self.request(trained_fold),
+            base,
+            &mut progress,
+        )?;
+        bar.finish_and_clear();
+        if self.json {
+            println!("{}", report.to_json_line());
+        } else {
+            println!("{}", report.human_summary());
+        }
+        Ok(report)
+    }
+}

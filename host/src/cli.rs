@@ -141,15 +141,10 @@ pub struct TrainArgs {
     pub stop_after: Option<usize>,
 }
 
-pub use edge::eval::Protocol;
-
 #[derive(Debug, Clone, Args)]
 pub struct EvalArgs {
-    #[arg(long, value_enum)]
-    pub protocol: Protocol,
-    /// Dataset root (DAVIS layout for davis, COCO128 layout for coco, class folders for folder).
-    #[arg(long)]
-    pub data: PathBuf,
+    #[command(flatten)]
+    pub eval: edge::eval::ProtocolArgs,
     #[arg(long, default_value = "panet")]
     pub method: Method,
     /// Backbone (ignored with --checkpoint, which records its own).
@@ -163,37 +158,9 @@ pub struct EvalArgs {
     /// Evaluate the ImageNet backbone without few-shot training.
     #[arg(long)]
     pub no_train: bool,
-    /// Model input size, rows x columns.
+    /// Model input size, rows x columns (a --preset sets its own).
     #[arg(long, default_value = "320x576", value_parser = parse_size)]
     pub size: InputSize,
-    #[arg(long, default_value_t = 1)]
-    pub shots: usize,
-    /// COCO: episodes per fold per run.
-    #[arg(long, default_value_t = 1000)]
-    pub episodes: usize,
-    /// COCO: runs (seeds seed..seed+runs-1).
-    #[arg(long, default_value_t = 1)]
-    pub runs: usize,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// COCO: folds to evaluate (default all four; a checkpoint defaults to its own fold).
-    #[arg(long, value_delimiter = ',')]
-    pub folds: Option<Vec<usize>>,
-    /// COCO: write the sampled episodes as JSON Lines.
-    #[arg(long)]
-    pub write_episodes: Option<PathBuf>,
-    /// COCO: replay episodes from a JSON Lines file instead of sampling.
-    #[arg(long)]
-    pub episodes_file: Option<PathBuf>,
-    #[command(flatten)]
-    pub pascal: edge::eval::PascalArgs,
-    /// COCO: run a published harness's settings (size, label resolution, episodes, seeds,
-    /// split; methods.md §7.4). Replaces --size, --episodes, --runs and --seed.
-    #[arg(long, value_enum)]
-    pub preset: Option<edge::presets::Preset>,
-    /// Print one JSON line (evaluation.md schema) on stdout.
-    #[arg(long)]
-    pub json: bool,
     /// Encoder batch size.
     #[arg(long, default_value_t = 4)]
     pub batch: usize,

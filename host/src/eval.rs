@@ -2,20 +2,14 @@
 //! canonical scoring of the shared library (the same code `edge eval` runs).
 
 use crate::backbone::{Backbone, BackboneKind, BackboneOptions};
-use crate::cli::{EvalArgs, Method, Protocol};
+use crate::cli::{EvalArgs, Method};
 use crate::train::{initial_weights, RunRecord, FEATURE_STRIDE};
 use anyhow::{anyhow, bail, Result};
-use edge::data::coco::{CocoMaskDataset, FoldSplit, DEFAULT_MIN_PIXELS};
-use edge::data::davis::DavisDataset;
-use edge::eval::{
-    coco_episodes, coco_report, davis_one_shot, davis_report, CocoEpisodes, FeatureEncoder,
-    ScoringInput,
-};
+use edge::eval::{FeatureEncoder, ScoringInput};
 use edge::preprocess::{InputSize, Normalization};
 use edge::report::EvalReport;
 use edge::tensor::FeatureMap;
 use std::path::Path;
-use std::time::Instant;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 /// The backbone in tch as a [`FeatureEncoder`] for the shared harness.
@@ -95,21 +89,7 @@ impl FeatureEncoder for TchEncoder {
     }
 }
 
-fn progress_bar(what: &str) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(&format!(
-            "{what} {{bar:30}} {{pos}}/{{len}} [{{elapsed}}<{{eta}}]"
-        ))
-        .unwrap(),
-    );
-    bar
-}
-
 pub fn run(args: &EvalArgs) -> Result<()> {
-    if args.shots == 0 {
-        bail!("--shots must be at least 1");
-    }
     let device = args.device.resolve()?;
     let (kind, weights, method, trained_fold) = match &args.checkpoint {
         Some(ckpt) => {
@@ -137,7 +117,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         bail!("method {method} cannot be evaluated yet");
     }
     let mut encoder = TchEncoder::load(kind, weights.as_deref(), device, args.batch)?;
-    let size = match args.preset {
+    let size = match args.eval.preset {
         Some(p) => p.settings().coco()?.size,
         None => args.size,
     };
@@ -145,149 +125,16 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         size,
         normalization: encoder.normalization(),
     };
-    let started = Instant::now();
-    let mut base = EvalReport::new(
+    let base = EvalReport::new(
         "",
-        args.data.display().to_string(),
+        args.eval.data.display().to_string(),
         method.name(),
         kind.name(),
         [size.height, size.width],
         "fp32",
-        args.shots,
+        args.eval.shots,
     );
-    let bar = progress_bar(args.protocol.name());
-    let mut progress = |done: usize, total: usize| {
-        bar.set_length(total as u64);
-        bar.set_position(done as u64);
-    };
-    let mut report = match args.protocol {
-        Protocol::Folder | Protocol::Pascal => {
-            shared_harness(args, trained_fold, &mut encoder, input, base, &mut progress)?
-        }
-        Protocol::Coco if args.preset.is_some() => {
-            shared_harness(args, trained_fold, &mut encoder, input, base, &mut progress)?
-        }
-        Protocol::Davis => {
-            if args.preset.is_some() {
-                bail!("--preset applies to the COCO protocol only");
-            }
-            if args.shots != 1 {
-                bail!("the DAVIS protocol is one-shot (frame 0); --shots must be 1");
-            }
-            let dataset = DavisDataset::open(&args.data)?;
-            let acc = davis_one_shot(&mut encoder, &dataset, input, &mut progress)?;
-            base.seed = args.seed;
-            davis_report(base, &acc)
-        }
-        Protocol::Coco => {
-            let dataset = CocoMaskDataset::open(&args.data)?;
-            let folds = match (&args.folds, trained_fold) {
-                (Some(f), _) => f.clone(),
-                (None, Some(f)) => vec![f],
-                (None, None) => vec![0, 1, 2, 3],
-            };
-            for &f in &folds {
-                edge::data::coco::check_fold(f)?;
-            }
-            let settings = CocoEpisodes {
-                shots: args.shots,
-                episodes: args.episodes,
-                runs: args.runs,
-                seed: args.seed,
-                folds: folds.clone(),
-                min_pixels: DEFAULT_MIN_PIXELS,
-                split: FoldSplit::Interleaved,
-                label_at_input: false,
-            };
-            let replay = match &args.episodes_file {
-                Some(p) => Some(edge::sampler::read_jsonl(p)?),
-                None => None,
-            };
-            let result = coco_episodes(
-                &mut encoder,
-                &dataset,
-                input,
-                &settings,
-                replay.as_deref(),
-                &mut progress,
-            )?;
-            if let Some(p) = &args.write_episodes {
-                edge::sampler::write_jsonl(p, &result.episodes)?;
-            }
-            base.folds = Some(folds);
-            base.episodes = Some(args.episodes);
-            base.runs = args.runs;
-            base.seed = args.seed;
-            coco_report(base, &dataset, &result)?
-        }
-    };
-    bar.finish_and_clear();
-    report.timing.elapsed_s = started.elapsed().as_secs_f64();
-    if args.json {
-        println!("{}", report.to_json_line());
-    } else {
-        print_human(&report);
-    }
+    args.eval
+        .run_and_print(&mut encoder, input, base, trained_fold)?;
     Ok(())
-}
-
-/// The folder and PASCAL-5i protocols and COCO presets through the shared `edge::eval::run_protocol`.
-fn shared_harness(
-    args: &EvalArgs,
-    trained_fold: Option<usize>,
-    encoder: &mut TchEncoder,
-    input: ScoringInput,
-    base: EvalReport,
-    progress: &mut dyn FnMut(usize, usize),
-) -> Result<EvalReport> {
-    let request = edge::eval::ProtocolRequest {
-        protocol: args.protocol,
-        data: args.data.clone(),
-        shots: args.shots,
-        episodes: args.episodes,
-        runs: args.runs,
-        seed: args.seed,
-        folds: args.folds.clone(),
-        trained_fold,
-        write_episodes: args.write_episodes.clone(),
-        episodes_file: args.episodes_file.clone(),
-        preset: args.preset,
-        pascal: args.pascal.options(),
-    };
-    Ok(edge::eval::run_protocol(
-        encoder, input, &request, base, progress,
-    )?)
-}
-
-fn fmt_opt(v: Option<f64>) -> String {
-    v.map(|x| format!("{x:.1}")).unwrap_or_else(|| "-".into())
-}
-
-fn print_human(r: &EvalReport) {
-    println!(
-        "{} {} {} {}x{} {}-shot: J-mean {} FB-IoU {} mIoU {} ({:.1}s)",
-        r.protocol,
-        r.method,
-        r.backbone,
-        r.size[0],
-        r.size[1],
-        r.shots,
-        fmt_opt(r.j_mean),
-        fmt_opt(r.fb_iou),
-        fmt_opt(r.miou),
-        r.timing.elapsed_s
-    );
-    if let Some(seqs) = &r.per_sequence {
-        for (name, j) in seqs {
-            println!("  {name:<24} J {j:.1}");
-        }
-    }
-    if let Some(folds) = &r.per_fold {
-        for f in folds {
-            println!(
-                "  fold {} mIoU {:.1} ± {:.1} ({} classes)",
-                f.fold, f.miou, f.miou_std, f.classes
-            );
-        }
-    }
 }
