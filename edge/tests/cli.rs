@@ -72,39 +72,6 @@ fn fails(cmd: &mut Command, needles: &[&str]) -> String {
     se
 }
 
-/// A scene with a red (label 1) and a green (label 2) disk: image and the two masks.
-fn write_scene(
-    dir: &Path,
-    stem: &str,
-    w: u32,
-    h: u32,
-    seed: u32,
-    shift: f32,
-) -> (PathBuf, PathBuf, PathBuf) {
-    let (img, label) = scene(
-        w,
-        h,
-        seed,
-        &[(1, 0.28 + shift, 0.35, 0.17), (2, 0.7 - shift, 0.65, 0.17)],
-    );
-    let image = dir.join(format!("{stem}.jpg"));
-    img.save(&image).unwrap();
-    let mut masks = Vec::new();
-    for k in [1u8, 2] {
-        let m = GrayImage::from_fn(w, h, |x, y| {
-            Luma([if label.get_pixel(x, y).0[0] == k {
-                255
-            } else {
-                0
-            }])
-        });
-        let p = dir.join(format!("{stem}_{k}.png"));
-        m.save(&p).unwrap();
-        masks.push(p);
-    }
-    (image, masks[0].clone(), masks[1].clone())
-}
-
 struct Fixture {
     tmp: TempDir,
     bundle: PathBuf,
@@ -116,8 +83,8 @@ fn fixture(tag: &str) -> Fixture {
     let tmp = TempDir::new(tag);
     let bundle = tmp.path().join("bundle");
     write_test_bundle(&bundle, 64, 64);
-    let support = write_scene(tmp.path(), "support", 96, 80, 3, 0.0);
-    let q1 = write_scene(tmp.path(), "q1", 120, 90, 8, 0.04).0;
+    let support = fss_tests::write_two_object_scene(tmp.path(), "support", 96, 80, 3, 0.0);
+    let q1 = fss_tests::write_two_object_scene(tmp.path(), "q1", 120, 90, 8, 0.04).0;
     // A PNG query of another size.
     let (img, _) = scene(70, 100, 11, &[(1, 0.3, 0.3, 0.2), (2, 0.7, 0.7, 0.2)]);
     let q2 = tmp.path().join("q2.png");
@@ -246,7 +213,7 @@ fn segment_two_targets_end_to_end_with_cache() {
 #[test]
 fn segment_one_target_several_shots_and_query_folder() {
     let f = fixture("edge-cli-kshot");
-    let s2 = write_scene(f.tmp.path(), "support2", 80, 80, 5, 0.05);
+    let s2 = fss_tests::write_two_object_scene(f.tmp.path(), "support2", 80, 80, 5, 0.05);
     let qdir = f.tmp.path().join("queries");
     std::fs::create_dir_all(&qdir).unwrap();
     for q in &f.queries {

@@ -13,9 +13,9 @@ use edge::runtime::{
 use edge::testkit::{
     reference_features, write_test_bundle, write_test_bundle_with_channels, TEST_CHANNELS,
 };
-use fss_tests::{scene, TempDir};
+use fss_tests::TempDir;
 use image::{GrayImage, Luma};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 fn pseudo_random(n: usize, seed: u32) -> Vec<f32> {
     let mut s = seed;
@@ -265,39 +265,6 @@ fn missing_graph_file_and_missing_bundle() {
     assert!(e.contains("bundle folder"), "{e}");
 }
 
-/// A support scene with a red (label 1) and a green (label 2) disk, and its two masks.
-fn write_scene(
-    dir: &Path,
-    stem: &str,
-    w: u32,
-    h: u32,
-    seed: u32,
-    shift: f32,
-) -> (PathBuf, PathBuf, PathBuf) {
-    let (img, label) = scene(
-        w,
-        h,
-        seed,
-        &[(1, 0.28 + shift, 0.35, 0.17), (2, 0.7 - shift, 0.65, 0.17)],
-    );
-    let image = dir.join(format!("{stem}.jpg"));
-    img.save(&image).unwrap();
-    let mut masks = Vec::new();
-    for k in [1u8, 2] {
-        let m = GrayImage::from_fn(w, h, |x, y| {
-            Luma([if label.get_pixel(x, y).0[0] == k {
-                255
-            } else {
-                0
-            }])
-        });
-        let p = dir.join(format!("{stem}_{k}.png"));
-        m.save(&p).unwrap();
-        masks.push(p);
-    }
-    (image, masks[0].clone(), masks[1].clone())
-}
-
 fn two_targets(image: &Path, m1: &Path, m2: &Path) -> Vec<TargetSpec> {
     vec![
         TargetSpec {
@@ -322,12 +289,12 @@ fn two_way_segmentation_finds_both_targets() {
     let tmp = TempDir::new("edge-nway");
     let dir = tmp.path().join("bundle");
     write_test_bundle(&dir, 64, 64);
-    let (image, m1, m2) = write_scene(tmp.path(), "support", 96, 80, 3, 0.0);
+    let (image, m1, m2) = fss_tests::write_two_object_scene(tmp.path(), "support", 96, 80, 3, 0.0);
     let mut enc = BundleEncoder::open(&dir).unwrap();
     let size = enc.default_size();
     let protos = compute_prototypes(&mut enc, &two_targets(&image, &m1, &m2), size).unwrap();
     assert_eq!(protos.foreground.len(), 2);
-    let (q, _, _) = write_scene(tmp.path(), "query", 120, 90, 8, 0.04);
+    let (q, _, _) = fss_tests::write_two_object_scene(tmp.path(), "query", 120, 90, 8, 0.04);
     let img = edge::data::load_rgb(&q).unwrap();
     let f = enc.encode_image(&img, size).unwrap();
     let labels = panet_predict(&f, &protos, (90, 120)).unwrap();
@@ -337,7 +304,8 @@ fn two_way_segmentation_finds_both_targets() {
     assert_eq!(at(0.66, 0.65), 2, "green disk centre");
     assert_eq!(at(0.05, 0.95), 0, "background corner");
     // Several shots for one target work too.
-    let (image2, m1b, _) = write_scene(tmp.path(), "support2", 80, 80, 5, 0.05);
+    let (image2, m1b, _) =
+        fss_tests::write_two_object_scene(tmp.path(), "support2", 80, 80, 5, 0.05);
     let one = vec![TargetSpec {
         name: "red".into(),
         shots: vec![
@@ -362,7 +330,7 @@ fn bad_supports_are_refused() {
     write_test_bundle(&dir, 32, 32);
     let mut enc = BundleEncoder::open(&dir).unwrap();
     let size = enc.default_size();
-    let (image, m1, m2) = write_scene(tmp.path(), "s", 64, 48, 1, 0.0);
+    let (image, m1, m2) = fss_tests::write_two_object_scene(tmp.path(), "s", 64, 48, 1, 0.0);
     // Empty mask.
     let empty = tmp.path().join("empty.png");
     GrayImage::new(64, 48).save(&empty).unwrap();
@@ -428,7 +396,7 @@ fn cache_for_another_bundle_is_refused() {
     assert_eq!(Bundle::open(&a).unwrap().hash, ba.hash, "hash is stable");
     let mut enc = BundleEncoder::open(&a).unwrap();
     let size = InputSize::new(32, 32);
-    let (image, m1, m2) = write_scene(tmp.path(), "s", 64, 48, 1, 0.0);
+    let (image, m1, m2) = fss_tests::write_two_object_scene(tmp.path(), "s", 64, 48, 1, 0.0);
     let targets = two_targets(&image, &m1, &m2);
     let protos = compute_prototypes(&mut enc, &targets, size).unwrap();
     let key_a = CacheKey::new(&ba.hash, size, &ba.normalization());

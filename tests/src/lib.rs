@@ -231,3 +231,36 @@ pub fn assert_clean_error(out: &std::process::Output, needles: &[&str]) {
         );
     }
 }
+
+/// A scene with a red (label 1) and a green (label 2) disk, saved as `<stem>.jpg` with the two
+/// masks `<stem>_1.png` and `<stem>_2.png` (0/255); `shift` moves the disks towards each other.
+pub fn write_two_object_scene(
+    dir: &Path,
+    stem: &str,
+    w: u32,
+    h: u32,
+    seed: u32,
+    shift: f32,
+) -> (PathBuf, PathBuf, PathBuf) {
+    let (img, label) = scene(
+        w,
+        h,
+        seed,
+        &[(1, 0.28 + shift, 0.35, 0.17), (2, 0.7 - shift, 0.65, 0.17)],
+    );
+    let image = dir.join(format!("{stem}.jpg"));
+    img.save(&image).unwrap();
+    let mask = |k: u8| {
+        let m = GrayImage::from_fn(w, h, |x, y| {
+            Luma([if label.get_pixel(x, y).0[0] == k {
+                255
+            } else {
+                0
+            }])
+        });
+        let p = dir.join(format!("{stem}_{k}.png"));
+        m.save(&p).unwrap();
+        p
+    };
+    (image.clone(), mask(1), mask(2))
+}

@@ -534,6 +534,19 @@ pub fn emit_layer(g: &mut GraphBuilder, layer: &Layer, x: &str, index: usize) ->
     }
 }
 
+/// The encoder's input `[1, C_in, "H", "W"]` and output `[1, C_out, "h", "w"]` dims.
+pub fn encoder_dims(in_channels: usize, out_channels: usize) -> ([Dim; 4], [Dim; 4]) {
+    let dims = |c: usize, h: &str, w: &str| {
+        [
+            Dim::Fixed(1),
+            Dim::Fixed(c),
+            Dim::Symbol(h.into()),
+            Dim::Symbol(w.into()),
+        ]
+    };
+    (dims(in_channels, "H", "W"), dims(out_channels, "h", "w"))
+}
+
 /// A model running `layers` in order on a float input `[1, in_channels, "H", "W"]` named
 /// `input_name`, with output `output_name` `[1, out_channels, "h", "w"]`.
 pub fn layers_model(
@@ -545,18 +558,7 @@ pub fn layers_model(
     doc: &str,
 ) -> Result<ModelProto> {
     let mut g = GraphBuilder::new("encoder");
-    let in_dims = [
-        Dim::Fixed(1),
-        Dim::Fixed(in_channels),
-        Dim::Symbol("H".into()),
-        Dim::Symbol("W".into()),
-    ];
-    let out_dims = [
-        Dim::Fixed(1),
-        Dim::Fixed(out_channels),
-        Dim::Symbol("h".into()),
-        Dim::Symbol("w".into()),
-    ];
+    let (in_dims, out_dims) = encoder_dims(in_channels, out_channels);
     let mut x = g.input(input_name, &in_dims)?;
     for (i, layer) in layers.iter().enumerate() {
         x = emit_layer(&mut g, layer, &x, i)?;

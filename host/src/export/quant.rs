@@ -26,7 +26,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use edge::bundle::Dim;
 use edge::preprocess::{InputSize, Normalization};
 use tch::Tensor;
 use tract_onnx::pb::{tensor_proto::DataType, ModelProto};
@@ -396,18 +395,7 @@ pub fn quantized_layers_model(
     doc: &str,
 ) -> Result<QuantizedModel> {
     let mut g = GraphBuilder::new("encoder");
-    let in_dims = [
-        Dim::Fixed(1),
-        Dim::Fixed(in_channels),
-        Dim::Symbol("H".into()),
-        Dim::Symbol("W".into()),
-    ];
-    let out_dims = [
-        Dim::Fixed(1),
-        Dim::Fixed(out_channels),
-        Dim::Symbol("h".into()),
-        Dim::Symbol("w".into()),
-    ];
+    let (in_dims, out_dims) = onnx::encoder_dims(in_channels, out_channels);
     let mut e = QEmitter {
         cal,
         layers_fp32: Vec::new(),
