@@ -12,8 +12,10 @@ PY="$VENV/bin/python"
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 # --- apt packages (only what is missing) ------------------------------------------------------
+# libclang-dev: bindgen of v4l's V4L2 bindings (edge's `camera` feature). chromium and
+# chromium-driver: the browser test of `edge run`'s web page (tests/tests/browser.rs).
 need_apt=()
-for pkg in pkg-config binutils; do
+for pkg in pkg-config binutils libclang-dev chromium chromium-driver; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

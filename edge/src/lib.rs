@@ -20,6 +20,7 @@ pub mod tensor;
 pub use error::{EdgeError, Result};
 pub use tensor::FeatureMap;
 pub mod cache;
+pub mod live;
 pub mod overlay;
 pub mod runtime;
 pub mod testkit;

@@ -264,3 +264,134 @@ pub fn write_two_object_scene(
     };
     (image.clone(), mask(1), mask(2))
 }
+
+/// One HTTP/1.1 request over a fresh connection (`Connection: close`), for the live server's
+/// API and for WebDriver: returns the status and the body. `body` is sent as JSON.
+pub fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(120)))?;
+    let body = body.unwrap_or("");
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes())?;
+    // Read the head, then exactly Content-Length bytes (servers such as chromedriver keep the
+    // connection open despite `Connection: close`), else a chunked body, else to EOF.
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    let head_end = loop {
+        if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            break raw.len();
+        }
+        raw.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&raw[..head_end]).to_ascii_lowercase();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let length: Option<usize> = head.lines().find_map(|l| {
+        l.strip_prefix("content-length:")
+            .and_then(|v| v.trim().parse().ok())
+    });
+    let chunked = head.contains("transfer-encoding: chunked");
+    loop {
+        let body = &raw[head_end..];
+        let done = match length {
+            Some(n) => body.len() >= n,
+            None if chunked => body.windows(5).any(|w| w == b"0\r\n\r\n"),
+            None => false,
+        };
+        if done {
+            break;
+        }
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+    }
+    let mut body = String::from_utf8_lossy(&raw[head_end..]).into_owned();
+    if let Some(n) = length {
+        body.truncate(n);
+    } else if chunked {
+        body = dechunk(&body);
+    }
+    Ok((status, body))
+}
+
+/// Decodes a `Transfer-Encoding: chunked` body.
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
+    }
+    out
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A workspace binary built by `cargo test --workspace` next to the running test executable.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
+    let p = dir.join(name);
+    assert!(
+        p.is_file(),
+        "{} not built: run `cargo test --workspace` (or cargo build -p host -p edge first)",
+        p.display()
+    );
+    p
+}
+
+/// Intersection over union of two `[x, y, w, h]` boxes.
+pub fn box_iou(a: [f64; 4], b: [f64; 4]) -> f64 {
+    let ix = (a[0] + a[2]).min(b[0] + b[2]) - a[0].max(b[0]);
+    let iy = (a[1] + a[3]).min(b[1] + b[3]) - a[1].max(b[1]);
+    let inter = ix.max(0.0) * iy.max(0.0);
+    inter / (a[2] * a[3] + b[2] * b[3] - inter)
+}
+
+/// `[x, y, w, h]` of the pixels where `on(x, y)` holds in a `width` x `height` grid (`None` if
+/// there are none).
+pub fn bbox_where(width: u32, height: u32, on: impl Fn(u32, u32) -> bool) -> Option<[f64; 4]> {
+    let (mut x0, mut y0, mut x1, mut y1) = (u32::MAX, u32::MAX, 0, 0);
+    for y in 0..height {
+        for x in 0..width {
+            if on(x, y) {
+                (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
+            }
+        }
+    }
+    (x0 != u32::MAX).then(|| {
+        [
+            x0 as f64,
+            y0 as f64,
+            (x1 - x0 + 1) as f64,
+            (y1 - y0 + 1) as f64,
+        ]
+    })
+}

@@ -2,21 +2,12 @@
 //! export, then `edge eval` must agree with `host eval` on the same model and data, and
 //! `edge segment` must produce masks. Also the shipped default bundle through `edge demo`.
 
-use fss_tests::{workspace_root, write_coco_like, write_davis_like, TempDir};
+use fss_tests::{workspace_binary, workspace_root, write_coco_like, write_davis_like, TempDir};
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-/// The workspace's binaries, built by `cargo test --workspace` next to this test executable.
 fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().and_then(|d| d.parent()).unwrap();
-    let p = dir.join(name);
-    assert!(
-        p.is_file(),
-        "{} not built: run `cargo test --workspace` (or cargo build -p host -p edge first)",
-        p.display()
-    );
-    p
+    workspace_binary(name)
 }
 
 fn run(bin: &str, args: &[&str]) -> Output {

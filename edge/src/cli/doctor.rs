@@ -253,7 +253,7 @@ fn gpio_chips() -> Vec<Device> {
 
 /// The bundle to check: `--bundle`, else the repository's `models/default`, else the
 /// installed one.
-fn default_bundle(arg: &Option<PathBuf>) -> PathBuf {
+pub(crate) fn default_bundle(arg: &Option<PathBuf>) -> PathBuf {
     if let Some(b) = arg {
         return b.clone();
     }

@@ -1,10 +1,12 @@
-//! The `edge` command line: `segment`, `eval`, `bench`, `demo`, `doctor`.
+//! The `edge` command line: `segment`, `eval`, `bench`, `demo`, `doctor`, `run`, `support`.
 
 mod bench;
 mod demo;
 mod doctor;
 mod eval;
+mod run;
 mod segment;
+mod support;
 
 use anyhow::Result;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -37,6 +39,11 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Check this machine: CPU features tract uses, cameras, GPIO chips, and one encoder pass of a bundle.
     Doctor(doctor::DoctorArgs),
+    /// Live segmentation from a camera, a replayed folder or a synthetic source: web page,
+    /// GPIO button and LED, JSON Lines events.
+    Run(run::RunArgs),
+    /// List, add or remove the targets `edge run` segments (its --state folder).
+    Support(support::SupportArgs),
 }
 
 pub fn run() -> Result<()> {
@@ -56,6 +63,8 @@ pub fn run() -> Result<()> {
         Command::Bench(args) => bench::run(&args),
         Command::Demo(args) => demo::run(&args),
         Command::Doctor(args) => doctor::run(&args),
+        Command::Run(args) => run::run(&args),
+        Command::Support(args) => support::run(&args),
     }
 }
 
@@ -113,20 +122,7 @@ pub fn ms_since(t: std::time::Instant) -> f64 {
 
 /// Image files (jpg, jpeg, png) of a folder, sorted by name.
 pub fn images_in(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).map_err(|e| edge::EdgeError::io(dir, e))? {
-        let p = e.map_err(|e| edge::EdgeError::io(dir, e))?.path();
-        let ext = p
-            .extension()
-            .and_then(|x| x.to_str())
-            .map(|x| x.to_ascii_lowercase())
-            .unwrap_or_default();
-        if p.is_file() && matches!(ext.as_str(), "jpg" | "jpeg" | "png") {
-            out.push(p);
-        }
-    }
-    out.sort();
-    Ok(out)
+    Ok(edge::live::source::image_files(dir)?)
 }
 
 #[cfg(test)]
