@@ -24,7 +24,7 @@ install -d "$DESTDIR$PREFIX/bin" "$DESTDIR$PREFIX/share/fss/models" "$DESTDIR/et
 install -m 0755 "$HERE/bin/edge" "$DESTDIR$PREFIX/bin/edge"
 rm -rf "$DESTDIR$PREFIX/share/fss/models/default"
 cp -R "$HERE/share/fss/models/default" "$DESTDIR$PREFIX/share/fss/models/default"
-cp "$HERE/share/fss/fss-edge.service.template" "$DESTDIR$PREFIX/share/fss/"
+cp "$HERE/share/fss/fss-edge.service" "$DESTDIR$PREFIX/share/fss/"
 if [ -e "$DESTDIR/etc/fss/edge.toml" ]; then
   echo "keeping existing $DESTDIR/etc/fss/edge.toml"
 else
@@ -32,3 +32,4 @@ else
 fi
 echo "installed $DESTDIR$PREFIX/bin/edge and the default bundle in $DESTDIR$PREFIX/share/fss/models/default"
 echo "check the board with: $PREFIX/bin/edge doctor"
+echo "run it as a service: see the comments at the top of $PREFIX/share/fss/fss-edge.service"

@@ -11,7 +11,7 @@ log() { printf '[build-arm] %s\n' "$*" >&2; }
 
 scripts/setup-arm.sh
 start=$(date +%s)
-cargo build --release -p edge --target "$TARGET"
+cargo build --release -p edge --features camera --target "$TARGET"
 log "cargo build: $(( $(date +%s) - start )) s"
 
 # tract-linalg's build.rs assembles the NEON (and SVE/fp16) kernels with the target C compiler

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Packages the cross-built aarch64 edge (scripts/build-arm.sh builds it first) as
 #   target/arm-dist/fss-edge_<version>_arm64.deb            (dpkg-deb; /usr/bin/edge,
-#        /usr/share/fss/models/default, /etc/fss/edge.toml, /var/lib/fss)
+#        /usr/share/fss/models/default, /etc/fss/edge.toml, /var/lib/fss, the fss-edge systemd
+#        unit running `edge run` as the unprivileged `fss` user in the video and gpio groups)
 #   target/arm-dist/fss-edge-<version>-aarch64-linux-gnu.tar.gz   (install.sh, for boards without dpkg)
-# Templates live in packaging/. The systemd unit is a commented template only
-# (/usr/share/fss/fss-edge.service.template): the live `edge run` command does not exist yet.
+# Templates live in packaging/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -32,7 +32,7 @@ stage() { # stage DIR: usr/bin/edge, usr/share/fss/..., etc/fss/edge.toml
   install -d "$d/usr/bin" "$d/usr/share/fss/models" "$d/etc/fss" "$d/usr/share/doc/fss-edge"
   install -m 0755 "$STRIPPED" "$d/usr/bin/edge"
   cp -R "$BUNDLE" "$d/usr/share/fss/models/default"
-  install -m 0644 packaging/fss-edge.service "$d/usr/share/fss/fss-edge.service.template"
+  install -m 0644 packaging/fss-edge.service "$d/usr/share/fss/fss-edge.service"
   install -m 0644 packaging/edge.toml "$d/etc/fss/edge.toml"
   install -m 0644 docs/arm.md "$d/usr/share/doc/fss-edge/README.md"
 }
@@ -40,12 +40,14 @@ stage() { # stage DIR: usr/bin/edge, usr/share/fss/..., etc/fss/edge.toml
 # --- .deb -----------------------------------------------------------------------------------------
 DEB_ROOT="$DIST/deb/fss-edge_${VERSION}_arm64"
 stage "$DEB_ROOT"
-install -d "$DEB_ROOT/DEBIAN" "$DEB_ROOT/var/lib/fss"
+install -d "$DEB_ROOT/DEBIAN" "$DEB_ROOT/var/lib/fss" "$DEB_ROOT/lib/systemd/system"
+install -m 0644 packaging/fss-edge.service "$DEB_ROOT/lib/systemd/system/fss-edge.service"
 SIZE_KB=$(du -sk --exclude=DEBIAN "$DEB_ROOT" | cut -f1)
 sed -e "s/@VERSION@/$VERSION/" -e "s/@GLIBC@/$GLIBC/" -e "s/@SIZE_KB@/$SIZE_KB/" packaging/control.in \
   > "$DEB_ROOT/DEBIAN/control"
 echo /etc/fss/edge.toml > "$DEB_ROOT/DEBIAN/conffiles"
 install -m 0755 packaging/postinst "$DEB_ROOT/DEBIAN/postinst"
+install -m 0755 packaging/prerm "$DEB_ROOT/DEBIAN/prerm"
 DEB="$DIST/fss-edge_${VERSION}_arm64.deb"
 dpkg-deb --root-owner-group -Zxz --build "$DEB_ROOT" "$DEB" >/dev/null
 
@@ -78,9 +80,16 @@ if [ "$(uname -m)" = aarch64 ] || command -v qemu-aarch64 >/dev/null; then
     out=$(cd "$SMOKE" && "${RUN[@]}" "$1" doctor --json) || return 1
     [[ $out == *"\"ok\":true,\"path\":\"$2\""* ]]
   }
+  config_ok() { # config_ok BINARY CONFIG: the shipped config passes `edge run --check-config`
+    (cd "$SMOKE" && "${RUN[@]}" "$1" run --config "$2" --check-config >/dev/null)
+  }
   dpkg-deb -x "$DEB" "$SMOKE/deb"
   doctor_finds "$SMOKE/deb/usr/bin/edge" "$SMOKE/deb/usr/share/fss/models/default" \
     || { echo "error: edge doctor from the unpacked .deb failed" >&2; exit 1; }
+  config_ok "$SMOKE/deb/usr/bin/edge" "$SMOKE/deb/etc/fss/edge.toml" \
+    || { echo "error: the .deb's /etc/fss/edge.toml fails edge run --check-config" >&2; exit 1; }
+  [ -f "$SMOKE/deb/lib/systemd/system/fss-edge.service" ] \
+    || { echo "error: the .deb has no fss-edge.service" >&2; exit 1; }
   tar -C "$SMOKE/tar" -xzf "$TARBALL"
   FORCE=1 DESTDIR="$SMOKE/tar/root" "$SMOKE/tar/$NAME/install.sh" >/dev/null
   doctor_finds "$SMOKE/tar/root/usr/local/bin/edge" "$SMOKE/tar/root/usr/local/share/fss/models/default" \

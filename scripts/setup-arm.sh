@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 log() { printf '[setup-arm] %s\n' "$*" >&2; }
 
 need_apt=()
-for pkg in gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user; do
+for pkg in gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user libclang-dev; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -20,8 +20,8 @@ for tool in aarch64-linux-gnu-gcc qemu-aarch64; do
 done
 
 t0=$(date +%s)
-cargo build --release -p edge --target "$TARGET"
-cargo test --release -p edge --target "$TARGET" --no-run
+cargo build --release -p edge --features camera --target "$TARGET"
+cargo test --release -p edge --features camera --target "$TARGET" --no-run
 log "aarch64 build (binary + tests): $(( $(date +%s) - t0 )) s"
 BIN="target/$TARGET/release/edge"
 
@@ -29,7 +29,7 @@ for cpu in $CPUS; do
   t=$(date +%s)
   log "cargo test -p edge under qemu-aarch64 -cpu $cpu"
   CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu $cpu -L $SYSROOT" \
-    cargo test --release -p edge --target "$TARGET" --no-fail-fast "$@"
+    cargo test --release -p edge --features camera --target "$TARGET" --no-fail-fast "$@"
   log "tests under $cpu: $(( $(date +%s) - t )) s"
 done
 
@@ -51,7 +51,7 @@ done
 # x86_64 (native) vs aarch64 (qemu, each CPU) on the same inputs: masks, features, logits.
 t=$(date +%s)
 EDGE_ARM_BIN="$PWD/$BIN" EDGE_ARM_CPUS="$CPUS" EDGE_ARM_QEMU="qemu-aarch64 -L $SYSROOT" \
-  cargo test -p edge --test arm_parity -- --nocapture
+  cargo test -p edge --features camera --test arm_parity -- --nocapture
 log "parity test: $(( $(date +%s) - t )) s; all aarch64 steps: $(( $(date +%s) - t0 )) s"
 
 # The .deb and the tarball, unpacked/installed into a scratch root and checked with edge doctor.

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo fmt --all -- --check
-cargo test --workspace --no-fail-fast "$@"
+cargo test --workspace --no-fail-fast --features edge/camera "$@"
 if [ "${FSS_SKIP_ARM:-0}" != 1 ]; then
   scripts/setup-arm.sh
   scripts/test-arm.sh

@@ -492,6 +492,7 @@ fn bad_sources_configs_and_supports_get_clear_messages() {
     );
 }
 
+#[cfg(feature = "camera")]
 #[test]
 fn unplugged_camera_is_reported_and_the_run_keeps_going_until_stopped() {
     let (_tmp, bundle, state) = setup("live-nocam");
@@ -512,4 +513,53 @@ fn unplugged_camera_is_reported_and_the_run_keeps_going_until_stopped() {
     run.wait_line("reconnecting", Duration::from_secs(60));
     let (ok, log) = run.terminate();
     assert!(ok, "{log}");
+}
+
+#[test]
+fn the_packaged_config_passes_check_config() {
+    let (_tmp, bundle, _) = setup("live-config");
+    let cfg = fss_tests::workspace_root().join("packaging/edge.toml");
+    let out = edge_cmd()
+        .args([
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--check-config",
+        ])
+        .output()
+        .unwrap();
+    let so = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        so.contains("config ok") && so.contains("/dev/video0") && so.contains("127.0.0.1:8080"),
+        "{so}"
+    );
+}
+
+#[cfg(not(feature = "camera"))]
+#[test]
+fn a_camera_without_the_camera_feature_is_a_clear_error() {
+    let (_tmp, bundle, state) = setup("live-nocamfeature");
+    let out = edge_cmd()
+        .args([
+            "run",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--source",
+            "/dev/video0",
+        ])
+        .args(["--state", state.to_str().unwrap(), "--no-http"])
+        .output()
+        .unwrap();
+    let se = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && se.contains("without the `camera` feature"),
+        "{se}"
+    );
 }

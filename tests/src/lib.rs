@@ -323,10 +323,12 @@ pub fn http_request(
         }
         raw.extend_from_slice(&buf[..n]);
     }
-    let mut body = String::from_utf8_lossy(&raw[head_end..]).into_owned();
+    let mut bytes = raw[head_end..].to_vec();
     if let Some(n) = length {
-        body.truncate(n);
-    } else if chunked {
+        bytes.truncate(n);
+    }
+    let mut body = String::from_utf8_lossy(&bytes).into_owned();
+    if length.is_none() && chunked {
         body = dechunk(&body);
     }
     Ok((status, body))

@@ -304,7 +304,10 @@ fn browser_captures_a_box_support_and_the_overlay_shows_the_target() {
     // ground truth (J), and the events name the target.
     let end = Instant::now() + Duration::from_secs(120);
     while std::fs::read_dir(&masks).map_or(0, |d| d.count()) < 10 {
-        assert!(Instant::now() < end, "fewer than 10 frames segmented in 2 minutes");
+        assert!(
+            Instant::now() < end,
+            "fewer than 10 frames segmented in 2 minutes"
+        );
         std::thread::sleep(Duration::from_millis(250));
     }
     let mut js = Vec::new();

@@ -1,7 +1,7 @@
 //! `edge doctor`: what this machine offers the runtime. CPU architecture and the instruction-set
 //! features tract's kernels key on, cameras (`/dev/video*`), GPIO chips (`/dev/gpiochip*`) and
 //! whether a bundle loads and runs one encoder pass. Exit status 1 only when the bundle fails:
-//! no camera or GPIO chip is a normal answer (capture and GPIO are not built yet).
+//! no camera or GPIO chip is a normal answer.
 
 use super::{apply_threads, ms_since, parse_size, repo_root};
 use anyhow::{bail, Result};
@@ -19,7 +19,7 @@ Checks, in order:
   cpu      architecture, model, the features tract's kernels key on (aarch64: neon/asimd,
            dotprod/asimddp for the SDOT int8 kernel, fp16/asimdhp for the f16 kernels, sve;
            x86_64: avx2, fma, avx512f, avx512vnni) and the ISA set tract itself probed
-  cameras  /dev/video* (none is fine: capture is not built yet)
+  cameras  /dev/video* with the pixel formats and sizes they offer (none is fine)
   gpio     /dev/gpiochip* with their labels (none is fine)
   bundle   loads --bundle (default: <repo>/models/default, else <prefix>/share/fss/models/default
            beside <prefix>/bin/edge, else /usr/share/fss/models/default)
@@ -194,6 +194,9 @@ fn arm_part_name(implementer: &str, part: &str) -> Option<&'static str> {
 struct Device {
     path: String,
     label: Option<String>,
+    /// Cameras: the pixel formats and sizes offered (or why they could not be read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    formats: Option<Vec<String>>,
 }
 
 /// `/dev/<prefix>N` entries, sorted by N.
@@ -219,12 +222,23 @@ fn read_trimmed(p: &Path) -> Option<String> {
     (!s.is_empty()).then(|| s.to_string())
 }
 
+#[cfg(feature = "camera")]
+fn camera_formats(path: &Path) -> Vec<String> {
+    edge::live::camera::describe_formats(path).unwrap_or_else(|e| vec![e])
+}
+
+#[cfg(not(feature = "camera"))]
+fn camera_formats(_: &Path) -> Vec<String> {
+    vec!["not queried: built without the `camera` feature".to_string()]
+}
+
 fn cameras() -> Vec<Device> {
     dev_entries("video")
         .into_iter()
         .map(|(name, path)| Device {
-            path: path.display().to_string(),
             label: read_trimmed(&Path::new("/sys/class/video4linux").join(&name).join("name")),
+            formats: Some(camera_formats(&path)),
+            path: path.display().to_string(),
         })
         .collect()
 }
@@ -246,6 +260,7 @@ fn gpio_chips() -> Vec<Device> {
             Device {
                 path: path.display().to_string(),
                 label,
+                formats: None,
             }
         })
         .collect()
@@ -423,7 +438,7 @@ pub fn run(args: &DoctorArgs) -> Result<()> {
             println!("kernels:   {k}");
         }
         if cams.is_empty() {
-            println!("cameras:   none (/dev/video* absent; capture is not built yet)");
+            println!("cameras:   none (/dev/video* absent; `edge run` waits for one and retries)");
         } else {
             for c in &cams {
                 println!(
@@ -434,6 +449,9 @@ pub fn run(args: &DoctorArgs) -> Result<()> {
                         .map(|l| format!(" [{l}]"))
                         .unwrap_or_default()
                 );
+                for f in c.formats.iter().flatten() {
+                    println!("           {f}");
+                }
             }
         }
         if gpio.is_empty() {

@@ -95,6 +95,10 @@ pub struct RunArgs {
     /// Write the end-of-run summary (timings, counters, RSS at start and end) as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub summary: Option<PathBuf>,
+    /// Check the configuration (config file, flags, bundle) and print what would run, without
+    /// opening the source.
+    #[arg(long)]
+    pub check_config: bool,
     /// GPIO chip label (or /dev/gpiochipN) for the button and LED.
     #[arg(long)]
     pub gpio_chip: Option<String>,
@@ -188,6 +192,38 @@ pub fn run(args: &RunArgs) -> Result<()> {
         if let Some(t) = &g.target {
             edge::live::targets::check_name(t)?;
         }
+    }
+    if args.check_config {
+        let b = edge::runtime::Bundle::open(&bundle)?;
+        b.require_panet()?;
+        println!("config ok");
+        println!(
+            "  bundle   {} ({}, {})",
+            bundle.display(),
+            b.manifest.method,
+            b.manifest.backbone
+        );
+        println!("  size     {}", size.unwrap_or_else(|| b.default_size()));
+        println!("  threads  {threads}");
+        println!("  source   {source:?}");
+        println!("  state    {}", state_dir.display());
+        match &http {
+            Some((addr, Some(_))) => println!("  http     {addr} (token required)"),
+            Some((addr, None)) => println!("  http     {addr}"),
+            None => println!("  http     off"),
+        }
+        match &config.events.path {
+            Some(p) => println!("  events   {}", p.display()),
+            None => println!("  events   off"),
+        }
+        match &config.gpio {
+            Some(g) => println!(
+                "  gpio     chip {} button {:?} led {:?}",
+                g.chip, g.button_line, g.led_line
+            ),
+            None => println!("  gpio     off"),
+        }
+        return Ok(());
     }
     let encoder = BundleEncoder::open(&bundle)?;
     let stop = Arc::new(AtomicBool::new(false));

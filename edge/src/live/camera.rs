@@ -179,3 +179,44 @@ impl FrameSource for V4lCamera {
         Ok(())
     }
 }
+
+/// What a device offers, for `edge doctor`: one entry per pixel format, e.g.
+/// `MJPG (decodable) 640x480 1280x720`, `H264 (not decodable)`.
+pub fn describe_formats(path: &Path) -> Result<Vec<String>, String> {
+    let device = Device::with_path(path).map_err(|e| format!("cannot open: {e}"))?;
+    let formats = device
+        .enum_formats()
+        .map_err(|e| format!("cannot list formats: {e}"))?;
+    Ok(formats
+        .iter()
+        .map(|f| {
+            let decodable = CameraFormat::from_fourcc(f.fourcc.repr).is_some();
+            let mut sizes: Vec<String> = device
+                .enum_framesizes(f.fourcc)
+                .unwrap_or_default()
+                .into_iter()
+                .flat_map(|s| match s.size {
+                    v4l::framesize::FrameSizeEnum::Discrete(d) => {
+                        vec![format!("{}x{}", d.width, d.height)]
+                    }
+                    v4l::framesize::FrameSizeEnum::Stepwise(s) => vec![format!(
+                        "{}x{}..{}x{}",
+                        s.min_width, s.min_height, s.max_width, s.max_height
+                    )],
+                })
+                .collect();
+            sizes.dedup();
+            format!(
+                "{} ({}){}{}",
+                fourcc_text(f.fourcc.repr),
+                if decodable {
+                    "decodable"
+                } else {
+                    "not decodable"
+                },
+                if sizes.is_empty() { "" } else { " " },
+                sizes.join(" ")
+            )
+        })
+        .collect())
+}

@@ -240,8 +240,16 @@ pub struct RunSummary {
     pub stats: StatsSnapshot,
     pub rss_start_kib: Option<u64>,
     pub rss_end_kib: Option<u64>,
+    /// `[frames captured, resident KiB]` every [`RSS_SAMPLE_EVERY`] captured frames (at most
+    /// [`RSS_SAMPLES_KEPT`], evenly thinned): memory over the run.
+    pub rss_samples: Vec<[u64; 2]>,
     pub ended_by: String,
 }
+
+/// Resident memory is sampled every this many captured frames.
+pub const RSS_SAMPLE_EVERY: u64 = 500;
+/// At most this many samples are kept (every other one is dropped when full).
+pub const RSS_SAMPLES_KEPT: usize = 200;
 
 /// Opens the source a spec describes (on the capture thread: camera streams stay there).
 pub fn open_source(spec: &SourceSpec) -> std::result::Result<Box<dyn FrameSource>, SourceError> {
@@ -593,6 +601,8 @@ impl Pipeline {
             }
             None => (None, None),
         };
+        let mut rss_samples: Vec<[u64; 2]> = Vec::new();
+        let mut next_rss_sample = RSS_SAMPLE_EVERY;
         let mut last_store_check = Instant::now();
         let ended_by;
         loop {
@@ -674,6 +684,16 @@ impl Pipeline {
                 }
             };
             let stats = &shared.stats;
+            let captured = stats.frames_captured.load(Ordering::Relaxed);
+            if captured >= next_rss_sample {
+                if let Some(kib) = super::stats::resident_kib() {
+                    if rss_samples.len() == RSS_SAMPLES_KEPT {
+                        rss_samples = rss_samples.into_iter().step_by(2).collect();
+                    }
+                    rss_samples.push([captured, kib]);
+                }
+                next_rss_sample = captured + RSS_SAMPLE_EVERY;
+            }
             stats.record(Stage::Capture, frame.capture_ms);
             stats.record(Stage::Decode, frame.decode_ms);
             let (w, h) = frame.image.dimensions();
@@ -771,6 +791,7 @@ impl Pipeline {
             stats: shared.snapshot(),
             rss_start_kib: rss_start,
             rss_end_kib: super::stats::resident_kib(),
+            rss_samples,
             ended_by,
         })
     }
