@@ -106,6 +106,14 @@ fn setup(tag: &str) -> (TempDir, PathBuf, PathBuf) {
     (tmp, bundle, state)
 }
 
+impl Drop for Running {
+    /// A failed assertion must not leave `edge run` behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
