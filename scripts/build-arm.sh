@@ -1,23 +1,50 @@
 #!/usr/bin/env bash
-# One command for the aarch64 edge: set-up (idempotent), cross build with Debian's gcc
-# (target/aarch64-unknown-linux-gnu/release/edge), a check that tract-linalg's arm64 NEON kernels
-# were assembled and linked in, then the .deb and the tarball (scripts/package-arm.sh).
-#   scripts/build-arm.sh [--no-package]
+# One command for the aarch64 edge: set-up (idempotent), cross build (with the `camera` feature),
+# a check that tract-linalg's arm64 NEON kernels were assembled and linked in, then the .deb and
+# the tarball (scripts/package-arm.sh).
+#   scripts/build-arm.sh [--no-package]                 Debian's cross gcc: glibc floor 2.35
+#                                                       (Pi OS bookworm, JetPack 6); what CI runs
+#   scripts/build-arm.sh --glibc 2.31 [--no-package]    cargo-zigbuild (PyPI ziglang + cargo-zigbuild,
+#                                                       installed into .venv-zig): glibc floor <= 2.31
+#                                                       (Pi OS bullseye, JetPack 5); release builds;
+#                                                       own target dir target/zig, packages in
+#                                                       target/arm-dist-glibc2.31
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGET=aarch64-unknown-linux-gnu
-BIN="target/$TARGET/release/edge"
+GLIBC_TARGET=""
+PACKAGE=1
+while [ $# -gt 0 ]; do
+  case $1 in
+    --no-package) PACKAGE=0 ;;
+    --glibc) GLIBC_TARGET=$2; shift ;;
+    *) echo "error: unknown argument $1 (use --no-package, --glibc X.Y)" >&2; exit 2 ;;
+  esac
+  shift
+done
 log() { printf '[build-arm] %s\n' "$*" >&2; }
 
 scripts/setup-arm.sh
 start=$(date +%s)
-cargo build --release -p edge --features camera --target "$TARGET"
+if [ -z "$GLIBC_TARGET" ]; then
+  TARGET_DIR=target
+  cargo build --release -p edge --features camera --target "$TARGET"
+else
+  scripts/setup-arm.sh --zig
+  TARGET_DIR=target/zig
+  # bindgen (v4l's V4L2 bindings) parses the kernel headers of Debian's arm64 cross sysroot;
+  # zig links against its glibc $GLIBC_TARGET stubs.
+  export BINDGEN_EXTRA_CLANG_ARGS_aarch64_unknown_linux_gnu="--sysroot=/usr/aarch64-linux-gnu"
+  PATH="$(pwd)/.venv-zig/bin:$PATH" CARGO_TARGET_DIR=$TARGET_DIR \
+    cargo zigbuild --release -p edge --features camera --target "$TARGET.$GLIBC_TARGET"
+fi
+BIN="$TARGET_DIR/$TARGET/release/edge"
 log "cargo build: $(( $(date +%s) - start )) s"
 
 # tract-linalg's build.rs assembles the NEON (and SVE/fp16) kernels with the target C compiler
 # and probes the assembler; its output says what it linked and which cfgs it set.
-out=$(ls -t target/$TARGET/release/build/tract-linalg-*/output 2>/dev/null | head -1 || true)
-[ -n "$out" ] || { echo "error: no tract-linalg build output under target/$TARGET/release/build" >&2; exit 1; }
+out=$(ls -t $TARGET_DIR/$TARGET/release/build/tract-linalg-*/output 2>/dev/null | head -1 || true)
+[ -n "$out" ] || { echo "error: no tract-linalg build output under $TARGET_DIR/$TARGET/release/build" >&2; exit 1; }
 for lib in arm64simd arm64simd_dot arm64fp16; do
   grep -q "rustc-link-lib=static=$lib\$" "$out" \
     || { echo "error: $out: tract-linalg did not assemble its $lib kernels" >&2; exit 1; }
@@ -32,6 +59,10 @@ log "tract-linalg: static kernel libs $(grep -o 'static=[a-z0-9_]*' "$out" | sed
 log "tract-linalg cfgs: $cfgs"
 log "$BIN: $(stat -c %s "$BIN") bytes, $nsym NEON f32 kernel symbols, $dot SDOT kernel symbols, needs $glibc"
 
-if [ "${1:-}" != "--no-package" ]; then
-  scripts/package-arm.sh
+if [ "$PACKAGE" = 1 ]; then
+  if [ -z "$GLIBC_TARGET" ]; then
+    scripts/package-arm.sh
+  else
+    EDGE_BIN="$BIN" DIST_DIR="target/arm-dist-glibc$GLIBC_TARGET" scripts/package-arm.sh
+  fi
 fi

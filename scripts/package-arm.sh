@@ -9,9 +9,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 TARGET=aarch64-unknown-linux-gnu
-BIN="$ROOT/target/$TARGET/release/edge"
+BIN=${EDGE_BIN:-$ROOT/target/$TARGET/release/edge}
+case $BIN in /*) ;; *) BIN="$ROOT/$BIN" ;; esac
 BUNDLE="$ROOT/models/default"
-DIST="$ROOT/target/arm-dist"
+DIST=${DIST_DIR:-$ROOT/target/arm-dist}
+case $DIST in /*) ;; *) DIST="$ROOT/$DIST" ;; esac
 [ -x "$BIN" ] || { echo "error: $BIN: not built (run scripts/build-arm.sh)" >&2; exit 1; }
 [ -f "$BUNDLE/bundle.json" ] || { echo "error: $BUNDLE/bundle.json: default bundle missing" >&2; exit 1; }
 

@@ -28,4 +28,18 @@ fi
 for tool in aarch64-linux-gnu-gcc qemu-aarch64; do
   command -v "$tool" >/dev/null || { echo "error: $tool not found after set-up" >&2; exit 1; }
 done
+# --zig: cargo-zigbuild and zig from PyPI (wheels: nothing is compiled) in .venv-zig, for the
+# glibc 2.31 release build (scripts/build-arm.sh --glibc 2.31).
+if [ "${1:-}" = --zig ]; then
+  ZVENV=.venv-zig
+  [ -x "$ZVENV/bin/python" ] || python3 -m venv "$ZVENV"
+  if ! "$ZVENV/bin/python" -m pip show cargo-zigbuild ziglang >/dev/null 2>&1; then
+    log "installing cargo-zigbuild==0.24.0 ziglang==0.17.1 into $ZVENV"
+    "$ZVENV/bin/python" -m pip install -q cargo-zigbuild==0.24.0 ziglang==0.17.1
+  fi
+  # cargo-zigbuild looks for `python3 -m ziglang` or a `zig` on PATH.
+  [ -e "$ZVENV/bin/zig" ] || ln -s "$("$ZVENV/bin/python" -c 'import ziglang, os; print(os.path.join(os.path.dirname(ziglang.__file__), "zig"))')" "$ZVENV/bin/zig"
+  log "zig $("$ZVENV/bin/zig" version), $("$ZVENV/bin/cargo-zigbuild" --version)"
+  exit 0
+fi
 log "done: $(aarch64-linux-gnu-gcc -dumpfullversion) cross gcc, $(qemu-aarch64 --version | head -1), target $TARGET"

@@ -166,8 +166,17 @@ fn web_api_adds_a_target_from_a_box_and_it_is_segmented_persisted_and_removed() 
     let (code, body) = http_request(&addr, "GET", "/api/targets", None).unwrap();
     assert_eq!((code, json(&body)), (200, serde_json::json!([])));
 
-    // A capture without a box is refused with a reason; the server keeps running.
-    let (code, body) = http_request(&addr, "POST", "/api/capture", None).unwrap();
+    // A capture without a box is refused with a reason; the server keeps running. Before the
+    // first frame a capture is 503 "no frame captured yet" (the page is up before the source).
+    let end = Instant::now() + Duration::from_secs(60);
+    let (code, body) = loop {
+        let (code, body) = http_request(&addr, "POST", "/api/capture", None).unwrap();
+        if code != 503 || Instant::now() > end {
+            break (code, body);
+        }
+        assert!(body.contains("no frame captured yet"), "{body}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(code, 200, "{body}");
     let cap = json(&body);
     assert_eq!(
