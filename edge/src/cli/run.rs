@@ -234,6 +234,11 @@ pub fn run(args: &RunArgs) -> Result<()> {
     }
     let pipeline = Pipeline::new(stop.clone());
     let shared = pipeline.shared.clone();
+    // The page is served before the pipeline has loaded the targets: list them now so the
+    // first `/api/targets` already shows them (errors surface when the pipeline opens the store).
+    if let Ok(store) = edge::live::targets::TargetStore::open_as_written(&state_dir) {
+        *shared.targets.lock().unwrap_or_else(|p| p.into_inner()) = store.list();
+    }
     let server = match &http {
         Some((addr, token)) => {
             let s = Server::start(*addr, token.clone(), shared.clone()).map_err(|e| anyhow!(e))?;

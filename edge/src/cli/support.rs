@@ -75,18 +75,10 @@ fn parse_box(s: &str) -> Result<[i64; 4]> {
     }
 }
 
-fn placeholder_key() -> CacheKey {
-    CacheKey::new(
-        "",
-        InputSize::new(0, 0),
-        &edge::preprocess::Normalization::IMAGENET,
-    )
-}
-
 pub fn run(args: &SupportArgs) -> Result<()> {
     match &args.action {
         SupportAction::List { state, json } => {
-            let store = TargetStore::open_as_written(state, placeholder_key())?;
+            let store = TargetStore::open_as_written(state)?;
             let list = store.list();
             if *json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
@@ -107,7 +99,7 @@ pub fn run(args: &SupportArgs) -> Result<()> {
             Ok(())
         }
         SupportAction::Remove { state, name } => {
-            let mut store = TargetStore::open_as_written(state, placeholder_key())?;
+            let mut store = TargetStore::open_as_written(state)?;
             store.remove(name)?;
             println!("removed '{name}' from {}", state.display());
             Ok(())

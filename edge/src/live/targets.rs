@@ -339,9 +339,15 @@ impl TargetStore {
     }
 
     /// Opens the store under the key its file was written with (listing and removing targets
-    /// need no bundle). A store without a file gets `fallback`.
-    pub fn open_as_written(dir: &Path, fallback: CacheKey) -> Result<TargetStore> {
-        Self::open_inner(dir, fallback, true)
+    /// need no bundle). A store without a file gets an empty key (it matches no bundle).
+    pub fn open_as_written(dir: &Path) -> Result<TargetStore> {
+        let none = CacheKey {
+            bundle_hash: String::new(),
+            size: [0, 0],
+            mean: [0.0; 3],
+            std: [0.0; 3],
+        };
+        Self::open_inner(dir, none, true)
     }
 
     fn open_inner(dir: &Path, key: CacheKey, adopt_key: bool) -> Result<TargetStore> {
