@@ -32,10 +32,12 @@ if [ -z "$GLIBC_TARGET" ]; then
 else
   scripts/setup-arm.sh --zig
   TARGET_DIR=target/zig
-  # bindgen (v4l's V4L2 bindings) parses the kernel headers of Debian's arm64 cross sysroot;
-  # zig links against its glibc $GLIBC_TARGET stubs.
-  export BINDGEN_EXTRA_CLANG_ARGS_aarch64_unknown_linux_gnu="--sysroot=/usr/aarch64-linux-gnu"
-  PATH="$(pwd)/.venv-zig/bin:$PATH" CARGO_TARGET_DIR=$TARGET_DIR \
+  # bindgen (v4l's V4L2 bindings) must parse linux/videodev2.h, which zig's trimmed kernel
+  # headers lack: point it at Debian's arm64 cross sysroot. cargo-zigbuild sets the
+  # underscore-named variable; bindgen reads the hyphenated one first. zig links against its
+  # glibc $GLIBC_TARGET stubs.
+  env "BINDGEN_EXTRA_CLANG_ARGS_$TARGET=--sysroot=/usr/aarch64-linux-gnu" \
+    PATH="$(pwd)/.venv-zig/bin:$PATH" CARGO_TARGET_DIR=$TARGET_DIR \
     cargo zigbuild --release -p edge --features camera --target "$TARGET.$GLIBC_TARGET"
 fi
 BIN="$TARGET_DIR/$TARGET/release/edge"

@@ -82,13 +82,13 @@ if [ "$(uname -m)" = aarch64 ] || command -v qemu-aarch64 >/dev/null; then
     out=$(cd "$SMOKE" && "${RUN[@]}" "$1" doctor --json) || return 1
     [[ $out == *"\"ok\":true,\"path\":\"$2\""* ]]
   }
-  config_ok() { # config_ok BINARY CONFIG: the shipped config passes `edge run --check-config`
-    (cd "$SMOKE" && "${RUN[@]}" "$1" run --config "$2" --check-config >/dev/null)
+  config_ok() { # config_ok BINARY CONFIG BUNDLE: the shipped config passes `edge run --check-config`
+    (cd "$SMOKE" && "${RUN[@]}" "$1" run --config "$2" --bundle "$3" --check-config >/dev/null)
   }
   dpkg-deb -x "$DEB" "$SMOKE/deb"
   doctor_finds "$SMOKE/deb/usr/bin/edge" "$SMOKE/deb/usr/share/fss/models/default" \
     || { echo "error: edge doctor from the unpacked .deb failed" >&2; exit 1; }
-  config_ok "$SMOKE/deb/usr/bin/edge" "$SMOKE/deb/etc/fss/edge.toml" \
+  config_ok "$SMOKE/deb/usr/bin/edge" "$SMOKE/deb/etc/fss/edge.toml" "$SMOKE/deb/usr/share/fss/models/default" \
     || { echo "error: the .deb's /etc/fss/edge.toml fails edge run --check-config" >&2; exit 1; }
   [ -f "$SMOKE/deb/lib/systemd/system/fss-edge.service" ] \
     || { echo "error: the .deb has no fss-edge.service" >&2; exit 1; }
