@@ -93,9 +93,59 @@ pub struct PrototypeSpec {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Quantization {
+    /// Calibration method of the activation ranges: `minmax`, `percentile` or `mse`.
     pub method: String,
+    /// The percentile of method `percentile`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percentile: Option<f64>,
+    /// The calibration folder and its image count.
     pub calibration: String,
+    /// Every conv kept fp32 (depthwise, and dense/pointwise ones kept on purpose).
     pub layers_fp32: Vec<String>,
+    /// How weights are quantized (e.g. `int8 symmetric per-tensor, BatchNorm folded`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub weights: String,
+    /// How activations are quantized (e.g. `uint8 asymmetric per-tensor`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub activations: String,
+    /// One u8 step of the encoder output (the last quantized conv's output scale), when that
+    /// conv is the output: the unit of int8 tolerances.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_step: Option<f32>,
+    /// Every conv of the encoder in graph order: precision, why fp32, measured sensitivity.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<QuantizedLayer>,
+    /// What the export measured (int8 vs fp32 features).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured: Option<QuantizationCheck>,
+}
+
+/// One conv of an int8 encoder.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuantizedLayer {
+    pub name: String,
+    /// `dense`, `pointwise` or `depthwise`.
+    pub kind: String,
+    /// `int8` or `fp32`.
+    pub precision: String,
+    /// Why an fp32 conv is fp32: `depthwise`, `--fp32-layers`, `--fp32-auto`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Relative L2 error of the encoder output with only this conv int8 (simulated in the
+    /// host on calibration images).
+    pub rel_l2_alone: f64,
+}
+
+/// int8 vs fp32 encoder output, as measured by the export.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuantizationCheck {
+    /// Relative L2 error of the final mix, simulated in the host, over `sensitivity_images`.
+    pub simulated_rel_l2: f64,
+    pub sensitivity_images: usize,
+    /// The int8 graph in tract vs fp32 (tch) on the first calibration image at the default
+    /// size: relative L2 error and cosine.
+    pub tract_rel_l2: f64,
+    pub tract_cosine: f64,
 }
 
 /// How the bundle was made.

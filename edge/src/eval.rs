@@ -17,7 +17,7 @@ use crate::presets::Preset;
 use crate::prototype::{panet_predict, panet_prototypes, SupportShot};
 use crate::report::{ClassEntry, EvalReport, FoldEntry};
 use crate::sampler::{Episode, EpisodeRecord};
-use crate::tensor::FeatureMap;
+use crate::tensor::{FeatureMap, Mask};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -52,59 +52,187 @@ pub fn davis_one_shot(
     let mut acc = VideoJAccumulator::new();
     let total: usize = dataset.sequences().iter().map(|s| s.len()).sum();
     let mut done = 0;
-    let batch = encoder.batch_size().max(1);
-    for (si, seq) in dataset.sequences().iter().enumerate() {
-        // Encode every frame of the sequence once; each target (object) reuses them.
-        let mut features = Vec::with_capacity(seq.len());
-        for start in (0..seq.len()).step_by(batch) {
-            let end = (start + batch).min(seq.len());
-            let inputs = (start..end)
-                .map(|f| {
-                    let image = dataset.load_image(si, f)?;
-                    // A mask of another size than its frame is a broken dataset, not a resize.
-                    let ann = &seq.annotations[f];
-                    check_same_size(&seq.frames[f], image.dimensions(), ann, image_size(ann)?)?;
-                    Ok(prepare_input(&image, input.size, &input.normalization))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            features.extend(encoder.encode_batch(&inputs, input.size)?);
-            done += end - start;
-            progress(done, total);
-        }
-        let objects = dataset.objects(si)?;
-        let targets: Vec<Option<u8>> = match dataset.kind() {
-            crate::data::davis::DavisKind::SingleObject => vec![None],
-            crate::data::davis::DavisKind::MultiObject => objects.into_iter().map(Some).collect(),
-        };
-        for object in targets {
-            let name = match object {
-                None => seq.name.clone(),
-                Some(k) => format!("{}:{k}", seq.name),
-            };
-            let support_gt = dataset.ground_truth(si, 0, object)?;
-            let support_mask =
-                resize_mask_nearest(&support_gt, input.size.height, input.size.width);
-            if support_mask.count_nonzero() == 0 {
-                return Err(EdgeError::invalid(
-                    &seq.annotations[0],
-                    format!(
-                        "the first-frame mask of target {name} is empty at {}",
-                        input.size
-                    ),
-                ));
-            }
-            let protos = panet_prototypes(&[vec![SupportShot::from_foreground(
-                features[0].clone(),
-                support_mask,
-            )]])?;
-            for (f, query) in features.iter().enumerate().skip(1) {
-                let gt = dataset.ground_truth(si, f, object)?;
-                let pred = panet_predict(query, &protos, (gt.height, gt.width))?;
-                acc.add(&name, &pred, &gt)?;
-            }
-        }
+    for si in 0..dataset.sequences().len() {
+        let features = davis_encode_sequence(encoder, dataset, si, input, &mut |n| {
+            done += n;
+            progress(done, total)
+        })?;
+        davis_predictions(dataset, si, &features, input, &mut |name, _, pred, gt| {
+            acc.add(name, pred, gt).map(|_| ())
+        })?;
     }
     Ok(acc)
+}
+
+/// The features of every frame of sequence `si` (each frame encoded once; every target
+/// reuses them); `encoded(n)` after each batch of `n` frames.
+fn davis_encode_sequence(
+    encoder: &mut dyn FeatureEncoder,
+    dataset: &DavisDataset,
+    si: usize,
+    input: ScoringInput,
+    encoded: &mut dyn FnMut(usize),
+) -> Result<Vec<FeatureMap>> {
+    let seq = &dataset.sequences()[si];
+    let batch = encoder.batch_size().max(1);
+    let mut features = Vec::with_capacity(seq.len());
+    for start in (0..seq.len()).step_by(batch) {
+        let end = (start + batch).min(seq.len());
+        let inputs = (start..end)
+            .map(|f| {
+                let image = dataset.load_image(si, f)?;
+                // A mask of another size than its frame is a broken dataset, not a resize.
+                let ann = &seq.annotations[f];
+                check_same_size(&seq.frames[f], image.dimensions(), ann, image_size(ann)?)?;
+                Ok(prepare_input(&image, input.size, &input.normalization))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        features.extend(encoder.encode_batch(&inputs, input.size)?);
+        encoded(end - start);
+    }
+    Ok(features)
+}
+
+/// The one-shot predictions of sequence `si` from its frames' `features`: for each target
+/// (the sequence, or each object of a multi-object dataset) and each query frame,
+/// `sink(target name, frame, prediction, ground truth)`.
+fn davis_predictions(
+    dataset: &DavisDataset,
+    si: usize,
+    features: &[FeatureMap],
+    input: ScoringInput,
+    sink: &mut dyn FnMut(&str, usize, &Mask, &Mask) -> Result<()>,
+) -> Result<()> {
+    let seq = &dataset.sequences()[si];
+    let objects = dataset.objects(si)?;
+    let targets: Vec<Option<u8>> = match dataset.kind() {
+        crate::data::davis::DavisKind::SingleObject => vec![None],
+        crate::data::davis::DavisKind::MultiObject => objects.into_iter().map(Some).collect(),
+    };
+    for object in targets {
+        let name = match object {
+            None => seq.name.clone(),
+            Some(k) => format!("{}:{k}", seq.name),
+        };
+        let support_gt = dataset.ground_truth(si, 0, object)?;
+        let support_mask = resize_mask_nearest(&support_gt, input.size.height, input.size.width);
+        if support_mask.count_nonzero() == 0 {
+            return Err(EdgeError::invalid(
+                &seq.annotations[0],
+                format!(
+                    "the first-frame mask of target {name} is empty at {}",
+                    input.size
+                ),
+            ));
+        }
+        let protos = panet_prototypes(&[vec![SupportShot::from_foreground(
+            features[0].clone(),
+            support_mask,
+        )]])?;
+        for (f, query) in features.iter().enumerate().skip(1) {
+            let gt = dataset.ground_truth(si, f, object)?;
+            let pred = panet_predict(query, &protos, (gt.height, gt.width))?;
+            sink(&name, f, &pred, &gt)?;
+        }
+    }
+    Ok(())
+}
+
+/// How far the masks of two models agree on the same inputs (e.g. an int8 bundle and its
+/// fp32 twin): every query mask of the DAVIS one-shot protocol, pixel by pixel.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct MaskAgreement {
+    /// Query masks compared.
+    pub masks: usize,
+    pub pixels: u64,
+    /// Pixels with the same label in both.
+    pub equal: u64,
+    /// Foreground (label > 0) in both / in either.
+    pub fg_intersection: u64,
+    pub fg_union: u64,
+    /// Percent of pixels with the same label.
+    pub pixel_agreement: f64,
+    /// Pooled IoU of the two foregrounds, percent.
+    pub iou: f64,
+    /// Mean over masks of the per-mask IoU of the two foregrounds (100 when both are empty).
+    pub mean_mask_iou: f64,
+    /// The lowest per-mask pixel agreement, percent, and where.
+    pub worst_pixel_agreement: f64,
+    pub worst_mask: String,
+}
+
+impl MaskAgreement {
+    fn add(&mut self, name: &str, frame: usize, a: &Mask, b: &Mask) -> Result<()> {
+        if (a.height, a.width) != (b.height, b.width) {
+            return Err(EdgeError::input(format!(
+                "{name} frame {frame}: masks of different sizes"
+            )));
+        }
+        let (mut eq, mut i, mut u) = (0u64, 0u64, 0u64);
+        for (x, y) in a.data.iter().zip(&b.data) {
+            eq += (x == y) as u64;
+            i += (*x > 0 && *y > 0) as u64;
+            u += (*x > 0 || *y > 0) as u64;
+        }
+        let n = a.data.len() as u64;
+        let agree = 100.0 * eq as f64 / n.max(1) as f64;
+        let iou = if u == 0 {
+            100.0
+        } else {
+            100.0 * i as f64 / u as f64
+        };
+        if self.masks == 0 || agree < self.worst_pixel_agreement {
+            self.worst_pixel_agreement = agree;
+            self.worst_mask = format!("{name} frame {frame}");
+        }
+        self.mean_mask_iou =
+            (self.mean_mask_iou * self.masks as f64 + iou) / (self.masks + 1) as f64;
+        self.masks += 1;
+        self.pixels += n;
+        self.equal += eq;
+        self.fg_intersection += i;
+        self.fg_union += u;
+        self.pixel_agreement = 100.0 * self.equal as f64 / self.pixels.max(1) as f64;
+        self.iou = if self.fg_union == 0 {
+            100.0
+        } else {
+            100.0 * self.fg_intersection as f64 / self.fg_union as f64
+        };
+        Ok(())
+    }
+}
+
+/// The masks of `a` and `b` under the DAVIS one-shot protocol, compared query by query.
+pub fn davis_agreement(
+    a: &mut dyn FeatureEncoder,
+    b: &mut dyn FeatureEncoder,
+    dataset: &DavisDataset,
+    input: ScoringInput,
+    progress: Progress,
+) -> Result<MaskAgreement> {
+    let mut out = MaskAgreement::default();
+    let total: usize = 2 * dataset.sequences().iter().map(|s| s.len()).sum::<usize>();
+    let mut done = 0;
+    for si in 0..dataset.sequences().len() {
+        let mut encoded = |n| {
+            done += n;
+            progress(done, total)
+        };
+        let fa = davis_encode_sequence(a, dataset, si, input, &mut encoded)?;
+        let fb = davis_encode_sequence(b, dataset, si, input, &mut encoded)?;
+        let mut masks_a = Vec::new();
+        davis_predictions(dataset, si, &fa, input, &mut |_, _, pred, _| {
+            masks_a.push(pred.clone());
+            Ok(())
+        })?;
+        let mut k = 0;
+        davis_predictions(dataset, si, &fb, input, &mut |name, f, pred, _| {
+            out.add(name, f, &masks_a[k], pred)?;
+            k += 1;
+            Ok(())
+        })?;
+    }
+    Ok(out)
 }
 
 /// Fills a report from a DAVIS accumulator.

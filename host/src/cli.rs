@@ -204,10 +204,38 @@ pub struct ExportArgs {
     /// fp32) calibrated with --calibration; precision "int8" in the manifest.
     #[arg(long)]
     pub int8: bool,
-    /// Folder of calibration images (*.jpg, *.png) for --int8 (min-max ranges), e.g.
-    /// calibration/.
+    /// Folder of calibration images (*.jpg, *.png) for --int8, e.g. calibration/.
     #[arg(long)]
     pub calibration: Option<PathBuf>,
+    /// How --int8 chooses activation ranges from the calibration images: min-max, a
+    /// percentile (--percentile), or the clipping that minimises the quantization MSE
+    /// [default: percentile].
+    #[arg(long, value_enum)]
+    pub calibration_method: Option<CalibrationMethodArg>,
+    /// Percentile of --calibration-method percentile, in (50, 100] [default: 99.99].
+    #[arg(long)]
+    pub percentile: Option<f64>,
+    /// Dense/pointwise convs to keep fp32 with --int8 (names as printed and in the manifest's
+    /// quantization.layers, e.g. _blocks.1._expand_conv), comma-separated or repeated.
+    #[arg(long, value_delimiter = ',')]
+    pub fp32_layers: Vec<String>,
+    /// With --int8, also keep the N dense/pointwise convs with the largest measured
+    /// sensitivity fp32.
+    #[arg(long, value_name = "N")]
+    pub fp32_auto: Option<usize>,
+}
+
+/// `--calibration-method`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum CalibrationMethodArg {
+    Minmax,
+    Percentile,
+    Mse,
+}
+
+impl CalibrationMethodArg {
+    /// The method used when none is given.
+    pub const DEFAULT: CalibrationMethodArg = CalibrationMethodArg::Percentile;
 }
 
 pub use edge::data::check::DataFormat;

@@ -222,7 +222,10 @@ fn int8_mobilenetv2_bundle_matches_fp32() {
     let opts = BundleOptions::new(Method::Panet, stride, size, prov);
     export::export_bundle(&bb, &opts, &fp32_dir).unwrap();
     let mut q_opts = opts.clone();
-    q_opts.int8_calibration = Some(calib.clone());
+    let mut q = quant::Int8Options::new(calib.clone());
+    // The bounds below were measured with min-max ranges.
+    q.method = quant::CalibrationMethod::MinMax;
+    q_opts.int8 = Some(q);
     export::export_bundle(&bb, &q_opts, &int8_dir).unwrap();
 
     // The manifest reader accepts the int8 bundle.
@@ -364,7 +367,9 @@ fn cli_int8_export_writes_an_int8_bundle() {
     assert!(stderr.contains("relative L2 error"), "{stderr}");
     let m = Manifest::read(&out).unwrap();
     assert_eq!(m.precision, "int8");
-    assert_eq!(m.quantization.unwrap().method, "minmax");
+    let q = m.quantization.unwrap();
+    assert_eq!(q.method, "percentile");
+    assert_eq!(q.percentile, Some(quant::DEFAULT_PERCENTILE));
 
     fss_tests::assert_clean_error(&host(&["--int8"]), &["--int8", "--calibration"]);
     fss_tests::assert_clean_error(&host(&["--calibration", calib]), &["--int8"]);

@@ -30,7 +30,11 @@ The frame: --frame IMG, else the first JPEG under <bundle>/sample, else a synthe
 ONNX Runtime: a Python with onnxruntime is looked up as $EDGE_ORT_PYTHON, else .venv/bin/python
 in the ancestors of the bundle folder, the working directory and the executable. It runs the
 same encoder .onnx on the same input tensor with intra_op_num_threads = --threads; outputs must
-agree (max abs diff <= 1e-4) before its median time is reported. ratio_tract_over_ort.end_to_end
+agree before its median time is reported: max abs diff <= 1e-4 for fp32 bundles; for int8
+bundles <= 32 steps of the encoder output's u8 scale (quantization.output_step in the
+manifest), because ONNX Runtime's default session rewrites the DequantizeLinear -> f32 op ->
+QuantizeLinear sections between quantized convs into int8 kernels, a different rounding per
+layer that compounds (a wrong scale, zero point or layout gives errors of hundreds of steps). ratio_tract_over_ort.end_to_end
 compares frame_ms with the same pipeline using ONNX Runtime's encoder time. Without onnxruntime
 the `onnxruntime` field is omitted (said on stderr).";
 
@@ -61,8 +65,32 @@ pub struct BenchArgs {
 }
 
 const WARMUP: usize = 3;
-/// Largest encoder output difference accepted between tract and ONNX Runtime.
+/// Largest encoder output difference accepted between tract and ONNX Runtime (fp32).
 pub const ORT_PARITY_TOL: f32 = 1e-4;
+/// Largest int8 encoder output difference accepted between tract and ONNX Runtime, in steps
+/// of the output's u8 scale (see the command's help).
+pub const ORT_INT8_PARITY_STEPS: f32 = 32.0;
+
+/// The tract vs ONNX Runtime tolerance of a bundle's encoder output, and how it is stated.
+pub fn ort_parity_tolerance(m: &edge::bundle::Manifest) -> Result<(f32, String)> {
+    if m.precision != "int8" {
+        return Ok((ORT_PARITY_TOL, format!("{ORT_PARITY_TOL:e}")));
+    }
+    let step = m
+        .quantization
+        .as_ref()
+        .and_then(|q| q.output_step)
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .context(
+            "int8 bundle without quantization.output_step in its manifest (the encoder \
+             output is not a quantized conv's): no tolerance to compare with onnxruntime",
+        )?;
+    let tol = ORT_INT8_PARITY_STEPS * step;
+    Ok((
+        tol,
+        format!("{tol:.3e} ({ORT_INT8_PARITY_STEPS} output steps of {step:.3e})"),
+    ))
+}
 
 fn first_jpeg(dir: &Path, depth: usize) -> Option<PathBuf> {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -445,11 +473,12 @@ fn ort_compare(
                 0.0f32,
                 |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
             );
-        if diff > ORT_PARITY_TOL {
-            bail!("outputs differ: max abs diff tract vs onnxruntime {diff:e} > {ORT_PARITY_TOL:e}; timings not compared");
+        let (tol, tol_text) = ort_parity_tolerance(encoder.manifest())?;
+        if diff.is_nan() || diff > tol {
+            bail!("outputs differ: max abs diff tract vs onnxruntime {diff:e} > {tol_text}; timings not compared");
         }
         eprintln!(
-            "onnxruntime {}: encoder output matches tract (max abs diff {diff:.2e})",
+            "onnxruntime {}: encoder output matches tract (max abs diff {diff:.2e} <= {tol_text})",
             v["version"].as_str().unwrap_or("?")
         );
         Ok(median(&times))

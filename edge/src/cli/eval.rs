@@ -2,9 +2,10 @@
 //! harness (`edge::eval`) and scoring as `host eval`; same JSON schema.
 
 use super::{apply_threads, parse_size};
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Args;
-use edge::eval::ProtocolArgs;
+use edge::data::davis::DavisDataset;
+use edge::eval::{davis_agreement, progress_bar, Protocol, ProtocolArgs};
 use edge::preprocess::InputSize;
 use edge::report::EvalReport;
 use edge::runtime::BundleEncoder;
@@ -23,6 +24,11 @@ pub struct EvalArgs {
     /// tract threads.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    /// Instead of scoring against the ground truth, compare this bundle's masks with another
+    /// bundle's on the same inputs (e.g. an int8 bundle and its fp32 twin), query by query:
+    /// pixel agreement and IoU of the two foregrounds (`--protocol davis` only).
+    #[arg(long, value_name = "BUNDLE")]
+    pub agree_with: Option<PathBuf>,
 }
 
 pub fn run(args: &EvalArgs) -> Result<()> {
@@ -39,6 +45,9 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         .unwrap_or_else(|| encoder.default_size());
     encoder.prepare(size)?;
     let input = encoder.scoring_input(size);
+    if let Some(other) = &args.agree_with {
+        return agreement(args, &mut encoder, other, input);
+    }
     let m = encoder.manifest().clone();
     let base = EvalReport::new(
         "",
@@ -51,5 +60,65 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     );
     args.eval
         .run_and_print(&mut encoder, input, base, m.provenance.fold)?;
+    Ok(())
+}
+
+/// `edge eval --agree-with OTHER`: the masks of both bundles on the DAVIS one-shot protocol.
+fn agreement(
+    args: &EvalArgs,
+    encoder: &mut BundleEncoder,
+    other: &std::path::Path,
+    input: edge::eval::ScoringInput,
+) -> Result<()> {
+    if args.eval.protocol != Protocol::Davis {
+        bail!("--agree-with supports --protocol davis only");
+    }
+    let mut b = BundleEncoder::open(other)?;
+    b.bundle().require_panet()?;
+    if b.scoring_input(input.size).normalization != input.normalization {
+        bail!(
+            "--agree-with {}: the two bundles normalise their input differently",
+            other.display()
+        );
+    }
+    b.prepare(input.size)?;
+    let dataset = DavisDataset::open(&args.eval.data)?;
+    let bar = progress_bar("agreement");
+    let mut progress = |done: usize, total: usize| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    };
+    let a = davis_agreement(encoder, &mut b, &dataset, input, &mut progress)?;
+    bar.finish_and_clear();
+    let (pa, pb) = (
+        args.bundle.display().to_string(),
+        other.display().to_string(),
+    );
+    if args.eval.json {
+        let v = serde_json::json!({
+            "protocol": "davis",
+            "data": args.eval.data.display().to_string(),
+            "size": [input.size.height, input.size.width],
+            "bundle": pa,
+            "precision": encoder.manifest().precision,
+            "agree_with": pb,
+            "agree_with_precision": b.manifest().precision,
+            "agreement": a,
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "{pa} vs {pb}, DAVIS one-shot at {}: {} query masks, pixel agreement {:.3}%, \
+             foreground IoU {:.2}% (pooled), {:.2}% (mean per mask); worst mask {} ({:.2}% \
+             of pixels agree)",
+            input.size,
+            a.masks,
+            a.pixel_agreement,
+            a.iou,
+            a.mean_mask_iou,
+            a.worst_mask,
+            a.worst_pixel_agreement
+        );
+    }
     Ok(())
 }

@@ -237,6 +237,12 @@ impl Conv2d {
     }
 
     pub fn forward(&self, x: &Tensor, _train: bool) -> Tensor {
+        self.forward_with(x, &self.weight, self.bias.as_ref())
+    }
+
+    /// The conv with this layer's geometry (stride, padding, dilation, groups) but another
+    /// weight and bias (int8 simulation: `host::export::quant`).
+    pub fn forward_with(&self, x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Tensor {
         let size = x.size();
         let in_hw = [size[size.len() - 2], size[size.len() - 1]];
         let [t, l, b, r] = self
@@ -244,8 +250,8 @@ impl Conv2d {
             .resolve(in_hw, self.kernel(), self.stride, self.dilation);
         if t == b && l == r {
             x.conv2d(
-                &self.weight,
-                self.bias.as_ref(),
+                weight,
+                bias,
                 self.stride,
                 [t, l],
                 self.dilation,
@@ -253,8 +259,8 @@ impl Conv2d {
             )
         } else {
             x.constant_pad_nd([l, r, t, b]).conv2d(
-                &self.weight,
-                self.bias.as_ref(),
+                weight,
+                bias,
                 self.stride,
                 [0, 0],
                 self.dilation,

@@ -8,10 +8,12 @@
 //! abs difference exceeds [`PARITY_TOLERANCE`]. PANet has no head graph: its cosine scoring runs
 //! in Rust on the edge (`edge::prototype`).
 //!
-//! With `--int8 --calibration DIR` ([`BundleOptions::int8_calibration`]) the encoder is
-//! quantized instead ([`quant`]: QLinearConv per-tensor for dense/pointwise convs, depthwise
-//! fp32, min-max calibration on the folder's images); its difference to tch fp32 is recorded in
-//! `checks.parity_max_abs_diff` and printed with the relative L2 error and cosine, not gated.
+//! With `--int8 --calibration DIR` ([`BundleOptions::int8`]) the encoder is quantized instead
+//! ([`quant`]: QLinearConv per-tensor for dense/pointwise convs, depthwise fp32, activation
+//! ranges calibrated on the folder's images by `--calibration-method`, named or most
+//! sensitive convs kept fp32 with `--fp32-layers` / `--fp32-auto`); its difference to tch fp32
+//! is recorded in `checks.parity_max_abs_diff` and `quantization.measured`, and printed with
+//! the per-layer sensitivity, not gated.
 //!
 //! ```no_run
 //! use host::backbone::{self, BackboneKind};
@@ -33,7 +35,8 @@ use std::time::SystemTime;
 use anyhow::{anyhow, bail, Context, Result};
 use edge::bundle::{
     sha256_file, Checks, Dim, FeatureSpec, GraphSpec, Graphs, InputSpec, Manifest, MetricCheck,
-    PrototypeSpec, Provenance, Quantization, ResizeSpec, TensorSpec, BUNDLE_FORMAT, MANIFEST_FILE,
+    PrototypeSpec, Provenance, Quantization, QuantizationCheck, QuantizedLayer, ResizeSpec,
+    TensorSpec, BUNDLE_FORMAT, MANIFEST_FILE,
 };
 use edge::preprocess::InputSize;
 use edge::report::EvalReport;
@@ -300,9 +303,9 @@ pub struct BundleOptions {
     pub parity_seed: u64,
     /// The export fails when tch vs tract differ by more (fp32 only).
     pub tolerance: f64,
-    /// `Some(folder)`: write an int8 encoder calibrated on the images of the folder
-    /// ([`quant`]); its tch-vs-tract difference is recorded, not gated.
-    pub int8_calibration: Option<PathBuf>,
+    /// `Some(..)`: write an int8 encoder calibrated on the images of a folder ([`quant`]);
+    /// its tch-vs-tract difference is recorded, not gated.
+    pub int8: Option<quant::Int8Options>,
 }
 
 impl BundleOptions {
@@ -315,7 +318,7 @@ impl BundleOptions {
             metrics: Vec::new(),
             parity_seed: PARITY_SEED,
             tolerance: PARITY_TOLERANCE,
-            int8_calibration: None,
+            int8: None,
         }
     }
 }
@@ -337,8 +340,8 @@ pub fn export_bundle(backbone: &Backbone, opts: &BundleOptions, out: &Path) -> R
     let tmp = out.join(format!(".{ENCODER_FILE}.tmp-{}", std::process::id()));
     let mut int8: Option<quant::Int8Report> = None;
     let checked = (|| -> Result<Parity> {
-        if let Some(dir) = &opts.int8_calibration {
-            let r = quant::export_int8_encoder(backbone, opts.stride, opts.size, dir, &tmp)
+        if let Some(q) = &opts.int8 {
+            let r = quant::export_int8_encoder(backbone, opts.stride, opts.size, q, &tmp)
                 .with_context(|| format!("int8 export of {}", path.display()))?;
             let p = Parity {
                 max_abs_diff: r.error.max_abs_diff,
@@ -392,18 +395,7 @@ pub fn export_bundle(backbone: &Backbone, opts: &BundleOptions, out: &Path) -> R
             head: None,
         },
         precision: if int8.is_some() { "int8" } else { "fp32" }.into(),
-        quantization: int8.as_ref().map(|r| Quantization {
-            method: quant::METHOD.into(),
-            calibration: format!(
-                "{} ({} images)",
-                opts.int8_calibration
-                    .as_deref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default(),
-                r.images
-            ),
-            layers_fp32: r.quantized.layers_fp32.clone(),
-        }),
+        quantization: int8.as_ref().map(|r| quantization_record(r, opts)),
         resize: ResizeSpec {
             mode: "stretch".into(),
             interpolation: "bilinear".into(),
@@ -423,10 +415,28 @@ pub fn export_bundle(backbone: &Backbone, opts: &BundleOptions, out: &Path) -> R
     manifest.write(out)?;
     if let Some(r) = &int8 {
         eprintln!(
-            "int8 encoder: {} convs int8, {} kept fp32; features vs tch fp32 on the first \
-             calibration image at {}: relative L2 error {:.4}, cosine {:.5}, max abs diff {:.3e}",
+            "per-layer sensitivity (relative L2 error of the encoder output with only that conv \
+             int8, {} calibration images at {}):",
+            r.sensitivity_images, opts.size
+        );
+        for l in &r.layers {
+            eprintln!(
+                "  {:<28} {:<9} {:>8.5}  {}{}",
+                l.name,
+                l.kind,
+                l.rel_l2_alone,
+                l.precision,
+                l.reason.map(|r| format!(" ({r})")).unwrap_or_default()
+            );
+        }
+        eprintln!(
+            "int8 encoder ({} calibration): {} convs int8, {} kept fp32; simulated relative L2 \
+             error of the mix {:.4}; features in tract vs tch fp32 on the first calibration \
+             image at {}: relative L2 error {:.4}, cosine {:.5}, max abs diff {:.3e}",
+            r.method,
             r.quantized.layers_int8.len(),
             r.quantized.layers_fp32.len(),
+            r.simulated_rel_l2,
             opts.size,
             r.error.relative_l2,
             r.error.cosine,
@@ -434,6 +444,44 @@ pub fn export_bundle(backbone: &Backbone, opts: &BundleOptions, out: &Path) -> R
         );
     }
     Ok(manifest)
+}
+
+/// The manifest's `quantization` record of an int8 export.
+fn quantization_record(r: &quant::Int8Report, opts: &BundleOptions) -> Quantization {
+    let dir = opts
+        .int8
+        .as_ref()
+        .map(|q| q.calibration.display().to_string())
+        .unwrap_or_default();
+    // The output step is the unit of int8 tolerances only when the last conv is int8 and is
+    // the graph's output (no fp32 op after its DequantizeLinear but a no-op activation).
+    let last_is_output = r.layers.last().is_some_and(|l| l.precision == "int8");
+    Quantization {
+        method: r.method.name().into(),
+        percentile: r.method.percentile(),
+        calibration: format!("{dir} ({} images)", r.images),
+        layers_fp32: r.quantized.layers_fp32.clone(),
+        weights: "int8 symmetric per-tensor (BatchNorm folded), QLinearConv".into(),
+        activations: "uint8 asymmetric per-tensor".into(),
+        output_step: r.quantized.last_output_scale.filter(|_| last_is_output),
+        layers: r
+            .layers
+            .iter()
+            .map(|l| QuantizedLayer {
+                name: l.name.clone(),
+                kind: l.kind.into(),
+                precision: l.precision.into(),
+                reason: l.reason.map(Into::into),
+                rel_l2_alone: l.rel_l2_alone,
+            })
+            .collect(),
+        measured: Some(QuantizationCheck {
+            simulated_rel_l2: r.simulated_rel_l2,
+            sensitivity_images: r.sensitivity_images,
+            tract_rel_l2: r.error.relative_l2,
+            tract_cosine: r.error.cosine,
+        }),
+    }
 }
 
 /// Reads metric checks from a JSON Lines file of `host eval --json` / `edge eval --json`
@@ -613,6 +661,52 @@ fn resolve_source(args: &ExportArgs) -> Result<Source> {
     }
 }
 
+/// The int8 options of `host export` (`None` without `--int8`); errors on int8 flags given
+/// without `--int8` and on a bad `--percentile`.
+fn int8_options(args: &ExportArgs) -> Result<Option<quant::Int8Options>> {
+    use crate::cli::CalibrationMethodArg;
+    if !args.int8 {
+        for (given, flag) in [
+            (args.calibration.is_some(), "--calibration"),
+            (args.calibration_method.is_some(), "--calibration-method"),
+            (args.percentile.is_some(), "--percentile"),
+            (!args.fp32_layers.is_empty(), "--fp32-layers"),
+            (args.fp32_auto.is_some(), "--fp32-auto"),
+        ] {
+            if given {
+                bail!("{flag} is only used with --int8");
+            }
+        }
+        return Ok(None);
+    }
+    let dir = args.calibration.clone().ok_or_else(|| {
+        anyhow!("--int8 needs --calibration DIR (a folder of images, e.g. calibration/)")
+    })?;
+    let method = match args
+        .calibration_method
+        .unwrap_or(CalibrationMethodArg::DEFAULT)
+    {
+        CalibrationMethodArg::Minmax => quant::CalibrationMethod::MinMax,
+        CalibrationMethodArg::Mse => quant::CalibrationMethod::Mse,
+        CalibrationMethodArg::Percentile => quant::CalibrationMethod::percentile_checked(
+            args.percentile.unwrap_or(quant::DEFAULT_PERCENTILE),
+        )?,
+    };
+    if args.percentile.is_some() && method.percentile().is_none() {
+        bail!("--percentile is only used with --calibration-method percentile");
+    }
+    let mut q = quant::Int8Options::new(dir);
+    q.method = method;
+    q.fp32_layers = args
+        .fp32_layers
+        .iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    q.fp32_auto = args.fp32_auto.unwrap_or(0);
+    Ok(Some(q))
+}
+
 /// `host export`.
 pub fn run(args: &ExportArgs) -> Result<()> {
     if args.out.exists() && !args.out.is_dir() {
@@ -628,6 +722,7 @@ pub fn run(args: &ExportArgs) -> Result<()> {
             MEASURED_BY.map(|m| format!("'{m}'")).join(", ")
         );
     }
+    let int8 = int8_options(args)?;
     let src = resolve_source(args)?;
     if src.method != Method::Panet {
         bail!("method {} cannot be exported yet", src.method);
@@ -647,14 +742,7 @@ pub fn run(args: &ExportArgs) -> Result<()> {
     backbone.load_weights(&src.weights)?;
     let mut opts = BundleOptions::new(src.method, src.stride, args.size, src.provenance);
     opts.metrics = metrics;
-    if args.int8 {
-        let dir = args.calibration.clone().ok_or_else(|| {
-            anyhow!("--int8 needs --calibration DIR (a folder of images, e.g. calibration/)")
-        })?;
-        opts.int8_calibration = Some(dir);
-    } else if args.calibration.is_some() {
-        bail!("--calibration is only used with --int8");
-    }
+    opts.int8 = int8;
     let manifest = export_bundle(&backbone, &opts, &args.out)?;
     let bytes = std::fs::metadata(args.out.join(ENCODER_FILE))
         .map(|m| m.len())

@@ -1,33 +1,48 @@
-//! Int8 post-training quantization of the encoder (first slice of the "quantized bundles"
-//! issue; edge-runtime.md §0 item 2, §1.3-1.5, §2.1).
+//! Int8 post-training quantization of the encoder (the "quantized bundles" issue;
+//! edge-runtime.md §0 item 2, §1.3-1.5, §2.1).
 //!
 //! - Dense and pointwise convs (`groups == 1`) become QOperator nodes:
 //!   `QuantizeLinear(x, s_x, zp_x) -> QLinearConv(.., s_y, zp_y) -> DequantizeLinear`, then the
 //!   activation in f32. Weights: BatchNorm folded first ([`onnx::fold_conv_bn`]), symmetric
 //!   per-tensor int8 (`s_w = max|w| / 127`, zero point 0, values in [-127, 127]); bias int32 at
-//!   scale `s_x * s_w`. Activations: u8, asymmetric, from calibrated min-max ranges.
+//!   scale `s_x * s_w`. Activations: u8, asymmetric, per tensor, from calibrated ranges.
 //! - Depthwise (and any grouped) convs stay fp32 (`Conv`): tract runs every quantized conv
-//!   through Im2col and depthwise kernels quantize badly per-tensor. Their names are recorded in
-//!   the manifest's `quantization.layers_fp32`.
+//!   through Im2col and depthwise kernels quantize badly per-tensor (measured per layer, see
+//!   [`sensitivity`]). Dense/pointwise convs named in [`Int8Options::fp32_layers`], and the
+//!   [`Int8Options::fp32_auto`] most sensitive ones, stay fp32 too. The manifest's
+//!   `quantization.layers` lists every conv with its precision, the reason when fp32, and its
+//!   measured sensitivity.
 //! - Everything else (Clip/Relu, residual `Add`, pools) stays f32 between the
 //!   Dequantize/Quantize pairs.
 //!
-//! Calibration (method `minmax`): the tch backbone runs on each calibration image (resized and
-//! normalised exactly as the edge does, `edge::preprocess::prepare_input`); for each quantized
-//! conv the min and max of its input and of its output (conv + folded BatchNorm, before the
-//! activation) are accumulated over all images. Ranges are widened to contain 0, then
-//! `scale = (max - min) / 255`, `zero_point = round(-min / scale)`. When the activation is
-//! ReLU or ReLU6 the output range is first clipped to `[0, max]` / `[0, min(max, 6)]`: the u8
-//! output then saturates exactly as the activation would, so the range spends no codes on
-//! values the activation discards (the f32 activation node is still emitted, and is then a
-//! no-op).
+//! Calibration: the tch backbone runs on each calibration image (resized and normalised
+//! exactly as the edge does, `edge::preprocess::prepare_input`). For every conv two tensors
+//! are observed: its input and its output after the activation (conv + folded BatchNorm +
+//! ReLU/ReLU6: the u8 output of a QLinearConv whose range starts at 0 saturates exactly as the
+//! activation would, so the range spends no codes on values the activation discards; the f32
+//! activation node is still emitted and is then a no-op). Pass 1 takes min and max; for
+//! `percentile` and `mse` pass 2 fills a [`HIST_BINS`]-bin histogram of each tensor over that
+//! range (exact zeros counted apart: ReLU makes many, and 0 is always exactly representable).
+//! The range of each tensor is then (see [`CalibrationMethod`]):
+//! - `minmax`: `[min, max]`;
+//! - `percentile P`: the `(100 - P)`-th and `P`-th percentiles (bin edges, outward);
+//! - `mse`: `[f * min, f * max]` with the `f` in {0.05, 0.06, ..., 1.00} that minimises the
+//!   mean squared u8 quantize-dequantize error over the histogram.
+//!
+//! Every range is widened to contain 0, then `scale = (max - min) / 255`,
+//! `zero_point = round(-min / scale)`.
+//!
+//! Per-layer sensitivity ([`sensitivity`]) simulates the int8 arithmetic of one conv in tch
+//! (the same quantized weights, int32 bias and u8 scales as the ONNX graph: [`QuantConv`]) with
+//! every other layer fp32, and reports the relative L2 error of the encoder's output features
+//! against fp32 on calibration images.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use edge::preprocess::{InputSize, Normalization};
-use tch::Tensor;
+use tch::{Kind, Tensor};
 use tract_onnx::pb::{tensor_proto::DataType, ModelProto};
 
 use super::onnx::{
@@ -37,8 +52,68 @@ use super::onnx::{
 use crate::backbone::layers::{Activation, ConvBnAct, InvertedResidual, Layer};
 use crate::backbone::Backbone;
 
-/// The calibration method recorded in the manifest.
-pub const METHOD: &str = "minmax";
+/// Bins of the calibration histograms.
+pub const HIST_BINS: usize = 2048;
+/// The percentile `--calibration-method percentile` uses unless told otherwise.
+pub const DEFAULT_PERCENTILE: f64 = 99.99;
+/// The calibration method of `host export --int8` unless told otherwise (README, "int8
+/// bundles": on the EfficientNet-Lite0 PANet it gave the best DAVIS J and feature error of the
+/// three).
+pub const DEFAULT_METHOD: CalibrationMethod = CalibrationMethod::Percentile(DEFAULT_PERCENTILE);
+/// How many calibration images the per-layer sensitivity is measured on (evenly spaced).
+pub const SENSITIVITY_IMAGES: usize = 8;
+/// Sub-points per histogram bin at which the MSE search evaluates the quantization error.
+const MSE_SUBPOINTS: usize = 4;
+
+/// How the range of an activation tensor is chosen from its calibration statistics.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum CalibrationMethod {
+    /// The min and max seen.
+    MinMax,
+    /// The `(100 - p)`-th and `p`-th percentiles (`p` in (50, 100]).
+    Percentile(f64),
+    /// The clipping of `[min, max]` that minimises the quantization MSE.
+    Mse,
+}
+
+impl CalibrationMethod {
+    /// `minmax`, `percentile` or `mse`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            CalibrationMethod::MinMax => "minmax",
+            CalibrationMethod::Percentile(_) => "percentile",
+            CalibrationMethod::Mse => "mse",
+        }
+    }
+
+    pub fn percentile(&self) -> Option<f64> {
+        match self {
+            CalibrationMethod::Percentile(p) => Some(*p),
+            _ => None,
+        }
+    }
+
+    /// A percentile method; errors unless `50 < p <= 100`.
+    pub fn percentile_checked(p: f64) -> Result<Self> {
+        if !(p > 50.0 && p <= 100.0) {
+            bail!("--percentile {p}: expected a value in (50, 100], e.g. 99.99");
+        }
+        Ok(CalibrationMethod::Percentile(p))
+    }
+
+    fn needs_histograms(&self) -> bool {
+        !matches!(self, CalibrationMethod::MinMax)
+    }
+}
+
+impl std::fmt::Display for CalibrationMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CalibrationMethod::Percentile(p) => write!(f, "percentile {p}"),
+            other => f.write_str(other.name()),
+        }
+    }
+}
 
 /// Min and max seen of one tensor.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -61,7 +136,191 @@ impl Range {
     }
 }
 
-/// Calibrated ranges of one quantized conv (output: conv + folded BN, before the activation).
+/// A histogram of a tensor's values over `[lo, hi]` in equal bins; exact zeros apart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Histogram {
+    pub lo: f32,
+    pub hi: f32,
+    /// Counts per bin, exact zeros excluded.
+    pub counts: Vec<f64>,
+    /// How many values were exactly 0.
+    pub zeros: f64,
+}
+
+impl Histogram {
+    /// An empty histogram of `bins` bins over `r`.
+    pub fn new(r: Range, bins: usize) -> Histogram {
+        Histogram {
+            lo: r.min,
+            hi: r.max,
+            counts: vec![0.0; bins.max(1)],
+            zeros: 0.0,
+        }
+    }
+
+    /// The histogram of `values` over their own min-max range.
+    pub fn of_values(values: &[f32], bins: usize) -> Histogram {
+        let mut r = Range::EMPTY;
+        for &v in values {
+            r.min = r.min.min(v);
+            r.max = r.max.max(v);
+        }
+        let mut h = Histogram::new(r, bins);
+        h.add_values(values);
+        h
+    }
+
+    fn width(&self) -> f32 {
+        (self.hi - self.lo) / self.counts.len() as f32
+    }
+
+    fn bin_of(&self, v: f32) -> usize {
+        let n = self.counts.len();
+        let w = self.width();
+        if w.is_nan() || w <= 0.0 {
+            return 0;
+        }
+        (((v - self.lo) / w).floor().max(0.0) as usize).min(n - 1)
+    }
+
+    /// Adds values (clamped into the outer bins).
+    pub fn add_values(&mut self, values: &[f32]) {
+        for &v in values {
+            if v == 0.0 {
+                self.zeros += 1.0;
+            } else if v.is_finite() {
+                let b = self.bin_of(v);
+                self.counts[b] += 1.0;
+            }
+        }
+    }
+
+    /// Adds a tensor's values (computed in tch: bin indices, then `bincount`).
+    fn add_tensor(&mut self, t: &Tensor) {
+        let n = self.counts.len() as i64;
+        let flat = t.flatten(0, -1).to_kind(Kind::Float);
+        let zero = flat.eq(0.0);
+        self.zeros += zero.sum(Kind::Double).double_value(&[]);
+        let w = self.width() as f64;
+        let idx = if w > 0.0 {
+            ((&flat - self.lo as f64) / w)
+                .floor()
+                .clamp(0.0, (n - 1) as f64)
+                .to_kind(Kind::Int64)
+        } else {
+            flat.zeros_like().to_kind(Kind::Int64)
+        };
+        let weights = zero.logical_not().to_kind(Kind::Double);
+        let counts = idx.bincount(Some(&weights), n).to_kind(Kind::Double);
+        let counts = Vec::<f64>::try_from(&counts).unwrap_or_default();
+        for (c, v) in self.counts.iter_mut().zip(counts) {
+            *c += v;
+        }
+    }
+
+    /// Number of values seen.
+    pub fn total(&self) -> f64 {
+        self.counts.iter().sum::<f64>() + self.zeros
+    }
+
+    /// The full range the histogram covers.
+    pub fn range(&self) -> Range {
+        Range {
+            min: self.lo,
+            max: self.hi,
+        }
+    }
+
+    /// Counts per bin with the exact zeros put back into the bin that holds 0 (when 0 is in
+    /// the range).
+    fn counts_with_zeros(&self) -> Vec<f64> {
+        let mut c = self.counts.clone();
+        if self.zeros > 0.0 && self.lo <= 0.0 && self.hi >= 0.0 {
+            let b = self.bin_of(0.0);
+            c[b] += self.zeros;
+        }
+        c
+    }
+
+    /// The `(100 - p)`-th and `p`-th percentiles, rounded outward to bin edges; inside
+    /// [`Histogram::range`].
+    pub fn percentile_range(&self, p: f64) -> Range {
+        let c = self.counts_with_zeros();
+        let total: f64 = c.iter().sum();
+        if total <= 0.0 || self.hi.is_nan() || self.lo.is_nan() || self.hi <= self.lo || p >= 100.0
+        {
+            return self.range();
+        }
+        let tail = total * (1.0 - p / 100.0);
+        let w = self.width();
+        let mut cum = 0.0;
+        let mut lo_bin = 0;
+        for (i, &n) in c.iter().enumerate() {
+            cum += n;
+            if cum > tail {
+                lo_bin = i;
+                break;
+            }
+        }
+        let mut cum = 0.0;
+        let mut hi_bin = c.len() - 1;
+        for (i, &n) in c.iter().enumerate().rev() {
+            cum += n;
+            if cum > tail {
+                hi_bin = i;
+                break;
+            }
+        }
+        Range {
+            min: (self.lo + lo_bin as f32 * w).max(self.lo),
+            max: (self.lo + (hi_bin + 1) as f32 * w).min(self.hi),
+        }
+    }
+
+    /// Mean squared error of u8 quantize-dequantize with the parameters of range `r`
+    /// ([`QParams::from_range`]) over the histogram (each bin's count spread over
+    /// [`MSE_SUBPOINTS`] points; exact zeros add no error).
+    pub fn quantization_mse(&self, r: Range) -> f64 {
+        let q = QParams::from_range(r);
+        let (s, zp) = (q.scale as f64, q.zero_point as f64);
+        let w = self.width() as f64;
+        let mut err = 0.0;
+        for (i, &n) in self.counts.iter().enumerate() {
+            if n == 0.0 {
+                continue;
+            }
+            for j in 0..MSE_SUBPOINTS {
+                let v = self.lo as f64 + (i as f64 + (j as f64 + 0.5) / MSE_SUBPOINTS as f64) * w;
+                let code = ((v / s).round_ties_even() + zp).clamp(0.0, 255.0);
+                let d = v - (code - zp) * s;
+                err += n / MSE_SUBPOINTS as f64 * d * d;
+            }
+        }
+        err / self.total().max(1.0)
+    }
+
+    /// `[f * min, f * max]` (the range widened to contain 0) for the `f` in
+    /// {0.05, 0.06, ..., 1.00} with the smallest [`Histogram::quantization_mse`]; ties go to
+    /// the wider range.
+    pub fn mse_range(&self) -> Range {
+        let (lo, hi) = (self.lo.min(0.0), self.hi.max(0.0));
+        let mut best = (f64::INFINITY, self.range());
+        for k in (5..=100).rev() {
+            let f = k as f32 / 100.0;
+            let r = Range {
+                min: lo * f,
+                max: hi * f,
+            };
+            let e = self.quantization_mse(r);
+            if e < best.0 {
+                best = (e, r);
+            }
+        }
+        best.1
+    }
+}
+
+/// Calibrated ranges of one conv: its input and its output after the activation.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ConvRanges {
     pub input: Range,
@@ -96,43 +355,41 @@ impl QParams {
     }
 }
 
-/// Whether a conv is quantized (dense and pointwise: `groups == 1`).
+/// Whether a conv is quantized by default (dense and pointwise: `groups == 1`).
 pub fn is_quantized(l: &ConvBnAct) -> bool {
     l.conv.groups == 1
 }
 
-/// Runs `layers` on `x` exactly as `Layer::forward` does in eval mode, calling `hook(conv,
-/// input, output)` for every conv of a `ConvBnAct` (also inside inverted residuals), where
-/// `output` is the conv + BatchNorm result before the activation.
-pub fn forward_with_conv_hook(
+/// `dense` (k > 1, groups 1), `pointwise` (1x1) or `depthwise` (grouped).
+pub fn conv_kind(l: &ConvBnAct) -> &'static str {
+    if l.conv.groups != 1 {
+        "depthwise"
+    } else if l.conv.kernel() == [1, 1] {
+        "pointwise"
+    } else {
+        "dense"
+    }
+}
+
+/// Runs `layers` on `x` as `Layer::forward` does in eval mode, except that every `ConvBnAct`
+/// (also inside inverted residuals) is computed by `conv(layer, input)`, which returns its
+/// output after the activation.
+pub fn forward_convs(
     layers: &[Layer],
     x: &Tensor,
-    hook: &mut dyn FnMut(&ConvBnAct, &Tensor, &Tensor),
+    conv: &mut dyn FnMut(&ConvBnAct, &Tensor) -> Tensor,
 ) -> Tensor {
-    fn cba(
-        l: &ConvBnAct,
-        x: &Tensor,
-        hook: &mut dyn FnMut(&ConvBnAct, &Tensor, &Tensor),
-    ) -> Tensor {
-        let y = l.conv.forward(x, false);
-        let y = match &l.bn {
-            Some(bn) => bn.forward(&y, false),
-            None => y,
-        };
-        hook(l, x, &y);
-        l.act.forward(y)
-    }
     let mut h = x.shallow_clone();
     for layer in layers {
         h = match layer {
-            Layer::ConvBnAct(l) => cba(l, &h, hook),
+            Layer::ConvBnAct(l) => conv(l, &h),
             Layer::InvertedResidual(l) => {
                 let mut t = match &l.expand {
-                    Some(e) => cba(e, &h, hook),
+                    Some(e) => conv(e, &h),
                     None => h.shallow_clone(),
                 };
-                t = cba(&l.depthwise, &t, hook);
-                t = cba(&l.project, &t, hook);
+                t = conv(&l.depthwise, &t);
+                t = conv(&l.project, &t);
                 if l.residual {
                     t + &h
                 } else {
@@ -145,8 +402,60 @@ pub fn forward_with_conv_hook(
     h
 }
 
+/// Conv + BatchNorm (eval mode), before the activation.
+fn conv_bn(l: &ConvBnAct, x: &Tensor) -> Tensor {
+    let y = l.conv.forward(x, false);
+    match &l.bn {
+        Some(bn) => bn.forward(&y, false),
+        None => y,
+    }
+}
+
+/// Runs `layers` on `x` exactly as `Layer::forward` does in eval mode, calling `hook(conv,
+/// input, output)` for every conv of a `ConvBnAct`, where `output` is the conv + BatchNorm
+/// result before the activation.
+pub fn forward_with_conv_hook(
+    layers: &[Layer],
+    x: &Tensor,
+    hook: &mut dyn FnMut(&ConvBnAct, &Tensor, &Tensor),
+) -> Tensor {
+    forward_convs(layers, x, &mut |l, x| {
+        let y = conv_bn(l, x);
+        hook(l, x, &y);
+        l.act.forward(y)
+    })
+}
+
+/// The names of every conv in `layers`, in graph order, with their [`conv_kind`].
+pub fn conv_names(layers: &[Layer]) -> Vec<(String, &'static str)> {
+    fn push(l: &ConvBnAct, out: &mut Vec<(String, &'static str)>) {
+        out.push((l.conv.name.clone(), conv_kind(l)));
+    }
+    let mut out = Vec::new();
+    for layer in layers {
+        match layer {
+            Layer::ConvBnAct(l) => push(l, &mut out),
+            Layer::InvertedResidual(l) => {
+                if let Some(e) = &l.expand {
+                    push(e, &mut out);
+                }
+                push(&l.depthwise, &mut out);
+                push(&l.project, &mut out);
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 /// The calibration images of a folder: `*.jpg`, `*.jpeg`, `*.png`, sorted by name.
 pub fn calibration_images(dir: &Path) -> Result<Vec<PathBuf>> {
+    if !dir.exists() {
+        bail!("--calibration {}: no such folder", dir.display());
+    }
+    if !dir.is_dir() {
+        bail!("--calibration {}: not a folder", dir.display());
+    }
     let rd = std::fs::read_dir(dir).map_err(|e| {
         anyhow!(
             "--calibration {}: cannot read the folder: {e}",
@@ -187,49 +496,129 @@ pub fn prepared_image(backbone: &Backbone, path: &Path, size: InputSize) -> Resu
     ))
 }
 
-/// Calibration result: the ranges of every quantized conv (by conv name) and the image count.
+/// The statistics of one observed tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorStats {
+    pub minmax: Range,
+    /// Filled in pass 2 (methods other than min-max).
+    pub histogram: Option<Histogram>,
+}
+
+impl TensorStats {
+    fn range(&self, method: CalibrationMethod) -> Range {
+        match (method, &self.histogram) {
+            (CalibrationMethod::MinMax, _) | (_, None) => self.minmax,
+            (CalibrationMethod::Percentile(p), Some(h)) => h.percentile_range(p),
+            (CalibrationMethod::Mse, Some(h)) => h.mse_range(),
+        }
+    }
+}
+
+/// Statistics of a conv's input and of its output after the activation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConvStats {
+    pub input: TensorStats,
+    pub output: TensorStats,
+}
+
+/// Calibration result: the statistics of every conv (by name), the method and the image count.
 #[derive(Debug, Clone)]
 pub struct Calibration {
-    pub ranges: HashMap<String, ConvRanges>,
+    pub method: CalibrationMethod,
+    pub stats: BTreeMap<String, ConvStats>,
     pub images: usize,
 }
 
-/// Min-max ranges of each quantized conv of `layers` over `images` (prepared CHW inputs at
-/// `size`).
+impl Calibration {
+    /// The ranges of every conv under the calibration's method.
+    pub fn ranges(&self) -> BTreeMap<String, ConvRanges> {
+        self.stats
+            .iter()
+            .map(|(k, s)| {
+                (
+                    k.clone(),
+                    ConvRanges {
+                        input: s.input.range(self.method),
+                        output: s.output.range(self.method),
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
+fn image_tensor(backbone: &Backbone, img: &[f32], size: InputSize) -> Tensor {
+    Tensor::from_slice(img)
+        .view([1, 3, size.height as i64, size.width as i64])
+        .to_device(backbone.device())
+}
+
+/// Statistics of every conv of `layers` (input, and output after the activation) over
+/// `images` (prepared CHW inputs at `size`): min-max, and histograms when `method` needs them
+/// (a second pass).
 pub fn calibrate(
     backbone: &Backbone,
     layers: &[Layer],
     images: &[Vec<f32>],
     size: InputSize,
+    method: CalibrationMethod,
 ) -> Result<Calibration> {
-    let mut ranges: HashMap<String, ConvRanges> = HashMap::new();
-    let (h, w) = (size.height as i64, size.width as i64);
+    if images.is_empty() {
+        bail!("calibration needs at least one image");
+    }
+    let mut stats: BTreeMap<String, ConvStats> = BTreeMap::new();
     for img in images {
-        let x = Tensor::from_slice(img)
-            .view([1, 3, h, w])
-            .to_device(backbone.device());
+        let x = image_tensor(backbone, img, size);
         let _features = tch::no_grad(|| {
-            forward_with_conv_hook(layers, &x, &mut |l, input, output| {
-                if !is_quantized(l) {
-                    return;
-                }
-                let r = ranges.entry(l.conv.name.clone()).or_insert(ConvRanges {
-                    input: Range::EMPTY,
-                    output: Range::EMPTY,
+            forward_convs(layers, &x, &mut |l, input| {
+                let out = l.act.forward(conv_bn(l, input));
+                let s = stats.entry(l.conv.name.clone()).or_insert(ConvStats {
+                    input: TensorStats {
+                        minmax: Range::EMPTY,
+                        histogram: None,
+                    },
+                    output: TensorStats {
+                        minmax: Range::EMPTY,
+                        histogram: None,
+                    },
                 });
-                r.input.update(input);
-                r.output.update(output);
+                s.input.minmax.update(input);
+                s.output.minmax.update(&out);
+                out
             })
         });
     }
+    if method.needs_histograms() {
+        for s in stats.values_mut() {
+            s.input.histogram = Some(Histogram::new(s.input.minmax, HIST_BINS));
+            s.output.histogram = Some(Histogram::new(s.output.minmax, HIST_BINS));
+        }
+        for img in images {
+            let x = image_tensor(backbone, img, size);
+            let _features = tch::no_grad(|| {
+                forward_convs(layers, &x, &mut |l, input| {
+                    let out = l.act.forward(conv_bn(l, input));
+                    if let Some(s) = stats.get_mut(&l.conv.name) {
+                        for (t, v) in [(&mut s.input, input), (&mut s.output, &out)] {
+                            if let Some(h) = t.histogram.as_mut() {
+                                h.add_tensor(v);
+                            }
+                        }
+                    }
+                    out
+                })
+            });
+        }
+    }
     Ok(Calibration {
-        ranges,
+        method,
+        stats,
         images: images.len(),
     })
 }
 
-/// The output range a quantized conv uses (see the module doc: clipped to the activation's
-/// range for ReLU / ReLU6).
+/// The output range a quantized conv uses: the calibrated range of its output after the
+/// activation, clipped to the activation's own range (a no-op for ranges measured after it).
 fn output_range(act: Activation, r: Range) -> Range {
     match act {
         Activation::None => r,
@@ -244,9 +633,222 @@ fn output_range(act: Activation, r: Range) -> Range {
     }
 }
 
+/// One conv in int8: what the ONNX graph stores and the tch simulation uses.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuantConv {
+    pub x: QParams,
+    pub y: QParams,
+    pub w_scale: f32,
+    /// OIHW int8 weights (BatchNorm folded).
+    pub weight: Vec<i8>,
+    pub shape: Vec<i64>,
+    /// int32 bias at scale `x.scale * w_scale`.
+    pub bias: Vec<i32>,
+}
+
+impl QuantConv {
+    /// Quantizes conv `l` (BatchNorm folded) with its calibrated ranges `r`.
+    pub fn new(l: &ConvBnAct, r: &ConvRanges) -> Result<QuantConv> {
+        let x = QParams::from_range(r.input);
+        let y = QParams::from_range(output_range(l.act, r.output));
+        let FoldedConv {
+            weight,
+            shape,
+            bias,
+        } = fold_conv_bn(&l.conv, l.bn.as_ref())?;
+        let wmax = weight.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let w_scale = if wmax > 0.0 && wmax.is_finite() {
+            wmax / 127.0
+        } else {
+            1.0
+        };
+        let wq = weight
+            .iter()
+            .map(|&v| (v / w_scale).round().clamp(-127.0, 127.0) as i8)
+            .collect();
+        let b_scale = x.scale as f64 * w_scale as f64;
+        let bq = bias
+            .unwrap_or_else(|| vec![0.0; shape[0] as usize])
+            .iter()
+            .map(|&b| {
+                (b as f64 / b_scale)
+                    .round()
+                    .clamp(i32::MIN as f64, i32::MAX as f64) as i32
+            })
+            .collect();
+        Ok(QuantConv {
+            x,
+            y,
+            w_scale,
+            weight: wq,
+            shape,
+            bias: bq,
+        })
+    }
+}
+
+/// Quantizes every conv of `layers` that has calibrated ranges.
+pub fn quantize_convs(
+    layers: &[Layer],
+    ranges: &BTreeMap<String, ConvRanges>,
+) -> Result<BTreeMap<String, QuantConv>> {
+    let mut out = BTreeMap::new();
+    let mut err = None;
+    let mut visit = |l: &ConvBnAct| {
+        if let Some(r) = ranges.get(&l.conv.name) {
+            match QuantConv::new(l, r) {
+                Ok(q) => {
+                    out.insert(l.conv.name.clone(), q);
+                }
+                Err(e) => err = Some(e),
+            }
+        }
+    };
+    for layer in layers {
+        match layer {
+            Layer::ConvBnAct(l) => visit(l),
+            Layer::InvertedResidual(l) => {
+                if let Some(e) = &l.expand {
+                    visit(e);
+                }
+                visit(&l.depthwise);
+                visit(&l.project);
+            }
+            _ => {}
+        }
+    }
+    match err {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
+
+/// u8 quantize-dequantize in tch (round half to even, as ONNX QuantizeLinear).
+fn fake_quant(t: &Tensor, q: QParams) -> Tensor {
+    let (s, zp) = (q.scale as f64, q.zero_point as f64);
+    ((t / s).round() + zp).clamp(0.0, 255.0).g_sub_scalar(zp) * s
+}
+
+/// A conv in simulated int8, from its [`QuantConv`]: the input quantized to u8, the int8
+/// weights and int32 bias dequantized, the conv in f32, the output quantized to u8 and
+/// dequantized, then the activation.
+fn simulated_conv(l: &ConvBnAct, q: &QuantConv, x: &Tensor) -> Tensor {
+    let dev = x.device();
+    let w: Vec<f32> = q.weight.iter().map(|&v| v as f32 * q.w_scale).collect();
+    let w = Tensor::from_slice(&w)
+        .view(q.shape.as_slice())
+        .to_device(dev);
+    let b_scale = q.x.scale as f64 * q.w_scale as f64;
+    let b: Vec<f32> = q
+        .bias
+        .iter()
+        .map(|&v| (v as f64 * b_scale) as f32)
+        .collect();
+    let b = Tensor::from_slice(&b).to_device(dev);
+    let xq = fake_quant(x, q.x);
+    let y = l.conv.forward_with(&xq, &w, Some(&b));
+    l.act.forward(fake_quant(&y, q.y))
+}
+
+/// The encoder output with the convs named in `int8` simulated in int8 (everything else fp32).
+pub fn simulated_forward(
+    layers: &[Layer],
+    x: &Tensor,
+    quant: &BTreeMap<String, QuantConv>,
+    int8: &HashSet<String>,
+) -> Tensor {
+    tch::no_grad(|| {
+        forward_convs(layers, x, &mut |l, input| match quant
+            .get(&l.conv.name)
+            .filter(|_| int8.contains(&l.conv.name))
+        {
+            Some(q) => simulated_conv(l, q, input),
+            None => l.act.forward(conv_bn(l, input)),
+        })
+    })
+}
+
+/// Squared L2 norms of `a - b` and of `b`.
+fn sq_err(a: &Tensor, b: &Tensor) -> (f64, f64) {
+    let d = (a - b).square().sum(Kind::Double).double_value(&[]);
+    let n = b.square().sum(Kind::Double).double_value(&[]);
+    (d, n)
+}
+
+/// How much quantizing one conv alone costs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerSensitivity {
+    pub name: String,
+    pub kind: &'static str,
+    /// Relative L2 error of the encoder output (`sqrt(sum ||q - f||^2 / sum ||f||^2)` over the
+    /// images) with only this conv in simulated int8.
+    pub rel_l2: f64,
+}
+
+/// Per-layer sensitivity: for every conv of `quant`, the encoder output error with only that
+/// conv in simulated int8, over `images`; in graph order.
+pub fn sensitivity(
+    backbone: &Backbone,
+    layers: &[Layer],
+    images: &[Vec<f32>],
+    size: InputSize,
+    quant: &BTreeMap<String, QuantConv>,
+) -> Vec<LayerSensitivity> {
+    let xs: Vec<Tensor> = images
+        .iter()
+        .map(|i| image_tensor(backbone, i, size))
+        .collect();
+    let none = HashSet::new();
+    let refs: Vec<Tensor> = xs
+        .iter()
+        .map(|x| simulated_forward(layers, x, quant, &none))
+        .collect();
+    conv_names(layers)
+        .into_iter()
+        .filter(|(n, _)| quant.contains_key(n))
+        .map(|(name, kind)| {
+            let one = HashSet::from([name.clone()]);
+            let (mut d, mut n) = (0.0, 0.0);
+            for (x, r) in xs.iter().zip(&refs) {
+                let (dd, nn) = sq_err(&simulated_forward(layers, x, quant, &one), r);
+                d += dd;
+                n += nn;
+            }
+            LayerSensitivity {
+                name,
+                kind,
+                rel_l2: (d / n.max(f64::MIN_POSITIVE)).sqrt(),
+            }
+        })
+        .collect()
+}
+
+/// Relative L2 error of the encoder output with the convs of `int8` simulated in int8, over
+/// `images`.
+pub fn simulated_error(
+    backbone: &Backbone,
+    layers: &[Layer],
+    images: &[Vec<f32>],
+    size: InputSize,
+    quant: &BTreeMap<String, QuantConv>,
+    int8: &HashSet<String>,
+) -> f64 {
+    let none = HashSet::new();
+    let (mut d, mut n) = (0.0, 0.0);
+    for img in images {
+        let x = image_tensor(backbone, img, size);
+        let r = simulated_forward(layers, &x, quant, &none);
+        let (dd, nn) = sq_err(&simulated_forward(layers, &x, quant, int8), &r);
+        d += dd;
+        n += nn;
+    }
+    (d / n.max(f64::MIN_POSITIVE)).sqrt()
+}
+
 /// Emits graphs with the quantized convs; collects the names of the convs kept fp32.
 struct QEmitter<'a> {
-    cal: &'a Calibration,
+    quant: &'a BTreeMap<String, QuantConv>,
+    int8: &'a HashSet<String>,
     layers_fp32: Vec<String>,
     /// Scale of the last quantized conv's output (one u8 step there).
     last_output_scale: Option<f32>,
@@ -258,65 +860,44 @@ impl QEmitter<'_> {
     }
 
     fn conv_bn_act(&mut self, g: &mut GraphBuilder, l: &ConvBnAct, x: &str) -> Result<String> {
-        if !is_quantized(l) {
-            self.layers_fp32.push(l.conv.name.clone());
+        let conv = &l.conv;
+        if !self.int8.contains(&conv.name) {
+            self.layers_fp32.push(conv.name.clone());
             return onnx::emit_conv_bn_act(g, l, x);
         }
-        let conv = &l.conv;
         let base = if conv.name.is_empty() {
             "conv"
         } else {
             &conv.name
         };
-        let r = self.cal.ranges.get(&conv.name).ok_or_else(|| {
+        let q = self.quant.get(&conv.name).ok_or_else(|| {
             anyhow!(
                 "conv {}: no calibration range (did the calibration run it?)",
                 conv.name
             )
         })?;
-        let qx = QParams::from_range(r.input);
-        let qy = QParams::from_range(output_range(l.act, r.output));
-        let FoldedConv {
-            weight,
-            shape,
-            bias,
-        } = fold_conv_bn(conv, l.bn.as_ref())?;
-        let wmax = weight.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let w_scale = if wmax > 0.0 && wmax.is_finite() {
-            wmax / 127.0
-        } else {
-            1.0
-        };
-        let wq: Vec<u8> = weight
-            .iter()
-            .map(|&v| ((v / w_scale).round().clamp(-127.0, 127.0) as i8) as u8)
-            .collect();
-        let b_scale = qx.scale as f64 * w_scale as f64;
-        let bq: Vec<u8> = bias
-            .unwrap_or_else(|| vec![0.0; shape[0] as usize])
-            .iter()
-            .flat_map(|&b| {
-                let q = (b as f64 / b_scale)
-                    .round()
-                    .clamp(i32::MIN as f64, i32::MAX as f64) as i32;
-                q.to_le_bytes()
-            })
-            .collect();
+        let wq: Vec<u8> = q.weight.iter().map(|&v| v as u8).collect();
+        let bq: Vec<u8> = q.bias.iter().flat_map(|b| b.to_le_bytes()).collect();
 
-        let x_scale = g.initializer_f32(&format!("{base}.x_scale"), &[], &[qx.scale])?;
-        let x_zp = Self::scalar_u8(g, &format!("{base}.x_zero_point"), qx.zero_point)?;
-        let w_name = g.initializer_raw(&format!("{base}.weight_q"), &shape, DataType::Int8, wq)?;
-        let w_scale_n = g.initializer_f32(&format!("{base}.w_scale"), &[], &[w_scale])?;
+        let x_scale = g.initializer_f32(&format!("{base}.x_scale"), &[], &[q.x.scale])?;
+        let x_zp = Self::scalar_u8(g, &format!("{base}.x_zero_point"), q.x.zero_point)?;
+        let w_name =
+            g.initializer_raw(&format!("{base}.weight_q"), &q.shape, DataType::Int8, wq)?;
+        let w_scale_n = g.initializer_f32(&format!("{base}.w_scale"), &[], &[q.w_scale])?;
         let w_zp = g.initializer_raw(
             &format!("{base}.w_zero_point"),
             &[],
             DataType::Int8,
             vec![0],
         )?;
-        let y_scale = g.initializer_f32(&format!("{base}.y_scale"), &[], &[qy.scale])?;
-        let y_zp = Self::scalar_u8(g, &format!("{base}.y_zero_point"), qy.zero_point)?;
-        let b_name =
-            g.initializer_raw(&format!("{base}.bias_q"), &[shape[0]], DataType::Int32, bq)?;
+        let y_scale = g.initializer_f32(&format!("{base}.y_scale"), &[], &[q.y.scale])?;
+        let y_zp = Self::scalar_u8(g, &format!("{base}.y_zero_point"), q.y.zero_point)?;
+        let b_name = g.initializer_raw(
+            &format!("{base}.bias_q"),
+            &[q.shape[0]],
+            DataType::Int32,
+            bq,
+        )?;
 
         let xq = g.node(
             "QuantizeLinear",
@@ -340,7 +921,7 @@ impl QEmitter<'_> {
             attrs,
         );
         let y = g.node("DequantizeLinear", base, &[&yq, &y_scale, &y_zp], vec![]);
-        self.last_output_scale = Some(qy.scale);
+        self.last_output_scale = Some(q.y.scale);
         emit_activation(g, l.act, &y, base)
     }
 
@@ -376,18 +957,21 @@ impl QEmitter<'_> {
 #[derive(Debug, Clone)]
 pub struct QuantizedModel {
     pub model: ModelProto,
-    /// Names of the convs kept fp32 (depthwise / grouped).
+    /// Names of the convs kept fp32, in graph order.
     pub layers_fp32: Vec<String>,
-    /// Names of the quantized convs.
+    /// Names of the quantized convs, sorted.
     pub layers_int8: Vec<String>,
     /// The u8 step of the last quantized conv's output.
     pub last_output_scale: Option<f32>,
 }
 
-/// Like [`onnx::layers_model`], with the dense and pointwise convs quantized from `cal`.
+/// Like [`onnx::layers_model`], with the convs named in `int8` quantized (QLinearConv) from
+/// `quant`.
+#[allow(clippy::too_many_arguments)]
 pub fn quantized_layers_model(
     layers: &[Layer],
-    cal: &Calibration,
+    quant: &BTreeMap<String, QuantConv>,
+    int8: &HashSet<String>,
     in_channels: usize,
     out_channels: usize,
     input_name: &str,
@@ -397,7 +981,8 @@ pub fn quantized_layers_model(
     let mut g = GraphBuilder::new("encoder");
     let (in_dims, out_dims) = onnx::encoder_dims(in_channels, out_channels);
     let mut e = QEmitter {
-        cal,
+        quant,
+        int8,
         layers_fp32: Vec::new(),
         last_output_scale: None,
     };
@@ -406,7 +991,7 @@ pub fn quantized_layers_model(
         x = e.layer(&mut g, layer, &x, i)?;
     }
     g.output(&x, output_name, &out_dims)?;
-    let mut layers_int8: Vec<String> = cal.ranges.keys().cloned().collect();
+    let mut layers_int8: Vec<String> = int8.iter().cloned().collect();
     layers_int8.sort();
     Ok(QuantizedModel {
         model: g.into_model(doc),
@@ -447,32 +1032,145 @@ pub fn feature_error(
     })
 }
 
+/// What `host export --int8` was asked for.
+#[derive(Debug, Clone)]
+pub struct Int8Options {
+    /// Folder of calibration images.
+    pub calibration: PathBuf,
+    pub method: CalibrationMethod,
+    /// Dense/pointwise convs to keep fp32 (names as in `quantization.layers`).
+    pub fp32_layers: Vec<String>,
+    /// Also keep the `fp32_auto` dense/pointwise convs with the largest sensitivity fp32.
+    pub fp32_auto: usize,
+}
+
+impl Int8Options {
+    pub fn new(calibration: PathBuf) -> Self {
+        Int8Options {
+            calibration,
+            method: DEFAULT_METHOD,
+            fp32_layers: Vec::new(),
+            fp32_auto: 0,
+        }
+    }
+}
+
+/// One conv of the int8 encoder as the manifest records it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerChoice {
+    pub name: String,
+    pub kind: &'static str,
+    /// `int8` or `fp32`.
+    pub precision: &'static str,
+    /// Why a conv is fp32: `depthwise`, `--fp32-layers`, `--fp32-auto`.
+    pub reason: Option<&'static str>,
+    /// [`LayerSensitivity::rel_l2`].
+    pub rel_l2_alone: f64,
+}
+
+/// Which convs are int8: dense/pointwise ones, minus `fp32_layers`, minus the `fp32_auto`
+/// most sensitive. Errors on a name that is no conv of the encoder.
+pub fn choose_layers(
+    sens: &[LayerSensitivity],
+    fp32_layers: &[String],
+    fp32_auto: usize,
+) -> Result<Vec<LayerChoice>> {
+    for n in fp32_layers {
+        if !sens.iter().any(|s| &s.name == n) {
+            let quantizable: Vec<&str> = sens
+                .iter()
+                .filter(|s| s.kind != "depthwise")
+                .map(|s| s.name.as_str())
+                .collect();
+            bail!(
+                "--fp32-layers {n}: no such conv in the encoder (dense/pointwise convs: {})",
+                quantizable.join(", ")
+            );
+        }
+    }
+    let mut ranked: Vec<&LayerSensitivity> = sens
+        .iter()
+        .filter(|s| s.kind != "depthwise" && !fp32_layers.contains(&s.name))
+        .collect();
+    ranked.sort_by(|a, b| b.rel_l2.total_cmp(&a.rel_l2));
+    let auto: HashSet<&str> = ranked
+        .iter()
+        .take(fp32_auto)
+        .map(|s| s.name.as_str())
+        .collect();
+    Ok(sens
+        .iter()
+        .map(|s| {
+            let reason = if s.kind == "depthwise" {
+                Some("depthwise")
+            } else if fp32_layers.contains(&s.name) {
+                Some("--fp32-layers")
+            } else if auto.contains(s.name.as_str()) {
+                Some("--fp32-auto")
+            } else {
+                None
+            };
+            LayerChoice {
+                name: s.name.clone(),
+                kind: s.kind,
+                precision: if reason.is_some() { "fp32" } else { "int8" },
+                reason,
+                rel_l2_alone: s.rel_l2,
+            }
+        })
+        .collect())
+}
+
 /// What an int8 export measured.
 #[derive(Debug, Clone)]
 pub struct Int8Report {
     pub quantized: QuantizedModel,
+    pub method: CalibrationMethod,
     pub images: usize,
+    /// Every conv in graph order, with its precision and sensitivity.
+    pub layers: Vec<LayerChoice>,
+    /// Images the sensitivity was measured on.
+    pub sensitivity_images: usize,
+    /// Simulated (tch) relative L2 error of the final mix on those images.
+    pub simulated_rel_l2: f64,
     /// int8 graph in tract vs tch fp32 on the first calibration image at the export size.
     pub error: FeatureError,
 }
 
-/// Calibrates on the images of `dir` at `size`, builds the int8 encoder up to `stride`, writes
-/// it to `path` (not atomically: the caller writes to a temporary file) and measures it in tract
+/// Evenly spaced images for the sensitivity measurement (at most [`SENSITIVITY_IMAGES`]).
+fn sensitivity_subset(images: &[Vec<f32>]) -> Vec<Vec<f32>> {
+    let step = images.len().div_ceil(SENSITIVITY_IMAGES).max(1);
+    images.iter().step_by(step).cloned().collect()
+}
+
+/// Calibrates on the images of `opts.calibration` at `size`, measures every conv's
+/// sensitivity, builds the int8 encoder up to `stride` with the chosen mix, writes it to
+/// `path` (not atomically: the caller writes to a temporary file) and measures it in tract
 /// against tch fp32 on the first calibration image.
 pub fn export_int8_encoder(
     backbone: &Backbone,
     stride: i64,
     size: InputSize,
-    dir: &Path,
+    opts: &Int8Options,
     path: &Path,
 ) -> Result<Int8Report> {
-    let files = calibration_images(dir)?;
+    let files = calibration_images(&opts.calibration)?;
     let images = files
         .iter()
-        .map(|p| prepared_image(backbone, p, size))
+        .map(|p| prepared_image(backbone, p, size).map_err(|e| anyhow!("--calibration: {e:#}")))
         .collect::<Result<Vec<_>>>()?;
     let layers = backbone.layers_to(stride)?;
-    let cal = calibrate(backbone, layers, &images, size)?;
+    let cal = calibrate(backbone, layers, &images, size, opts.method)?;
+    let quant = quantize_convs(layers, &cal.ranges())?;
+    let subset = sensitivity_subset(&images);
+    let sens = sensitivity(backbone, layers, &subset, size, &quant);
+    let choice = choose_layers(&sens, &opts.fp32_layers, opts.fp32_auto)?;
+    let int8: HashSet<String> = choice
+        .iter()
+        .filter(|c| c.precision == "int8")
+        .map(|c| c.name.clone())
+        .collect();
+    let simulated_rel_l2 = simulated_error(backbone, layers, &subset, size, &quant, &int8);
     let channels = backbone.feature_channels(stride).ok_or_else(|| {
         anyhow!(
             "backbone {} has no level at stride {stride}",
@@ -480,14 +1178,18 @@ pub fn export_int8_encoder(
         )
     })? as usize;
     let doc = format!(
-        "{} encoder, int8 (QLinearConv per-tensor, {METHOD} calibration on {} images): \
-         normalised RGB image -> stride-{stride} features",
+        "{} encoder, int8 (QLinearConv per-tensor, {} calibration on {} images, {} of {} convs \
+         int8): normalised RGB image -> stride-{stride} features",
         backbone.kind(),
-        cal.images
+        opts.method,
+        cal.images,
+        int8.len(),
+        choice.len()
     );
     let quantized = quantized_layers_model(
         layers,
-        &cal,
+        &quant,
+        &int8,
         3,
         channels,
         super::INPUT_NAME,
@@ -503,7 +1205,11 @@ pub fn export_int8_encoder(
     let error = feature_error(&want, &got)?;
     Ok(Int8Report {
         quantized,
+        method: opts.method,
         images: cal.images,
+        layers: choice,
+        sensitivity_images: subset.len(),
+        simulated_rel_l2,
         error,
     })
 }
@@ -525,5 +1231,122 @@ mod tests {
         assert!((q.scale - 6.0 / 255.0).abs() < 1e-7);
         let q = QParams::from_range(Range::EMPTY);
         assert_eq!((q.scale, q.zero_point), (1.0, 0));
+    }
+
+    /// 20,000 values in a bell shape on [-1, 1] (sum of uniforms), 20 outliers up to 40 and
+    /// down to -15, and 5,000 exact zeros (a ReLU's).
+    fn long_tailed() -> Vec<f32> {
+        let mut v = Vec::new();
+        let mut s = 12345u64;
+        let mut u = || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (s >> 40) as f32 / (1u64 << 24) as f32
+        };
+        for _ in 0..20_000 {
+            v.push(u() + u() - 1.0);
+        }
+        for i in 0..20 {
+            v.push(if i % 2 == 0 {
+                40.0 - i as f32
+            } else {
+                -15.0 + i as f32 * 0.1
+            });
+        }
+        v.extend(std::iter::repeat_n(0.0, 5_000));
+        v
+    }
+
+    #[test]
+    fn histogram_counts_every_value_and_zeros_apart() {
+        let v = long_tailed();
+        let h = Histogram::of_values(&v, HIST_BINS);
+        assert_eq!(h.total(), v.len() as f64);
+        assert_eq!(h.zeros, 5_000.0);
+        assert_eq!((h.lo, h.hi), (-15.0f32 + 0.1f32, 40.0));
+    }
+
+    #[test]
+    fn percentile_range_lies_inside_minmax_and_drops_the_outliers() {
+        let h = Histogram::of_values(&long_tailed(), HIST_BINS);
+        let full = h.range();
+        assert_eq!(h.percentile_range(100.0), full);
+        let r = h.percentile_range(99.9);
+        assert!(r.min >= full.min && r.max <= full.max, "{r:?} vs {full:?}");
+        // 20 outliers are 0.08% of the values: the 99.9th percentile is inside the bell.
+        assert!(
+            r.max <= 1.0 + h.width() && r.min >= -1.0 - h.width(),
+            "{r:?}"
+        );
+        assert!(r.max > 0.8 && r.min < -0.8, "{r:?}");
+        // A lower percentile is never wider.
+        let r2 = h.percentile_range(99.0);
+        assert!(r2.max <= r.max && r2.min >= r.min, "{r2:?} vs {r:?}");
+    }
+
+    #[test]
+    fn mse_range_clips_no_wider_than_max_and_beats_minmax() {
+        let h = Histogram::of_values(&long_tailed(), HIST_BINS);
+        let full = h.range();
+        let r = h.mse_range();
+        assert!(r.min >= full.min && r.max <= full.max, "{r:?} vs {full:?}");
+        assert!(r.max < full.max, "the outliers should be clipped: {r:?}");
+        assert!(h.quantization_mse(r) < h.quantization_mse(full));
+        // Without outliers (a uniform spread) clipping only adds error: (nearly) the full range.
+        let flat: Vec<f32> = (0..10_000).map(|i| i as f32 / 10_000.0 * 6.0).collect();
+        let hf = Histogram::of_values(&flat, HIST_BINS);
+        let rf = hf.mse_range();
+        assert!(rf.max >= 0.97 * 6.0 && rf.max <= 6.0, "{rf:?}");
+    }
+
+    #[test]
+    fn mse_of_a_range_grows_when_it_clips_the_data() {
+        let flat: Vec<f32> = (0..10_000).map(|i| i as f32 / 10_000.0).collect();
+        let h = Histogram::of_values(&flat, HIST_BINS);
+        let full = h.quantization_mse(h.range());
+        // Rounding error of a uniform spread is step^2 / 12.
+        let step = 1.0 / 255.0f64;
+        assert!((full / (step * step / 12.0) - 1.0).abs() < 0.1, "{full}");
+        let half = h.quantization_mse(Range { min: 0.0, max: 0.5 });
+        assert!(half > 100.0 * full, "{half} vs {full}");
+    }
+
+    fn sens(name: &str, kind: &'static str, rel_l2: f64) -> LayerSensitivity {
+        LayerSensitivity {
+            name: name.into(),
+            kind,
+            rel_l2,
+        }
+    }
+
+    #[test]
+    fn layer_choice_keeps_named_depthwise_and_most_sensitive_fp32() {
+        let s = vec![
+            sens("stem", "dense", 0.05),
+            sens("b0.dw", "depthwise", 0.30),
+            sens("b0.pw", "pointwise", 0.01),
+            sens("b1.ex", "pointwise", 0.08),
+            sens("b1.pw", "pointwise", 0.02),
+        ];
+        let c = choose_layers(&s, &["b1.pw".to_string()], 1).unwrap();
+        let got: Vec<(&str, Option<&str>)> = c.iter().map(|l| (l.precision, l.reason)).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("int8", None),
+                ("fp32", Some("depthwise")),
+                ("int8", None),
+                ("fp32", Some("--fp32-auto")),
+                ("fp32", Some("--fp32-layers")),
+            ]
+        );
+        let e = choose_layers(&s, &["nope".to_string()], 0).unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(
+            msg.contains("--fp32-layers nope") && msg.contains("b1.ex"),
+            "{msg}"
+        );
+        assert!(!msg.contains("b0.dw"), "{msg}");
     }
 }
