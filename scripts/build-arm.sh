@@ -33,11 +33,12 @@ else
   scripts/setup-arm.sh --zig
   TARGET_DIR=target/zig
   # bindgen (v4l's V4L2 bindings) must parse linux/videodev2.h, which zig's trimmed kernel
-  # headers lack: point it at Debian's arm64 cross sysroot. cargo-zigbuild sets the
-  # underscore-named variable; bindgen reads the hyphenated one first. zig links against its
-  # glibc $GLIBC_TARGET stubs.
-  env "BINDGEN_EXTRA_CLANG_ARGS_$TARGET=--sysroot=/usr/aarch64-linux-gnu" \
-    PATH="$(pwd)/.venv-zig/bin:$PATH" CARGO_TARGET_DIR=$TARGET_DIR \
+  # headers lack, and under cargo-zigbuild bindgen's clang sees no libc headers: give clang
+  # Debian's arm64 cross headers through C_INCLUDE_PATH (the only C code edge compiles is
+  # tract-linalg's assembly, which includes no libc header). zig links against its glibc
+  # $GLIBC_TARGET stubs; the floor check below reads the symbol versions actually needed.
+  UAPI=/usr/aarch64-linux-gnu/include
+  C_INCLUDE_PATH="$UAPI" PATH="$(pwd)/.venv-zig/bin:$PATH" CARGO_TARGET_DIR=$TARGET_DIR \
     cargo zigbuild --release -p edge --features camera --target "$TARGET.$GLIBC_TARGET"
 fi
 BIN="$TARGET_DIR/$TARGET/release/edge"

@@ -654,3 +654,52 @@ fn doctor_reports_the_machine_and_checks_the_bundle() {
         &["missing", "does not exist"],
     );
 }
+
+#[test]
+fn eval_agree_with_compares_two_bundles_mask_by_mask() {
+    let tmp = TempDir::new("edge-cli-agree");
+    let a = tmp.path().join("a");
+    write_test_bundle(&a, 48, 64);
+    // Same graph and manifest, another folder: identical masks.
+    let same = tmp.path().join("same");
+    write_test_bundle(&same, 48, 64);
+    // Another graph (8 output channels): other features, other masks.
+    let other = tmp.path().join("other");
+    edge::testkit::write_test_bundle_with_channels(&other, 48, 64, 8, 8);
+    let data = tmp.path().join("davis");
+    write_davis_like(&data, 2, 4, 64, 48);
+    let agree = |b: &Path| -> serde_json::Value {
+        let (stdout, _) = ok(edge_cmd()
+            .arg("eval")
+            .arg("--bundle")
+            .arg(&a)
+            .arg("--agree-with")
+            .arg(b)
+            .args(["--protocol", "davis", "--data"])
+            .arg(&data)
+            .arg("--json"));
+        serde_json::from_str::<serde_json::Value>(stdout.trim()).unwrap()["agreement"].clone()
+    };
+    let s = agree(&same);
+    // 2 sequences x (4 frames - the support frame) query masks of 64x48.
+    assert_eq!(s["masks"], 6, "{s}");
+    assert_eq!(s["pixels"], 6 * 64 * 48, "{s}");
+    assert_eq!(s["pixel_agreement"], 100.0, "{s}");
+    assert_eq!(s["equal"], s["pixels"], "{s}");
+    let o = agree(&other);
+    let pa = o["pixel_agreement"].as_f64().unwrap();
+    assert!(pa < 100.0 && pa > 0.0, "{o}");
+    assert!(o["iou"].as_f64().unwrap() <= 100.0, "{o}");
+    // Only DAVIS is supported.
+    fails(
+        edge_cmd()
+            .arg("eval")
+            .arg("--bundle")
+            .arg(&a)
+            .arg("--agree-with")
+            .arg(&same)
+            .args(["--protocol", "coco", "--data"])
+            .arg(&data),
+        &["--agree-with supports --protocol davis only"],
+    );
+}
