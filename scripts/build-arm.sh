@@ -53,10 +53,16 @@ for lib in arm64simd arm64simd_dot arm64fp16; do
     || { echo "error: $out: tract-linalg did not assemble its $lib kernels" >&2; exit 1; }
 done
 cfgs=$(grep -o 'rustc-cfg=tract_[a-z0-9_]*' "$out" | sed 's/rustc-cfg=//' | sort -u | tr '\n' ' ')
-# ... and that the kernels are in the binary (symbols are kept: release strips debuginfo only).
-nsym=$(aarch64-linux-gnu-nm "$BIN" | grep -c 'arm64simd_mmm_f32_' || true)
-[ "$nsym" -gt 0 ] || { echo "error: $BIN: no arm64simd_mmm_f32 kernel symbols" >&2; exit 1; }
-dot=$(aarch64-linux-gnu-nm "$BIN" | grep -c 'arm64simd_mmm_i32_8x8_dot' || true)
+# ... and that the kernels are in the binary (symbols are kept by Debian's gcc: release strips
+# debuginfo only; zig's linker strips the symbol table, so there only the build output above and
+# the smoke test of the package, which runs the encoder, vouch for them).
+if [ -n "$GLIBC_TARGET" ] && aarch64-linux-gnu-nm "$BIN" 2>&1 | grep -q "no symbols"; then
+  nsym="(stripped by zig)"; dot="(stripped by zig)"
+else
+  nsym=$(aarch64-linux-gnu-nm "$BIN" | grep -c 'arm64simd_mmm_f32_' || true)
+  [ "$nsym" -gt 0 ] || { echo "error: $BIN: no arm64simd_mmm_f32 kernel symbols" >&2; exit 1; }
+  dot=$(aarch64-linux-gnu-nm "$BIN" | grep -c 'arm64simd_mmm_i32_8x8_dot' || true)
+fi
 glibc=$(aarch64-linux-gnu-objdump -T "$BIN" | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -1)
 log "tract-linalg: static kernel libs $(grep -o 'static=[a-z0-9_]*' "$out" | sed 's/static=//' | tr '\n' ' ')"
 log "tract-linalg cfgs: $cfgs"
