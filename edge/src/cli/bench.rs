@@ -486,3 +486,45 @@ fn ort_compare(
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
+
+#[cfg(test)]
+mod parity_tests {
+    use super::*;
+    use edge::bundle::Quantization;
+
+    fn int8_manifest(step: Option<f32>) -> edge::bundle::Manifest {
+        let mut m = edge::testkit::test_manifest(32, 32, 8, String::new());
+        m.precision = "int8".to_string();
+        m.quantization = Some(Quantization {
+            method: "percentile".to_string(),
+            percentile: Some(99.99),
+            calibration: "calibration/ (32 images)".to_string(),
+            layers_fp32: Vec::new(),
+            weights: String::new(),
+            activations: String::new(),
+            output_step: step,
+            layers: Vec::new(),
+            measured: None,
+        });
+        m
+    }
+
+    #[test]
+    fn fp32_bundles_keep_the_absolute_tolerance() {
+        let m = edge::testkit::test_manifest(32, 32, 8, String::new());
+        assert_eq!(ort_parity_tolerance(&m).unwrap().0, ORT_PARITY_TOL);
+    }
+
+    #[test]
+    fn int8_tolerance_is_counted_in_output_steps() {
+        let (tol, text) = ort_parity_tolerance(&int8_manifest(Some(0.05))).unwrap();
+        assert!((tol - ORT_INT8_PARITY_STEPS * 0.05).abs() < 1e-6, "{tol}");
+        assert!(text.contains("output steps"), "{text}");
+        for bad in [None, Some(0.0), Some(f32::NAN)] {
+            let e = ort_parity_tolerance(&int8_manifest(bad))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("output_step"), "{e}");
+        }
+    }
+}
