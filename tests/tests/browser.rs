@@ -331,7 +331,10 @@ fn browser_captures_a_box_support_and_the_overlay_shows_the_target() {
     assert!(!js.is_empty(), "no mask written");
     let j = js.iter().sum::<f64>() / js.len() as f64;
     eprintln!("box support: J {j:.3} over {} frames", js.len());
-    assert!(j > 0.3, "J {j:.3} of the box support");
+    // A box support refined in feature space reaches J 0.31-0.41 on this sequence depending on
+    // which frame was captured (measured with each of the 10 frames as the support); a whole-frame
+    // prediction would score ~0.10 (the swan's share of the frame), an empty one 0.
+    assert!(j > 0.25, "J {j:.3} of the box support");
     let text = std::fs::read_to_string(&events).unwrap();
     assert!(
         text.lines().any(|l| l.contains("\"name\":\"swan\"")),
