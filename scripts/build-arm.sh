@@ -37,8 +37,7 @@ else
   # Debian's arm64 cross headers through C_INCLUDE_PATH (the only C code edge compiles is
   # tract-linalg's assembly, which includes no libc header). zig links against its glibc
   # $GLIBC_TARGET stubs; the floor check below reads the symbol versions actually needed.
-  UAPI=/usr/aarch64-linux-gnu/include
-  C_INCLUDE_PATH="$UAPI" PATH="$(pwd)/.venv-zig/bin:$PATH" CARGO_TARGET_DIR=$TARGET_DIR \
+  C_INCLUDE_PATH=/usr/aarch64-linux-gnu/include PATH="$(pwd)/.venv-zig/bin:$PATH" CARGO_TARGET_DIR=$TARGET_DIR \
     cargo zigbuild --release -p edge --features camera --target "$TARGET.$GLIBC_TARGET"
 fi
 BIN="$TARGET_DIR/$TARGET/release/edge"

@@ -70,7 +70,11 @@ pub fn mask_image(labels: &Mask) -> Result<GrayImage> {
     .ok_or_else(|| EdgeError::input("mask buffer does not match its size"))
 }
 
-fn save_png_atomic(path: &Path, save: impl FnOnce(&Path) -> image::ImageResult<()>) -> Result<()> {
+/// Lets `save` write a PNG at a temporary path, then renames it over `path` (errors name `path`).
+pub fn save_png_atomic(
+    path: &Path,
+    save: impl FnOnce(&Path) -> image::ImageResult<()>,
+) -> Result<()> {
     write_atomic_with(path, |tmp| {
         save(tmp).map_err(|e| EdgeError::invalid(path, format!("cannot write PNG: {e}")))
     })

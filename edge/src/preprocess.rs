@@ -162,17 +162,25 @@ pub fn resize_bilinear(map: &FeatureMap, height: usize, width: usize) -> Feature
         let src = map.plane(c);
         let dst = out.plane_mut(c);
         for (y, t) in ty.iter().enumerate() {
-            let r0 = &src[t.i0 * map.width..(t.i0 + 1) * map.width];
-            let r1 = &src[t.i1 * map.width..(t.i1 + 1) * map.width];
-            let drow = &mut dst[y * width..(y + 1) * width];
-            for (x, s) in tx.iter().enumerate() {
-                let top = r0[s.i0] + (r0[s.i1] - r0[s.i0]) * s.w1;
-                let bottom = r1[s.i0] + (r1[s.i1] - r1[s.i0]) * s.w1;
-                drow[x] = top + (bottom - top) * t.w1;
-            }
+            bilinear_row(src, map.width, t, &tx, &mut dst[y * width..(y + 1) * width]);
         }
     }
     out
+}
+
+/// One output row of the half-pixel bilinear resize of a plane `fw` samples wide: `t` taps the
+/// two source rows, `tx` gives each output column's two source columns (`out.len() == tx.len()`).
+/// The one interpolation formula of [`resize_bilinear`], the fused upsample + argmax
+/// ([`crate::prototype::logits_to_labels`]) and the live observations.
+#[inline]
+pub fn bilinear_row(plane: &[f32], fw: usize, t: &LinearTap, tx: &[LinearTap], out: &mut [f32]) {
+    let r0 = &plane[t.i0 * fw..(t.i0 + 1) * fw];
+    let r1 = &plane[t.i1 * fw..(t.i1 + 1) * fw];
+    for (o, s) in out.iter_mut().zip(tx) {
+        let top = r0[s.i0] + (r0[s.i1] - r0[s.i0]) * s.w1;
+        let bottom = r1[s.i0] + (r1[s.i1] - r1[s.i0]) * s.w1;
+        *o = top + (bottom - top) * t.w1;
+    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 //! a unit test checks it against the literal one.
 
 use crate::error::{EdgeError, Result};
-use crate::preprocess::{linear_taps, resize_bilinear};
+use crate::preprocess::{bilinear_row, linear_taps, resize_bilinear};
 use crate::tensor::{FeatureMap, Mask};
 use serde::{Deserialize, Serialize};
 
@@ -56,13 +56,18 @@ pub fn pooling_weights(mask: &Mask, fh: usize, fw: usize) -> (Vec<f64>, f64) {
 /// model's input resolution: `sum up(F) M / (sum M + eps)`, computed exactly at feature resolution.
 pub fn masked_average_pool(features: &FeatureMap, mask: &Mask) -> Vec<f32> {
     let (weights, total) = pooling_weights(mask, features.height, features.width);
-    let denom = total + MAP_EPS as f64;
+    weighted_average_pool(features, &weights, total + MAP_EPS as f64)
+}
+
+/// `sum_xy F(x, y) w(x, y) / denom` per channel, for pooling weights `w` on the feature grid
+/// (row-major, as [`pooling_weights`] gives them).
+pub fn weighted_average_pool(features: &FeatureMap, weights: &[f64], denom: f64) -> Vec<f32> {
     (0..features.channels)
         .map(|c| {
             let s: f64 = features
                 .plane(c)
                 .iter()
-                .zip(&weights)
+                .zip(weights)
                 .map(|(&f, &w)| f as f64 * w)
                 .sum();
             (s / denom) as f32
@@ -233,23 +238,18 @@ pub fn cosine_logits(query: &FeatureMap, prototypes: &[&[f32]], scale: f32) -> R
 pub fn logits_to_labels(logits: &FeatureMap, height: usize, width: usize) -> Mask {
     let ty = linear_taps(logits.height, height);
     let tx = linear_taps(logits.width, width);
-    let fw = logits.width;
     let mut data = vec![0u8; height * width];
     let mut best = vec![f32::NEG_INFINITY; width];
+    let mut vals = vec![0f32; width];
     for (y, t) in ty.iter().enumerate() {
         best.iter_mut().for_each(|b| *b = f32::NEG_INFINITY);
         let row = &mut data[y * width..(y + 1) * width];
         for c in 0..logits.channels {
-            let plane = logits.plane(c);
-            let r0 = &plane[t.i0 * fw..(t.i0 + 1) * fw];
-            let r1 = &plane[t.i1 * fw..(t.i1 + 1) * fw];
-            for (x, s) in tx.iter().enumerate() {
-                let top = r0[s.i0] + (r0[s.i1] - r0[s.i0]) * s.w1;
-                let bottom = r1[s.i0] + (r1[s.i1] - r1[s.i0]) * s.w1;
-                let v = top + (bottom - top) * t.w1;
-                if v > best[x] {
-                    best[x] = v;
-                    row[x] = c as u8;
+            bilinear_row(logits.plane(c), logits.width, t, &tx, &mut vals);
+            for ((v, b), l) in vals.iter().zip(best.iter_mut()).zip(row.iter_mut()) {
+                if *v > *b {
+                    *b = *v;
+                    *l = c as u8;
                 }
             }
         }

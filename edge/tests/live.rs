@@ -22,7 +22,7 @@ struct Running {
 }
 
 impl Running {
-    fn start(args: &[&str]) -> Running {
+    fn start(args: &[String]) -> Running {
         let mut child = edge_cmd()
             .arg("run")
             .args(args)
@@ -97,6 +97,17 @@ impl Running {
     }
 }
 
+/// `--bundle B --state S --source SRC` followed by `extra`: the arguments of `edge run`.
+fn live_args(bundle: &Path, state: &Path, source: &str, extra: &[&str]) -> Vec<String> {
+    let b = bundle.to_str().unwrap();
+    let s = state.to_str().unwrap();
+    ["--bundle", b, "--state", s, "--source", source]
+        .iter()
+        .chain(extra)
+        .map(|v| v.to_string())
+        .collect()
+}
+
 /// A temporary folder with a 64x64 test bundle: `(dir, bundle, state folder)`.
 fn setup(tag: &str) -> (TempDir, PathBuf, PathBuf) {
     let tmp = TempDir::new(tag);
@@ -138,22 +149,21 @@ fn web_api_adds_a_target_from_a_box_and_it_is_segmented_persisted_and_removed() 
     let events = tmp.path().join("events.jsonl");
     let summary = tmp.path().join("summary.json");
     let (w, h) = (96u32, 72u32);
-    let args = [
-        "--bundle",
-        bundle.to_str().unwrap(),
-        "--source",
+    let args = live_args(
+        &bundle,
+        &state,
         "synthetic:96x72",
-        "--fps",
-        "20",
-        "--http",
-        "127.0.0.1:0",
-        "--state",
-        state.to_str().unwrap(),
-        "--events",
-        events.to_str().unwrap(),
-        "--summary",
-        summary.to_str().unwrap(),
-    ];
+        &[
+            "--fps",
+            "20",
+            "--http",
+            "127.0.0.1:0",
+            "--events",
+            events.to_str().unwrap(),
+            "--summary",
+            summary.to_str().unwrap(),
+        ],
+    );
     let mut run = Running::start(&args);
     let addr = run.http_addr();
 
@@ -313,20 +323,19 @@ fn web_api_adds_a_target_from_a_box_and_it_is_segmented_persisted_and_removed() 
 #[test]
 fn token_is_required_off_loopback_and_accepted_as_query_cookie_or_bearer() {
     let (_tmp, bundle, state) = setup("live-token");
-    let mut run = Running::start(&[
-        "--bundle",
-        bundle.to_str().unwrap(),
-        "--source",
+    let mut run = Running::start(&live_args(
+        &bundle,
+        &state,
         "synthetic:64x48",
-        "--fps",
-        "10",
-        "--http",
-        "127.0.0.1:0",
-        "--token",
-        "s3cret-token",
-        "--state",
-        state.to_str().unwrap(),
-    ]);
+        &[
+            "--fps",
+            "10",
+            "--http",
+            "127.0.0.1:0",
+            "--token",
+            "s3cret-token",
+        ],
+    ));
     let addr = run.http_addr();
     let (code, _) = http_request(&addr, "GET", "/api/stats", None).unwrap();
     assert_eq!(code, 401);
@@ -513,15 +522,7 @@ fn bad_sources_configs_and_supports_get_clear_messages() {
 #[test]
 fn unplugged_camera_is_reported_and_the_run_keeps_going_until_stopped() {
     let (_tmp, bundle, state) = setup("live-nocam");
-    let mut run = Running::start(&[
-        "--bundle",
-        bundle.to_str().unwrap(),
-        "--source",
-        "/dev/video97",
-        "--state",
-        state.to_str().unwrap(),
-        "--no-http",
-    ]);
+    let mut run = Running::start(&live_args(&bundle, &state, "/dev/video97", &["--no-http"]));
     let l = run.wait_line("reconnecting", Duration::from_secs(60));
     assert!(
         l.contains("/dev/video97") && l.contains("no such device"),

@@ -149,16 +149,7 @@ pub fn merged_config(args: &RunArgs) -> Result<RunConfig> {
         c.http.enabled = Some(false);
     }
     if args.gpio_chip.is_some() || args.button_line.is_some() || args.led_line.is_some() {
-        let g = c.gpio.get_or_insert(GpioConfig {
-            chip: String::new(),
-            button_line: None,
-            led_line: None,
-            button_active_low: None,
-            led_active_low: None,
-            debounce_ms: None,
-            target: None,
-            box_fraction: None,
-        });
+        let g = c.gpio.get_or_insert_with(GpioConfig::default);
         set!(g.button_line, args.button_line);
         set!(g.led_line, args.led_line);
         if let Some(chip) = &args.gpio_chip {

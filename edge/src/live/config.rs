@@ -66,7 +66,7 @@ pub struct EventsConfig {
     pub path: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct GpioConfig {
     /// Chip label (`pinctrl-bcm2711`, `pinctrl-rp1`, `tegra234-gpio`) or `/dev/gpiochipN`.

@@ -1,7 +1,7 @@
 //! From logits to what `edge run` reports per frame: the label map at frame resolution and,
 //! per target, its area, bounding box and score.
 
-use crate::preprocess::linear_taps;
+use crate::preprocess::{bilinear_row, linear_taps};
 use crate::tensor::{FeatureMap, Mask};
 use serde::Serialize;
 
@@ -41,15 +41,8 @@ pub fn observe(
     let mut bbox = vec![[u32::MAX, u32::MAX, 0u32, 0u32]; n + 1];
     for (y, t) in ty.iter().enumerate() {
         for ch in 0..c {
-            let plane = logits.plane(ch);
-            let r0 = &plane[t.i0 * fw..(t.i0 + 1) * fw];
-            let r1 = &plane[t.i1 * fw..(t.i1 + 1) * fw];
             let dst = &mut vals[ch * width..(ch + 1) * width];
-            for (x, s) in tx.iter().enumerate() {
-                let top = r0[s.i0] + (r0[s.i1] - r0[s.i0]) * s.w1;
-                let bottom = r1[s.i0] + (r1[s.i1] - r1[s.i0]) * s.w1;
-                dst[x] = top + (bottom - top) * t.w1;
-            }
+            bilinear_row(logits.plane(ch), fw, t, &tx, dst);
         }
         let row = &mut data[y * width..(y + 1) * width];
         for (x, out) in row.iter_mut().enumerate() {

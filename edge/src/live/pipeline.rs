@@ -494,6 +494,24 @@ struct Event<'a> {
     targets: &'a [TargetObservation],
 }
 
+/// Starts a named pipeline thread; failing to is a one-line error.
+fn spawn_named(
+    name: &str,
+    f: impl FnOnce() + Send + 'static,
+) -> Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(f)
+        .map_err(|e| EdgeError::input(format!("cannot start the {name} thread: {e}")))
+}
+
+/// Shows the store's targets to the API and returns what inference scores against: the N-way
+/// prototypes (none without targets) and the target names in label order.
+fn publish_targets(store: &TargetStore, shared: &Shared) -> (Option<Prototypes>, Vec<String>) {
+    *shared.targets.lock().unwrap_or_else(|p| p.into_inner()) = store.list();
+    (store.prototypes(), store.names())
+}
+
 /// The running pipeline's handles (inference runs on the caller's thread in [`run`]).
 pub struct Pipeline {
     pub shared: Arc<Shared>,
@@ -544,19 +562,14 @@ impl Pipeline {
             store.refresh(&mut encoder, size)?;
         }
         let mut store_mtime = TargetStore::file_mtime(&opts.state_dir);
-        let mut protos: Option<Prototypes> = store.prototypes();
-        let mut names = store.names();
-        *shared.targets.lock().unwrap_or_else(|p| p.into_inner()) = store.list();
+        let (mut protos, mut names) = publish_targets(&store, &shared);
 
         // Capture thread; wait for the first open so a bad folder fails at once.
         let (ready_tx, ready_rx) = mpsc::channel();
         let capture = {
             let shared = shared.clone();
             let spec = opts.source.clone();
-            std::thread::Builder::new()
-                .name("capture".into())
-                .spawn(move || capture_loop(spec, shared, ready_tx))
-                .map_err(|e| EdgeError::input(format!("cannot start the capture thread: {e}")))?
+            spawn_named("capture", move || capture_loop(spec, shared, ready_tx))?
         };
         if let Ok(Err(msg)) = ready_rx.recv() {
             shared.stop.store(true, Ordering::Relaxed);
@@ -565,12 +578,7 @@ impl Pipeline {
         }
         let sink = if opts.render_view {
             let shared = shared.clone();
-            Some(
-                std::thread::Builder::new()
-                    .name("view".into())
-                    .spawn(move || sink_loop(shared))
-                    .map_err(|e| EdgeError::input(format!("cannot start the view thread: {e}")))?,
-            )
+            Some(spawn_named("view", move || sink_loop(shared))?)
         } else {
             None
         };
@@ -578,12 +586,7 @@ impl Pipeline {
             Some(path) => {
                 let (tx, rx) = mpsc::sync_channel(EVENT_QUEUE);
                 let path = path.clone();
-                let h = std::thread::Builder::new()
-                    .name("events".into())
-                    .spawn(move || events_loop(path, rx))
-                    .map_err(|e| {
-                        EdgeError::input(format!("cannot start the events thread: {e}"))
-                    })?;
+                let h = spawn_named("events", move || events_loop(path, rx))?;
                 (Some(tx), Some(h))
             }
             None => (None, None),
@@ -593,10 +596,7 @@ impl Pipeline {
             Some(dir) => {
                 let (tx, rx) = mpsc::sync_channel(8);
                 let dir = dir.clone();
-                let h = std::thread::Builder::new()
-                    .name("masks".into())
-                    .spawn(move || masks_loop(dir, rx))
-                    .map_err(|e| EdgeError::input(format!("cannot start the masks thread: {e}")))?;
+                let h = spawn_named("masks", move || masks_loop(dir, rx))?;
                 (Some(tx), Some(h))
             }
             None => (None, None),
@@ -642,10 +642,8 @@ impl Pipeline {
                         let _ = reply.send(r);
                     }
                 }
-                protos = store.prototypes();
-                names = store.names();
+                (protos, names) = publish_targets(&store, &shared);
                 store_mtime = TargetStore::file_mtime(&opts.state_dir);
-                *shared.targets.lock().unwrap_or_else(|p| p.into_inner()) = store.list();
             }
             // Edits by `edge support add|remove` from another process.
             if last_store_check.elapsed() >= Duration::from_secs(1) {
@@ -660,10 +658,7 @@ impl Pipeline {
                                 }
                             }
                             store = s;
-                            protos = store.prototypes();
-                            names = store.names();
-                            *shared.targets.lock().unwrap_or_else(|p| p.into_inner()) =
-                                store.list();
+                            (protos, names) = publish_targets(&store, &shared);
                             crate::live_note!(
                                 "targets reloaded from {}: {}",
                                 opts.state_dir.display(),

@@ -17,10 +17,12 @@
 
 use crate::cache::CacheKey;
 use crate::error::{EdgeError, Result};
-use crate::fsutil::{write_atomic, write_atomic_with};
-use crate::overlay::target_colour;
+use crate::fsutil::write_atomic;
+use crate::overlay::{save_png_atomic, target_colour};
 use crate::preprocess::{resize_mask_nearest, InputSize};
-use crate::prototype::{masked_average_pool, pooling_weights, Prototypes, COSINE_EPS, MAP_EPS};
+use crate::prototype::{
+    cosine_logits, masked_average_pool, pooling_weights, weighted_average_pool, Prototypes, MAP_EPS,
+};
 use crate::runtime::BundleEncoder;
 use crate::tensor::{FeatureMap, Mask};
 use image::{GrayImage, RgbImage};
@@ -166,37 +168,18 @@ pub const BOX_REFINE_PASSES: usize = 30;
 /// not applied (the box is then used as it is).
 pub const BOX_REFINE_MIN_KEPT: f64 = 0.05;
 
+/// Masked average pooling with pooling weights on the feature grid (MAP's epsilon).
 fn weighted_pool(features: &FeatureMap, weights: &[f64]) -> Vec<f32> {
-    let total: f64 = weights.iter().sum::<f64>() + MAP_EPS as f64;
-    (0..features.channels)
-        .map(|c| {
-            let s: f64 = features
-                .plane(c)
-                .iter()
-                .zip(weights)
-                .map(|(&f, &w)| f as f64 * w)
-                .sum();
-            (s / total) as f32
-        })
-        .collect()
+    weighted_average_pool(
+        features,
+        weights,
+        weights.iter().sum::<f64>() + MAP_EPS as f64,
+    )
 }
 
 /// Cosine of every feature cell with `p`.
-fn cell_cosines(features: &FeatureMap, p: &[f32]) -> Vec<f32> {
-    let hw = features.height * features.width;
-    let mut dot = vec![0f32; hw];
-    let mut n2 = vec![0f32; hw];
-    for (c, &pv) in p.iter().enumerate() {
-        for ((d, q), &f) in dot.iter_mut().zip(n2.iter_mut()).zip(features.plane(c)) {
-            *d += f * pv;
-            *q += f * f;
-        }
-    }
-    let pn = p.iter().map(|v| v * v).sum::<f32>().sqrt();
-    dot.iter()
-        .zip(&n2)
-        .map(|(d, q)| d / (q.sqrt() * pn).max(COSINE_EPS))
-        .collect()
+fn cell_cosines(features: &FeatureMap, p: &[f32]) -> Result<Vec<f32>> {
+    Ok(cosine_logits(features, &[p], 1.0)?.data)
 }
 
 /// Prototypes from a box support, refined: a box also covers background, which would pull the
@@ -212,15 +195,15 @@ pub fn refined_box_prototypes(
     box_weights: &[f64],
     seed_weights: &[f64],
     outside_weights: &[f64],
-) -> (Vec<f32>, Vec<f32>) {
+) -> Result<(Vec<f32>, Vec<f32>)> {
     let seeded = seed_weights.iter().sum::<f64>() > 0.0;
     let mut fg = weighted_pool(features, if seeded { seed_weights } else { box_weights });
     let mut bg = weighted_pool(features, outside_weights);
     let box_total: f64 = box_weights.iter().sum();
     let mut previous: Vec<f64> = Vec::new();
     for _ in 0..BOX_REFINE_PASSES {
-        let cf = cell_cosines(features, &fg);
-        let cb = cell_cosines(features, &bg);
+        let cf = cell_cosines(features, &fg)?;
+        let cb = cell_cosines(features, &bg)?;
         let kept: Vec<f64> = box_weights
             .iter()
             .zip(cf.iter().zip(&cb))
@@ -238,7 +221,7 @@ pub fn refined_box_prototypes(
         bg = weighted_pool(features, &moved);
         previous = kept;
     }
-    (fg, bg)
+    Ok((fg, bg))
 }
 
 /// The box of a box mask scaled by `factor` around its centre and clipped to the mask (an
@@ -306,7 +289,7 @@ pub fn shot_prototypes(
         let (inside, _) = pooling_weights(&fg, fh, fw);
         let (seed, _) = pooling_weights(&box_scaled(&fg, 0.5), fh, fw);
         let (outside, _) = pooling_weights(&bg, fh, fw);
-        return Ok(refined_box_prototypes(&features, &inside, &seed, &outside));
+        return refined_box_prototypes(&features, &inside, &seed, &outside);
     }
     Ok((
         masked_average_pool(&features, &fg),
@@ -321,12 +304,6 @@ fn mask_to_png_image(mask: &Mask) -> GrayImage {
         } else {
             0
         }])
-    })
-}
-
-fn save_png_atomic(path: &Path, save: impl FnOnce(&Path) -> image::ImageResult<()>) -> Result<()> {
-    write_atomic_with(path, |tmp| {
-        save(tmp).map_err(|e| EdgeError::invalid(path, format!("cannot write PNG: {e}")))
     })
 }
 
@@ -649,14 +626,15 @@ mod tests {
         .unwrap();
         let inside = [1., 1., 1., 1., 0., 0.];
         let outside = [0., 0., 0., 0., 1., 1.];
-        let (fg, bg) = refined_box_prototypes(&f, &inside, &[0.0; 6], &outside);
+        let (fg, bg) = refined_box_prototypes(&f, &inside, &[0.0; 6], &outside).unwrap();
         assert!(fg[0] > 0.99 && fg[1] < 0.01, "{fg:?}");
         assert!(bg[1] > 0.99 && bg[0] < 0.01, "{bg:?}");
         // The raw box would mix both halves.
         let raw = weighted_pool(&f, &inside);
         assert!((raw[0] - 0.5).abs() < 1e-3);
         // Seeded from the centre of the box (cells 1-2: half object, half background).
-        let (fg, _) = refined_box_prototypes(&f, &inside, &[0., 1., 1., 0., 0., 0.], &outside);
+        let (fg, _) =
+            refined_box_prototypes(&f, &inside, &[0., 1., 1., 0., 0., 0.], &outside).unwrap();
         assert!(fg[0] > 0.99, "{fg:?}");
     }
 
