@@ -442,6 +442,18 @@ fn bad_sources_configs_and_supports_get_clear_messages() {
             "{se}"
         );
     };
+    check(
+        &[
+            "run",
+            "--bundle",
+            b,
+            "--source",
+            "synthetic",
+            "--button-line",
+            "17",
+        ],
+        &["--gpio-chip"],
+    );
     let missing = tmp.path().join("nowhere");
     check(
         &[
@@ -580,4 +592,76 @@ fn a_camera_without_the_camera_feature_is_a_clear_error() {
         !out.status.success() && se.contains("without the `camera` feature"),
         "{se}"
     );
+}
+
+#[test]
+fn bad_requests_busy_ports_and_missing_gpio_chips_are_reported_and_the_run_goes_on() {
+    let (_tmp, bundle, state) = setup("live-badreq");
+    let mut run = Running::start(&live_args(
+        &bundle,
+        &state,
+        "synthetic:64x48",
+        &[
+            "--fps",
+            "10",
+            "--http",
+            "127.0.0.1:0",
+            "--gpio-chip",
+            "no-such-chip",
+            "--led-line",
+            "3",
+        ],
+    ));
+    let addr = run.http_addr();
+    let l = run.wait_line("GPIO disabled:", Duration::from_secs(60));
+    assert!(
+        l.contains("'no-such-chip'") || l.contains("cannot list GPIO chips"),
+        "{l}"
+    );
+    // Requests without a capture use the newest frame: wait for the first one.
+    let end = Instant::now() + Duration::from_secs(60);
+    while http_request(&addr, "POST", "/api/capture", None).unwrap().0 != 200 {
+        assert!(Instant::now() < end, "no frame captured");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let post = |body: &str| http_request(&addr, "POST", "/api/targets", Some(body)).unwrap();
+    let (code, body) = post("{\"name\": ");
+    assert_eq!(code, 400);
+    assert!(
+        json(&body)["error"]
+            .as_str()
+            .unwrap()
+            .contains("bad request body"),
+        "{body}"
+    );
+    let (code, body) = post("{\"name\": \"x\", \"box\": [500, 500, 10, 10]}");
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        json(&body)["error"].as_str().unwrap().contains("outside"),
+        "{body}"
+    );
+    let (code, body) = post("{\"name\": \"x\", \"mask_png\": \"data:image/png;base64,AAAA\"}");
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        json(&body)["error"].as_str().unwrap().contains("not a PNG"),
+        "{body}"
+    );
+    let (code, _) = http_request(&addr, "PUT", "/api/stats", None).unwrap();
+    assert_eq!(code, 405);
+    // The same address again: a one-line error, not a panic.
+    let out = edge_cmd()
+        .arg("run")
+        .args(live_args(&bundle, &state, "synthetic", &["--http", &addr]))
+        .output()
+        .unwrap();
+    let se = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && se.contains(&format!("cannot listen on {addr}")),
+        "{se}"
+    );
+    // The first run still answers.
+    let (code, _) = http_request(&addr, "GET", "/api/stats", None).unwrap();
+    assert_eq!(code, 200);
+    let (ok, log) = run.terminate();
+    assert!(ok, "{log}");
 }
