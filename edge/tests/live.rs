@@ -125,6 +125,20 @@ impl Drop for Running {
     }
 }
 
+/// `POST /api/capture` until the source has delivered a frame (503 "no frame captured yet"
+/// before, for at most a minute); the last answer.
+fn first_capture(addr: &str) -> (u16, String) {
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, body) = http_request(addr, "POST", "/api/capture", None).unwrap();
+        if code != 503 || Instant::now() > end {
+            return (code, body);
+        }
+        assert!(body.contains("no frame captured yet"), "{body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
@@ -178,15 +192,7 @@ fn web_api_adds_a_target_from_a_box_and_it_is_segmented_persisted_and_removed() 
 
     // A capture without a box is refused with a reason; the server keeps running. Before the
     // first frame a capture is 503 "no frame captured yet" (the page is up before the source).
-    let end = Instant::now() + Duration::from_secs(60);
-    let (code, body) = loop {
-        let (code, body) = http_request(&addr, "POST", "/api/capture", None).unwrap();
-        if code != 503 || Instant::now() > end {
-            break (code, body);
-        }
-        assert!(body.contains("no frame captured yet"), "{body}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let (code, body) = first_capture(&addr);
     assert_eq!(code, 200, "{body}");
     let cap = json(&body);
     assert_eq!(
@@ -619,11 +625,8 @@ fn bad_requests_busy_ports_and_missing_gpio_chips_are_reported_and_the_run_goes_
         "{l}"
     );
     // Requests without a capture use the newest frame: wait for the first one.
-    let end = Instant::now() + Duration::from_secs(60);
-    while http_request(&addr, "POST", "/api/capture", None).unwrap().0 != 200 {
-        assert!(Instant::now() < end, "no frame captured");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let (code, body) = first_capture(&addr);
+    assert_eq!(code, 200, "{body}");
     let post = |body: &str| http_request(&addr, "POST", "/api/targets", Some(body)).unwrap();
     let (code, body) = post("{\"name\": ");
     assert_eq!(code, 400);
