@@ -85,9 +85,10 @@ pub struct ResizeSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PrototypeSpec {
     /// `"panet"`: fg prototype per target (mean over shots) and one shared bg prototype.
+    /// `"smcp"`: the fg prototype per target (mean over shots) is the head graph's input.
     pub kind: String,
     pub eps: f32,
-    /// Cosine scale.
+    /// Cosine scale (PANet; 0 for SMCP, whose head makes the logits).
     pub scale: f32,
 }
 
@@ -179,6 +180,10 @@ pub struct MetricCheck {
 pub struct Checks {
     /// Max abs difference tch vs tract on the encoder output, random input at the default size.
     pub parity_max_abs_diff: Option<f64>,
+    /// Max abs difference tch vs tract on the head graph's logits (seeded features and
+    /// prototype at the default size's feature map).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_parity_max_abs_diff: Option<f64>,
     pub metrics: Vec<MetricCheck>,
 }
 
@@ -199,6 +204,31 @@ pub struct Manifest {
     pub threshold: Option<f32>,
     pub provenance: Provenance,
     pub checks: Checks,
+    /// The method's head graph, when there is one: what it is and what it costs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<HeadInfo>,
+}
+
+/// A head graph's description (SMCP).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeadInfo {
+    /// `"smcp"`.
+    pub kind: String,
+    /// Channels of the head's convolutions.
+    pub width: usize,
+    /// ASPP dilations.
+    pub dilations: Vec<usize>,
+    /// `paper` or `code` (methods.md §5.3).
+    pub variant: String,
+    /// Parameters of the exported head (the training-only multi-class head excluded).
+    pub parameters: u64,
+    /// Multiply-accumulates of one pass at the default input size (convolutions).
+    pub macs_per_pass: u64,
+    /// Passes per target and frame (SMCP: 2, first pass + fused second pass).
+    pub passes: usize,
+    /// Parameters and MACs of the encoder at the default input size, for comparison.
+    pub encoder_parameters: u64,
+    pub encoder_macs: u64,
 }
 
 impl Manifest {

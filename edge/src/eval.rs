@@ -14,7 +14,9 @@ use crate::error::{EdgeError, Result};
 use crate::metrics::{mean_and_population_std, percent, ClassIouAccumulator, VideoJAccumulator};
 use crate::preprocess::{prepare_input, resize_mask_nearest, InputSize, Normalization};
 use crate::presets::Preset;
-use crate::prototype::{panet_predict, panet_prototypes, SupportShot};
+use crate::prototype::{
+    cosine_logits, logits_to_labels, panet_prototypes, Prototypes, SupportShot, PANET_SCALE,
+};
 use crate::report::{ClassEntry, EvalReport, FoldEntry};
 use crate::sampler::{Episode, EpisodeRecord};
 use crate::tensor::{FeatureMap, Mask};
@@ -22,13 +24,40 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Instant;
 
-/// Anything that turns preprocessed images (CHW f32 at `size`) into feature maps.
+/// A model as the harnesses see it: an encoder that turns preprocessed images (CHW f32 at
+/// `size`) into feature maps, and the method's head that scores query features against the
+/// support prototypes.
 pub trait FeatureEncoder {
     fn encode_batch(&mut self, inputs: &[Vec<f32>], size: InputSize) -> Result<Vec<FeatureMap>>;
     /// How many images the encoder prefers per call.
     fn batch_size(&self) -> usize {
         1
     }
+    /// The method's logits at feature resolution, `[N + 1, h, w]` (background, then one channel
+    /// per target of `prototypes`), for a query encoded at `input`. The default is PANet's
+    /// cosine x20 scoring; SMCP runs its head twice per target ([`crate::smcp`]).
+    fn head_logits(
+        &mut self,
+        prototypes: &Prototypes,
+        query: &FeatureMap,
+        input: InputSize,
+    ) -> Result<FeatureMap> {
+        let _ = input;
+        cosine_logits(query, &prototypes.ordered(), PANET_SCALE)
+    }
+}
+
+/// One prediction of the model: labels at `label_size` (rows, columns), 0 = background,
+/// i = i-th target, upsampled and argmaxed as the canonical scoring says.
+pub fn predict_labels(
+    model: &mut dyn FeatureEncoder,
+    prototypes: &Prototypes,
+    query: &FeatureMap,
+    input: InputSize,
+    label_size: (usize, usize),
+) -> Result<Mask> {
+    let logits = model.head_logits(prototypes, query, input)?;
+    Ok(logits_to_labels(&logits, label_size.0, label_size.1))
 }
 
 /// Progress callback: `(done, total)`.
@@ -57,9 +86,14 @@ pub fn davis_one_shot(
             done += n;
             progress(done, total)
         })?;
-        davis_predictions(dataset, si, &features, input, &mut |name, _, pred, gt| {
-            acc.add(name, pred, gt).map(|_| ())
-        })?;
+        davis_predictions(
+            encoder,
+            dataset,
+            si,
+            &features,
+            input,
+            &mut |name, _, pred, gt| acc.add(name, pred, gt).map(|_| ()),
+        )?;
     }
     Ok(acc)
 }
@@ -97,6 +131,7 @@ fn davis_encode_sequence(
 /// (the sequence, or each object of a multi-object dataset) and each query frame,
 /// `sink(target name, frame, prediction, ground truth)`.
 fn davis_predictions(
+    model: &mut dyn FeatureEncoder,
     dataset: &DavisDataset,
     si: usize,
     features: &[FeatureMap],
@@ -131,7 +166,7 @@ fn davis_predictions(
         )]])?;
         for (f, query) in features.iter().enumerate().skip(1) {
             let gt = dataset.ground_truth(si, f, object)?;
-            let pred = panet_predict(query, &protos, (gt.height, gt.width))?;
+            let pred = predict_labels(model, &protos, query, input.size, (gt.height, gt.width))?;
             sink(&name, f, &pred, &gt)?;
         }
     }
@@ -221,12 +256,12 @@ pub fn davis_agreement(
         let fa = davis_encode_sequence(a, dataset, si, input, &mut encoded)?;
         let fb = davis_encode_sequence(b, dataset, si, input, &mut encoded)?;
         let mut masks_a = Vec::new();
-        davis_predictions(dataset, si, &fa, input, &mut |_, _, pred, _| {
+        davis_predictions(a, dataset, si, &fa, input, &mut |_, _, pred, _| {
             masks_a.push(pred.clone());
             Ok(())
         })?;
         let mut k = 0;
-        davis_predictions(dataset, si, &fb, input, &mut |name, f, pred, _| {
+        davis_predictions(b, dataset, si, &fb, input, &mut |name, f, pred, _| {
             out.add(name, f, &masks_a[k], pred)?;
             k += 1;
             Ok(())
@@ -278,6 +313,25 @@ struct FeatureCache<'a> {
 }
 
 impl FeatureCache<'_> {
+    /// The model's prediction for the cached query image `query` (see [`predict_labels`]).
+    fn predict(
+        &mut self,
+        prototypes: &Prototypes,
+        query: usize,
+        label_size: (usize, usize),
+    ) -> Result<Mask> {
+        let features = self.cache.get(&query).ok_or_else(|| {
+            EdgeError::input(format!("image {query} was not encoded before scoring"))
+        })?;
+        predict_labels(
+            &mut *self.encoder,
+            prototypes,
+            features,
+            self.input.size,
+            label_size,
+        )
+    }
+
     fn ensure(&mut self, dataset: &CocoMaskDataset, wanted: &[usize]) -> Result<()> {
         self.ensure_with(wanted, |i| dataset.load_image(i))
     }
@@ -322,7 +376,7 @@ impl FeatureCache<'_> {
 
 /// Scores one 1-way K-shot episode; returns the prediction and ground truth at the query's size.
 fn score_episode(
-    cache: &FeatureCache,
+    cache: &mut FeatureCache,
     dataset: &CocoMaskDataset,
     episode: &Episode,
     input: ScoringInput,
@@ -342,7 +396,7 @@ fn score_episode(
     if label_at_input {
         gt = resize_mask_nearest(&gt, input.size.height, input.size.width);
     }
-    let pred = panet_predict(&cache.cache[&episode.query], &protos, (gt.height, gt.width))?;
+    let pred = cache.predict(&protos, episode.query, (gt.height, gt.width))?;
     Ok((pred, gt))
 }
 
@@ -414,7 +468,8 @@ pub fn coco_episodes(
                 .collect();
             cache.ensure(dataset, &wanted)?;
             for e in chunk {
-                let (pred, gt) = score_episode(&cache, dataset, e, input, settings.label_at_input)?;
+                let (pred, gt) =
+                    score_episode(&mut cache, dataset, e, input, settings.label_at_input)?;
                 acc.add(e.class_index, &pred, &gt)?;
                 result.episodes.push(e.to_record(dataset)?);
                 done += 1;
@@ -816,7 +871,7 @@ pub fn folder_episodes(
                     .collect::<Result<Vec<_>>>()?;
                 let protos = panet_prototypes(&[shots])?;
                 let gt = dataset.load_mask(e.query)?;
-                let pred = panet_predict(&cache.cache[&e.query], &protos, (gt.height, gt.width))?;
+                let pred = cache.predict(&protos, e.query, (gt.height, gt.width))?;
                 acc.add((e.class + 1) as u8, &pred, &gt)?;
                 result.episodes.push(e.to_record(dataset)?);
                 done += 1;
@@ -1109,8 +1164,7 @@ pub fn pascal_episodes(
                     .collect::<Result<Vec<_>>>()?;
                 let protos = panet_prototypes(&[shots])?;
                 let gt = dataset.class_mask(e.query, e.class)?;
-                let mut pred =
-                    panet_predict(&cache.cache[&e.query], &protos, (gt.height, gt.width))?;
+                let mut pred = cache.predict(&protos, e.query, (gt.height, gt.width))?;
                 if let Some(ig) = dataset.ignore_label() {
                     // Excluded from the prediction too (HSNet / PFENet style; the counts skip
                     // these pixels either way).
@@ -1413,6 +1467,10 @@ pub struct ProtocolArgs {
     /// methods.md §7.4). Replaces --episodes, --runs and --seed.
     #[arg(long, value_enum)]
     pub preset: Option<Preset>,
+    /// SMCP: the prototype that guides the final pass: fused (the paper's inference), support
+    /// (one pass, the support prototype alone) or pseudo (the query's pseudo-prototype alone).
+    #[arg(long, value_enum, default_value = "fused")]
+    pub smcp_guidance: crate::smcp::SmcpGuidance,
     /// Print one JSON line (the evaluation schema) on stdout.
     #[arg(long)]
     pub json: bool,

@@ -15,6 +15,7 @@ pub mod presets;
 pub mod prototype;
 pub mod report;
 pub mod sampler;
+pub mod smcp;
 pub mod tensor;
 
 pub use error::{EdgeError, Result};

@@ -21,10 +21,12 @@ pub mod tract_backend;
 pub use support::{compute_prototypes, SupportShotSpec, TargetSpec};
 pub use tract_backend::TractBackend;
 
-use crate::bundle::{sha256_file, Dim, Manifest, TensorSpec, MANIFEST_FILE};
+use crate::bundle::{sha256_file, Dim, GraphSpec, Manifest, TensorSpec, MANIFEST_FILE};
 use crate::error::{EdgeError, Result};
 use crate::eval::{FeatureEncoder, ScoringInput};
 use crate::preprocess::{prepare_input, InputSize, Normalization};
+use crate::prototype::{cosine_logits, Prototypes};
+use crate::smcp::{smcp_logits, PrototypeHead, SmcpGuidance};
 use crate::tensor::FeatureMap;
 use image::RgbImage;
 use std::cell::Cell;
@@ -200,37 +202,74 @@ impl Bundle {
         self.manifest.input.normalization()
     }
 
-    /// Errors unless the bundle is a PANet bundle (the only method whose scoring runs in
-    /// Rust without a head graph).
-    pub fn require_panet(&self) -> Result<()> {
+    /// The bundle's method, if this edge runs it: PANet (cosine scoring in Rust, no head
+    /// graph) or SMCP (a head graph run twice per target, [`crate::smcp`]).
+    pub fn method(&self) -> Result<BundleMethod> {
         let m = &self.manifest;
-        if m.method != "panet" || m.prototype.kind != "panet" {
-            return Err(EdgeError::invalid(
+        match (m.method.as_str(), m.graphs.head.is_some()) {
+            ("panet", false) if m.prototype.kind == "panet" => Ok(BundleMethod::Panet),
+            ("smcp", true) => Ok(BundleMethod::Smcp),
+            ("smcp", false) => Err(EdgeError::invalid(
+                &self.manifest_path(),
+                "method 'smcp' needs a head graph, but graphs.head is null",
+            )),
+            _ => Err(EdgeError::invalid(
                 &self.manifest_path(),
                 format!(
-                    "method '{}' (prototype kind '{}') is not supported by this edge yet: it runs PANet bundles",
+                    "method '{}' (prototype kind '{}') is not supported by this edge: it runs PANet and SMCP bundles",
                     m.method, m.prototype.kind
                 ),
-            ));
+            )),
         }
-        Ok(())
     }
 
-    /// Errors if the encoder file on disk differs from the one the manifest names.
-    pub fn verify_encoder_hash(&self) -> Result<()> {
-        let want = &self.manifest.graphs.encoder.sha256;
-        if !want.is_empty() && !want.eq_ignore_ascii_case(&self.encoder_sha256) {
-            return Err(EdgeError::invalid(
-                &self.encoder_path(),
-                format!(
-                    "sha256 {} differs from the {} recorded in {MANIFEST_FILE}: the graph was changed or damaged after export",
-                    short(&self.encoder_sha256),
-                    short(want)
-                ),
-            ));
+    /// Errors unless [`Bundle::method`] knows the bundle's method.
+    pub fn require_supported_method(&self) -> Result<()> {
+        self.method().map(|_| ())
+    }
+
+    pub fn head_path(&self) -> Option<PathBuf> {
+        self.manifest
+            .graphs
+            .head
+            .as_ref()
+            .map(|h| Manifest::graph_path(&self.dir, h))
+    }
+
+    /// Errors if a graph file on disk (encoder, head) differs from the one the manifest names.
+    pub fn verify_graph_hashes(&self) -> Result<()> {
+        let graphs = &self.manifest.graphs;
+        let mut pairs = vec![(
+            &graphs.encoder.sha256,
+            self.encoder_path(),
+            self.encoder_sha256.as_str(),
+        )];
+        if let (Some(h), Some(path), Some(got)) =
+            (&graphs.head, self.head_path(), &self.head_sha256)
+        {
+            pairs.push((&h.sha256, path, got.as_str()));
+        }
+        for (want, path, got) in pairs {
+            if !want.is_empty() && !want.eq_ignore_ascii_case(got) {
+                return Err(EdgeError::invalid(
+                    &path,
+                    format!(
+                        "sha256 {} differs from the {} recorded in {MANIFEST_FILE}: the graph was changed or damaged after export",
+                        short(got),
+                        short(want)
+                    ),
+                ));
+            }
         }
         Ok(())
     }
+}
+
+/// The methods this edge runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BundleMethod {
+    Panet,
+    Smcp,
 }
 
 /// The first 12 characters of a hash (any string: it may come from a damaged file).
@@ -340,6 +379,126 @@ pub struct BundleEncoder {
     output_index: usize,
     /// Sizes whose output shape has been checked.
     checked: Vec<InputSize>,
+    head: MethodHead,
+}
+
+/// How a bundle's method scores query features.
+enum MethodHead {
+    /// Cosine x`scale` against the prototypes, in Rust.
+    Panet { scale: f32 },
+    /// The head graph, two passes per target.
+    Smcp {
+        graph: HeadGraph,
+        guidance: SmcpGuidance,
+    },
+}
+
+/// A prototype-conditioned head graph (SMCP): inputs query features `[1, C, h, w]` and a
+/// prototype `[1, C]` (named in the manifest), output logits `[1, 2, h, w]`.
+pub struct HeadGraph {
+    backend: Box<dyn InferenceBackend>,
+    channels: usize,
+    /// Position of the features among the graph's inputs (the prototype is the other one).
+    features_index: usize,
+    output_index: usize,
+}
+
+impl HeadGraph {
+    /// Checks the graph's ports against the manifest's head spec.
+    pub fn new(
+        backend: Box<dyn InferenceBackend>,
+        spec: &GraphSpec,
+        channels: usize,
+    ) -> Result<HeadGraph> {
+        let graph = backend.graph_path().to_path_buf();
+        let names: Vec<&str> = backend.inputs().iter().map(|p| p.name.as_str()).collect();
+        let bad = |msg: String| Err(EdgeError::invalid(&graph, msg));
+        if spec.inputs.len() != 2 || spec.outputs.is_empty() {
+            return bad(format!(
+                "{MANIFEST_FILE} graphs.head must name 2 inputs (features, prototype) and an output; it names {} and {}",
+                spec.inputs.len(),
+                spec.outputs.len()
+            ));
+        }
+        let mut positions = Vec::new();
+        for s in &spec.inputs {
+            match backend.inputs().iter().position(|p| p.name == s.name) {
+                Some(i) => {
+                    check_port(&graph, "input", &backend.inputs()[i], s)?;
+                    positions.push(i)
+                }
+                None => {
+                    return bad(format!(
+                        "graph inputs are {names:?}; {MANIFEST_FILE} names '{}'",
+                        s.name
+                    ))
+                }
+            }
+        }
+        if backend.inputs().len() != 2 {
+            return bad(format!(
+                "the head graph has inputs {names:?}; expected 2 (features, prototype)"
+            ));
+        }
+        let out = &spec.outputs[0];
+        let output_index = backend
+            .outputs()
+            .iter()
+            .position(|p| p.name == out.name)
+            .ok_or_else(|| {
+                EdgeError::invalid(
+                    &graph,
+                    format!("the head graph has no output '{}'", out.name),
+                )
+            })?;
+        check_port(&graph, "output", &backend.outputs()[output_index], out)?;
+        Ok(HeadGraph {
+            backend,
+            channels,
+            features_index: positions[0],
+            output_index,
+        })
+    }
+}
+
+impl PrototypeHead for HeadGraph {
+    fn pass(&mut self, query: &FeatureMap, prototype: &[f32]) -> Result<FeatureMap> {
+        let c = self.channels;
+        if query.channels != c || prototype.len() != c {
+            return Err(EdgeError::input(format!(
+                "the head takes {c}-channel features and prototypes; got {} and {}",
+                query.channels,
+                prototype.len()
+            )));
+        }
+        let fshape = [1, c, query.height, query.width];
+        let pshape = [1, c];
+        let f = TensorRef::new(&fshape, &query.data)?;
+        let p = TensorRef::new(&pshape, prototype)?;
+        let inputs = if self.features_index == 0 {
+            [f, p]
+        } else {
+            [p, f]
+        };
+        let mut outs = self.backend.run(&inputs)?;
+        if self.output_index >= outs.len() {
+            return Err(EdgeError::invalid(
+                self.backend.graph_path(),
+                format!("the head graph returned {} outputs", outs.len()),
+            ));
+        }
+        let out = outs.swap_remove(self.output_index);
+        if out.shape != [1, 2, query.height, query.width] {
+            return Err(EdgeError::invalid(
+                self.backend.graph_path(),
+                format!(
+                    "the head graph returned {:?} for {}x{} features (expected [1, 2, {}, {}])",
+                    out.shape, query.height, query.width, query.height, query.width
+                ),
+            ));
+        }
+        FeatureMap::new(2, query.height, query.width, out.data)
+    }
 }
 
 impl BundleEncoder {
@@ -348,15 +507,34 @@ impl BundleEncoder {
     pub fn open(dir: &Path) -> Result<BundleEncoder> {
         let bundle = Bundle::open(dir)?;
         let backend = TractBackend::open(&bundle.encoder_path())?;
-        bundle.verify_encoder_hash()?;
+        bundle.verify_graph_hashes()?;
         BundleEncoder::with_backend(bundle, Box::new(backend))
     }
 
-    /// An encoder over any backend already loaded with the bundle's encoder graph.
+    /// An encoder over any backend already loaded with the bundle's encoder graph (an SMCP
+    /// bundle's head graph is loaded with tract).
     pub fn with_backend(
         bundle: Bundle,
         backend: Box<dyn InferenceBackend>,
     ) -> Result<BundleEncoder> {
+        let head = match bundle.method()? {
+            BundleMethod::Panet => MethodHead::Panet {
+                scale: bundle.manifest.prototype.scale,
+            },
+            BundleMethod::Smcp => {
+                let path = bundle.head_path().expect("Bundle::method checked the head");
+                let spec = bundle.manifest.graphs.head.clone().expect("checked");
+                let graph = HeadGraph::new(
+                    Box::new(TractBackend::open(&path)?),
+                    &spec,
+                    bundle.manifest.feature.channels,
+                )?;
+                MethodHead::Smcp {
+                    graph,
+                    guidance: SmcpGuidance::default(),
+                }
+            }
+        };
         let spec = &bundle.manifest.graphs.encoder;
         let graph = backend.graph_path().to_path_buf();
         let in_spec = &spec.inputs[0];
@@ -392,7 +570,31 @@ impl BundleEncoder {
             backend,
             output_index,
             checked: Vec::new(),
+            head,
         })
+    }
+
+    /// Which prototype guides an SMCP bundle's final pass (no effect on PANet bundles).
+    pub fn set_smcp_guidance(&mut self, g: SmcpGuidance) {
+        if let MethodHead::Smcp { guidance, .. } = &mut self.head {
+            *guidance = g;
+        }
+    }
+
+    /// The method's logits `[N + 1, h, w]` at feature resolution for query `features` encoded
+    /// at `input`: PANet's cosine x`scale`, or SMCP's two passes per target.
+    pub fn head_logits(
+        &mut self,
+        prototypes: &Prototypes,
+        features: &FeatureMap,
+        input: InputSize,
+    ) -> Result<FeatureMap> {
+        match &mut self.head {
+            MethodHead::Panet { scale } => cosine_logits(features, &prototypes.ordered(), *scale),
+            MethodHead::Smcp { graph, guidance } => {
+                smcp_logits(graph, prototypes, features, input, *guidance)
+            }
+        }
     }
 
     pub fn bundle(&self) -> &Bundle {
@@ -504,6 +706,15 @@ impl BundleEncoder {
 impl FeatureEncoder for BundleEncoder {
     fn encode_batch(&mut self, inputs: &[Vec<f32>], size: InputSize) -> Result<Vec<FeatureMap>> {
         inputs.iter().map(|i| self.encode(i, size)).collect()
+    }
+
+    fn head_logits(
+        &mut self,
+        prototypes: &Prototypes,
+        query: &FeatureMap,
+        input: InputSize,
+    ) -> Result<FeatureMap> {
+        BundleEncoder::head_logits(self, prototypes, query, input)
     }
 }
 

@@ -352,6 +352,7 @@ pub fn test_manifest(height: usize, width: usize, channels: usize, sha256: Strin
             ..Provenance::default()
         },
         checks: Checks::default(),
+        head: None,
     }
 }
 

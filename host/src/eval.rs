@@ -3,21 +3,28 @@
 
 use crate::backbone::{Backbone, BackboneKind, BackboneOptions};
 use crate::cli::{EvalArgs, Method};
-use crate::train::{initial_weights, RunRecord, FEATURE_STRIDE};
+use crate::smcp::{SmcpHead, TchPrototypeHead};
+use crate::train::{initial_weights, smcp_head, RunRecord, FEATURE_STRIDE};
 use anyhow::{anyhow, bail, Result};
 use edge::eval::{FeatureEncoder, ScoringInput};
 use edge::preprocess::{InputSize, Normalization};
+use edge::prototype::{cosine_logits, Prototypes, PANET_SCALE};
 use edge::report::EvalReport;
+use edge::smcp::{smcp_logits, SmcpGuidance};
 use edge::tensor::FeatureMap;
 use std::path::Path;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
-/// The backbone in tch as a [`FeatureEncoder`] for the shared harness.
+/// The backbone in tch as a [`FeatureEncoder`] for the shared harness, with the method's head
+/// (PANet: the shared cosine scoring; SMCP: its head in tch under the shared two-pass
+/// inference).
 pub struct TchEncoder {
     pub backbone: Backbone,
     pub stride: i64,
     pub batch: usize,
-    _vs: VarStore,
+    pub smcp: Option<SmcpHead>,
+    pub guidance: SmcpGuidance,
+    vs: VarStore,
 }
 
 impl TchEncoder {
@@ -40,8 +47,28 @@ impl TchEncoder {
             backbone,
             stride: FEATURE_STRIDE,
             batch: batch.max(1),
-            _vs: vs,
+            smcp: None,
+            guidance: SmcpGuidance::default(),
+            vs,
         })
+    }
+
+    /// A trained model of a run: its backbone and, for SMCP, its head (from the run's
+    /// checkpoint).
+    pub fn from_run(
+        record: &RunRecord,
+        dir: &Path,
+        device: Device,
+        batch: usize,
+    ) -> Result<TchEncoder> {
+        let kind = record.backbone_kind()?;
+        let model = record.model_path(dir);
+        let mut enc = TchEncoder::load(kind, Some(&model), device, batch)?;
+        enc.smcp = smcp_head(&enc.vs, &enc.backbone, &record.config)?;
+        if let Some(h) = &enc.smcp {
+            h.load_weights(&model)?;
+        }
+        Ok(enc)
     }
 
     pub fn normalization(&self) -> Normalization {
@@ -87,16 +114,35 @@ impl FeatureEncoder for TchEncoder {
     fn batch_size(&self) -> usize {
         self.batch
     }
+
+    fn head_logits(
+        &mut self,
+        prototypes: &Prototypes,
+        query: &FeatureMap,
+        input: InputSize,
+    ) -> edge::Result<FeatureMap> {
+        match &self.smcp {
+            None => cosine_logits(query, &prototypes.ordered(), PANET_SCALE),
+            Some(head) => {
+                let mut pass = TchPrototypeHead {
+                    head,
+                    device: self.backbone.device(),
+                };
+                smcp_logits(&mut pass, prototypes, query, input, self.guidance)
+            }
+        }
+    }
 }
 
 pub fn run(args: &EvalArgs) -> Result<()> {
     let device = args.device.resolve()?;
-    let (kind, weights, method, trained_fold) = match &args.checkpoint {
+    let (mut encoder, kind, method, trained_fold) = match &args.checkpoint {
         Some(ckpt) => {
             let (rec, dir) = RunRecord::read(ckpt)?;
+            let enc = TchEncoder::from_run(&rec, &dir, device, args.batch)?;
             (
+                enc,
                 rec.backbone_kind()?,
-                Some(rec.model_path(&dir)),
                 rec.config.method,
                 Some(rec.config.fold),
             )
@@ -105,18 +151,15 @@ pub fn run(args: &EvalArgs) -> Result<()> {
             if !args.no_train {
                 bail!("give --checkpoint RUN_DIR to evaluate a trained model, or --no-train for the ImageNet backbone");
             }
-            (
-                args.backbone,
-                initial_weights(args.backbone, &args.weights)?,
-                args.method,
-                None,
-            )
+            if args.method != Method::Panet {
+                bail!("--no-train evaluates PANet's scoring on the ImageNet backbone; method {} needs a trained --checkpoint", args.method);
+            }
+            let weights = initial_weights(args.backbone, &args.weights)?;
+            let enc = TchEncoder::load(args.backbone, weights.as_deref(), device, args.batch)?;
+            (enc, args.backbone, args.method, None)
         }
     };
-    if method != Method::Panet {
-        bail!("method {method} cannot be evaluated yet");
-    }
-    let mut encoder = TchEncoder::load(kind, weights.as_deref(), device, args.batch)?;
+    encoder.guidance = args.eval.smcp_guidance;
     let size = match args.eval.preset {
         Some(p) => p.settings().coco()?.size,
         None => args.size,
@@ -128,7 +171,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let base = EvalReport::new(
         "",
         args.eval.data.display().to_string(),
-        method.name(),
+        edge::smcp::method_label(method.name(), args.eval.smcp_guidance),
         kind.name(),
         [size.height, size.width],
         "fp32",

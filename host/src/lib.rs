@@ -11,4 +11,5 @@ pub mod npy;
 pub mod optim;
 pub mod panet;
 pub mod plot;
+pub mod smcp;
 pub mod train;

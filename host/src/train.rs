@@ -13,7 +13,8 @@
 use crate::backbone::{default_weights_path, Backbone, BackboneKind, BackboneOptions};
 use crate::cli::{Method, TrainArgs};
 use crate::optim::Sgd;
-use crate::panet::{self, EpisodeTensors};
+use crate::panet::{self, EpisodeTensors, IGNORE};
+use crate::smcp::{self, SemanticLabels, SmcpHead, SmcpShape, SmcpVariant};
 use anyhow::{anyhow, bail, Context, Result};
 use edge::data::coco::{CocoMaskDataset, FoldSplit};
 use edge::preprocess::{normalize_chw, resize_mask_nearest, resize_rgb, InputSize, Normalization};
@@ -51,6 +52,34 @@ pub struct TrainConfig {
     pub hflip: bool,
     pub feature_stride: i64,
     pub checkpoint_every: usize,
+    /// How the learning rate moves over the run (runs written before this field: step).
+    #[serde(default)]
+    pub lr_schedule: LrSchedule,
+    /// SMCP's head (absent for PANet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smcp: Option<SmcpConfig>,
+}
+
+/// Learning-rate schedules.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Default)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum LrSchedule {
+    /// x0.1 at each of `lr_milestones` (PANet).
+    #[default]
+    Step,
+    /// `lr * (1 - iteration / iterations)^power` (SMCP paper, power 0.9).
+    Poly { power: f64 },
+    /// `lr` throughout (the official SMCP code: its milestone is never reached).
+    Constant,
+}
+
+/// The SMCP head of a run.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct SmcpConfig {
+    pub width: i64,
+    pub variant: SmcpVariant,
+    /// Multi-class head outputs: background + the fold's base classes.
+    pub classes: i64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
@@ -58,7 +87,14 @@ pub struct LossPoint {
     pub iteration: usize,
     pub loss: f64,
     pub query: f64,
+    /// PANet's prototype alignment loss.
     pub align: f64,
+    /// SMCP's support self-prototype loss.
+    #[serde(default)]
+    pub support: f64,
+    /// SMCP's multi-class loss (before its 0.1 weight).
+    #[serde(default)]
+    pub multi_class: f64,
     pub lr: f64,
 }
 
@@ -114,12 +150,21 @@ impl RunRecord {
 }
 
 fn lr_at(cfg: &TrainConfig, iteration: usize) -> f64 {
-    let passed = cfg
-        .lr_milestones
-        .iter()
-        .filter(|&&m| iteration >= m)
-        .count();
-    cfg.lr * 0.1f64.powi(passed as i32)
+    match cfg.lr_schedule {
+        LrSchedule::Step => {
+            let passed = cfg
+                .lr_milestones
+                .iter()
+                .filter(|&&m| iteration >= m)
+                .count();
+            cfg.lr * 0.1f64.powi(passed as i32)
+        }
+        LrSchedule::Poly { power } => {
+            let left = 1.0 - iteration as f64 / cfg.iterations.max(1) as f64;
+            cfg.lr * left.max(0.0).powf(power)
+        }
+        LrSchedule::Constant => cfg.lr,
+    }
 }
 
 /// Decoded training images resized to the training size, kept in memory (COCO128 is small).
@@ -199,11 +244,12 @@ fn episode_tensors(
 }
 
 fn write_csv(history: &[LossPoint], path: &Path) -> Result<()> {
-    let mut s = String::from("iteration,loss,query_loss,align_loss,lr\n");
+    let mut s =
+        String::from("iteration,loss,query_loss,align_loss,support_loss,multiclass_loss,lr\n");
     for p in history {
         s.push_str(&format!(
-            "{},{:.6},{:.6},{:.6},{:e}\n",
-            p.iteration, p.loss, p.query, p.align, p.lr
+            "{},{:.6},{:.6},{:.6},{:.6},{:.6},{:e}\n",
+            p.iteration, p.loss, p.query, p.align, p.support, p.multi_class, p.lr
         ));
     }
     edge::fsutil::write_atomic(path, s.as_bytes())?;
@@ -259,17 +305,43 @@ fn config_from_args(args: &TrainArgs, weights: &Option<PathBuf>) -> Result<Train
         .lr_milestones
         .clone()
         .unwrap_or_else(|| vec![args.iterations / 3, 2 * args.iterations / 3]);
+    let split = FoldSplit::Interleaved;
+    let (weight_decay, lr_schedule, smcp) = match args.method {
+        Method::Panet => (args.weight_decay.unwrap_or(5e-4), LrSchedule::Step, None),
+        Method::Smcp => {
+            if args.head_width < 8 {
+                bail!("--head-width must be at least 8");
+            }
+            let (wd, schedule) = match args.smcp_variant {
+                SmcpVariant::Paper => (1e-4, LrSchedule::Poly { power: 0.9 }),
+                SmcpVariant::Code => (5e-4, LrSchedule::Constant),
+            };
+            let schedule = if args.lr_milestones.is_some() {
+                LrSchedule::Step
+            } else {
+                schedule
+            };
+            edge::data::coco::check_fold(args.fold)?;
+            let classes = edge::data::coco::base_classes(split, args.fold).len() as i64 + 1;
+            let smcp = SmcpConfig {
+                width: args.head_width,
+                variant: args.smcp_variant,
+                classes,
+            };
+            (args.weight_decay.unwrap_or(wd), schedule, Some(smcp))
+        }
+    };
     Ok(TrainConfig {
         method: args.method,
         backbone: args.backbone.name().to_string(),
         init_weights: weights.as_ref().map(|p| p.display().to_string()),
         data: args.data.display().to_string(),
-        split: FoldSplit::Interleaved,
+        split,
         fold: args.fold,
         iterations: args.iterations,
         lr: args.lr,
         momentum: args.momentum,
-        weight_decay: args.weight_decay,
+        weight_decay,
         lr_milestones: milestones.into_iter().filter(|&m| m > 0).collect(),
         size: [args.size.height, args.size.width],
         shots: args.shots,
@@ -280,6 +352,8 @@ fn config_from_args(args: &TrainArgs, weights: &Option<PathBuf>) -> Result<Train
         hflip: true,
         feature_stride: FEATURE_STRIDE,
         checkpoint_every: args.checkpoint_every,
+        lr_schedule,
+        smcp,
     })
 }
 
@@ -323,9 +397,6 @@ pub fn train(
     resume: Option<RunRecord>,
     stop_after: Option<usize>,
 ) -> Result<()> {
-    if cfg.method != Method::Panet {
-        bail!("method {} cannot be trained yet", cfg.method);
-    }
     let kind: BackboneKind = cfg.backbone.parse().map_err(|e| anyhow!("{e}"))?;
     let dataset = CocoMaskDataset::open(Path::new(&cfg.data))?;
     let subset = dataset.indices_of_split("train2017");
@@ -343,10 +414,15 @@ pub fn train(
         },
     )?;
     backbone.set_bn_frozen(!cfg.train_bn);
+    let head = smcp_head(&vs, &backbone, cfg)?;
+    let base_classes = edge::data::coco::base_classes(cfg.split, cfg.fold);
     let mut opt;
     let (mut record, start) = match resume {
         Some(rec) => {
             backbone.load_weights(&rec.model_path(dir))?;
+            if let Some(h) = &head {
+                h.load_weights(&rec.model_path(dir))?;
+            }
             opt = Sgd::new(&vs, cfg.lr, cfg.momentum, cfg.weight_decay);
             opt.load(&dir.join(&rec.checkpoint).join("optimizer.safetensors"))?;
             let start = rec.iteration;
@@ -426,29 +502,47 @@ pub fn train(
             cfg.feature_stride,
             true,
         )?;
-        let losses = panet::losses(
-            &feats.narrow(0, 0, k),
-            &feats.narrow(0, k, 1),
-            &t,
-            cfg.align,
-        );
-        if !losses.query.is_finite() || !losses.align.is_finite() {
+        let (support_f, query_f) = (feats.narrow(0, 0, k), feats.narrow(0, k, 1));
+        let (total, mut point) = match &head {
+            None => {
+                let l = panet::losses(&support_f, &query_f, &t, cfg.align);
+                let point = LossPoint {
+                    iteration: it + 1,
+                    loss: l.query + l.align,
+                    query: l.query,
+                    align: l.align,
+                    support: 0.0,
+                    multi_class: 0.0,
+                    lr,
+                };
+                (l.total, point)
+            }
+            Some(h) => {
+                let labels = semantic_labels(&dataset, &ep, &base_classes, size, device)?;
+                let l = smcp::losses(h, &support_f, &query_f, &t, &labels);
+                let point = LossPoint {
+                    iteration: it + 1,
+                    loss: l.total.double_value(&[]),
+                    query: l.query,
+                    align: 0.0,
+                    support: l.support,
+                    multi_class: l.multi_class,
+                    lr,
+                };
+                (l.total, point)
+            }
+        };
+        if !point.loss.is_finite() {
             bail!(
                 "the loss became {} at iteration {} (lr {lr}); lower --lr",
-                losses.query + losses.align,
+                point.loss,
                 it + 1
             );
         }
         opt.zero_grad();
-        losses.total.backward();
+        total.backward();
         opt.step();
-        let point = LossPoint {
-            iteration: it + 1,
-            loss: losses.query + losses.align,
-            query: losses.query,
-            align: losses.align,
-            lr,
-        };
+        point.iteration = it + 1;
         record.history.push(point);
         bar.inc(1);
         bar.set_message(format!("loss {:.4}", point.loss));
@@ -473,6 +567,71 @@ pub fn train(
         record.checkpoint
     );
     Ok(())
+}
+
+/// The SMCP head of a run (None for PANet), created in `vs` next to the backbone.
+pub fn smcp_head(
+    vs: &VarStore,
+    backbone: &Backbone,
+    cfg: &TrainConfig,
+) -> Result<Option<SmcpHead>> {
+    match (cfg.method, &cfg.smcp) {
+        (Method::Panet, _) => Ok(None),
+        (Method::Smcp, None) => bail!("an SMCP run without its head configuration in run.json"),
+        (Method::Smcp, Some(s)) => {
+            let channels = backbone
+                .feature_channels(cfg.feature_stride)
+                .ok_or_else(|| {
+                    anyhow!(
+                        "{} has no feature level at stride {}",
+                        backbone.kind(),
+                        cfg.feature_stride
+                    )
+                })?;
+            let shape = SmcpShape {
+                feature_channels: channels,
+                width: s.width,
+                dilations: SmcpShape::dilations_for_stride(cfg.feature_stride),
+                classes: s.classes,
+                variant: s.variant,
+            };
+            Ok(Some(SmcpHead::new(&vs.root(), shape)))
+        }
+    }
+}
+
+/// SMCP's multi-class targets of an episode at the training size (flipped like the images):
+/// 0 background, `i + 1` for the i-th base class, 255 for every other (novel) class.
+fn semantic_labels(
+    dataset: &CocoMaskDataset,
+    ep: &edge::sampler::TrainingEpisode,
+    base_classes: &[u8],
+    size: InputSize,
+    device: Device,
+) -> Result<SemanticLabels> {
+    let mut lut = [IGNORE as u8; 256];
+    lut[0] = 0;
+    for (i, &c) in base_classes.iter().enumerate() {
+        lut[c as usize] = (i + 1) as u8;
+    }
+    let label = |idx: usize, flip: bool| -> Result<Tensor> {
+        let m = resize_mask_nearest(&dataset.label_map(idx)?, size.height, size.width);
+        let m = if flip { flip_mask(&m) } else { m };
+        let v: Vec<i64> = m.data.iter().map(|&c| lut[c as usize] as i64).collect();
+        Ok(Tensor::from_slice(&v).view([1, size.height as i64, size.width as i64]))
+    };
+    let k = ep.episode.supports.len();
+    let supports = ep
+        .episode
+        .supports
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| label(s, ep.flips[i]))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(SemanticLabels {
+        supports: Tensor::cat(&supports, 0).to_device(device),
+        query: label(ep.episode.query, ep.flips[k])?.to_device(device),
+    })
 }
 
 fn mean_loss(points: &[LossPoint]) -> f64 {

@@ -7,9 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use edge::overlay::overlay_in_place;
 use edge::preprocess::{prepare_input, resize_mask_nearest, InputSize};
-use edge::prototype::{
-    cosine_logits, logits_to_labels, panet_prototypes, SupportShot, PANET_SCALE,
-};
+use edge::prototype::{logits_to_labels, panet_prototypes, SupportShot};
 use edge::report::{BenchReport, OrtBench, OrtRatios, StageMs};
 use edge::runtime::BundleEncoder;
 use edge::tensor::{FeatureMap, Mask};
@@ -172,7 +170,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     }
     apply_threads(args.threads)?;
     let mut encoder = BundleEncoder::open(&args.bundle)?;
-    encoder.bundle().require_panet()?;
+    encoder.bundle().require_supported_method()?;
     let size = args.size.unwrap_or_else(|| encoder.default_size());
     let norm = encoder.bundle().normalization();
     let (jpeg, source) = match &args.frame {
@@ -204,7 +202,6 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let support_features = encoder.encode(&support_input, size)?;
     let mask = resize_mask_nearest(&centre_mask(fh, fw), size.height, size.width);
     let protos = panet_prototypes(&[vec![SupportShot::from_foreground(support_features, mask)]])?;
-    let ordered = protos.ordered();
 
     let mut s = Samples::default();
     let mut last_input = Vec::new();
@@ -221,7 +218,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let features = encoder.encode(&input, size)?;
         let d_enc = ms_since(t);
         let t = Instant::now();
-        let logits = cosine_logits(&features, &ordered, PANET_SCALE)?;
+        let logits = encoder.head_logits(&protos, &features, size)?;
         let d_head = ms_since(t);
         let t = Instant::now();
         let labels = logits_to_labels(&logits, fh, fw);

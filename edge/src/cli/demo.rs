@@ -10,7 +10,7 @@ use edge::data::davis::{DavisDataset, DavisKind};
 use edge::metrics::VideoJAccumulator;
 use edge::overlay::{overlay_in_place, write_rgb_png};
 use edge::preprocess::{resize_mask_nearest, InputSize};
-use edge::prototype::{panet_predict, panet_prototypes, SupportShot};
+use edge::prototype::{logits_to_labels, panet_prototypes, SupportShot};
 use edge::runtime::BundleEncoder;
 use edge::tensor::Mask;
 use std::path::PathBuf;
@@ -75,7 +75,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         );
     }
     let mut encoder = BundleEncoder::open(&bundle)?;
-    encoder.bundle().require_panet()?;
+    encoder.bundle().require_supported_method()?;
     let size = args.size.unwrap_or_else(|| encoder.default_size());
     encoder.prepare(size)?;
     let dataset = DavisDataset::open(&frames)?;
@@ -133,7 +133,8 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             let t0 = Instant::now();
             let mut img = dataset.load_image(si, f)?;
             let q = encoder.encode_image(&img, size)?;
-            let labels = panet_predict(&q, &protos, (img.height() as usize, img.width() as usize))?;
+            let logits = encoder.head_logits(&protos, &q, size)?;
+            let labels = logits_to_labels(&logits, img.height() as usize, img.width() as usize);
             overlay_in_place(&mut img, &labels)?;
             pipeline_ms += ms_since(t0);
             processed += 1;

@@ -34,7 +34,8 @@ pub struct EvalArgs {
 pub fn run(args: &EvalArgs) -> Result<()> {
     apply_threads(args.threads)?;
     let mut encoder = BundleEncoder::open(&args.bundle)?;
-    encoder.bundle().require_panet()?;
+    encoder.bundle().require_supported_method()?;
+    encoder.set_smcp_guidance(args.eval.smcp_guidance);
     let preset_size = match args.eval.preset {
         Some(p) => Some(p.settings().coco()?.size),
         None => None,
@@ -52,7 +53,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let base = EvalReport::new(
         "",
         args.eval.data.display().to_string(),
-        m.method.clone(),
+        edge::smcp::method_label(&m.method, args.eval.smcp_guidance),
         m.backbone.clone(),
         [size.height, size.width],
         m.precision.clone(),
@@ -74,7 +75,8 @@ fn agreement(
         bail!("--agree-with supports --protocol davis only");
     }
     let mut b = BundleEncoder::open(other)?;
-    b.bundle().require_panet()?;
+    b.bundle().require_supported_method()?;
+    b.set_smcp_guidance(args.eval.smcp_guidance);
     if b.scoring_input(input.size).normalization != input.normalization {
         bail!(
             "--agree-with {}: the two bundles normalise their input differently",

@@ -186,7 +186,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
     }
     if args.check_config {
         let b = edge::runtime::Bundle::open(&bundle)?;
-        b.require_panet()?;
+        b.require_supported_method()?;
         println!("config ok");
         println!(
             "  bundle   {} ({}, {})",

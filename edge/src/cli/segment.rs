@@ -8,7 +8,7 @@ use edge::cache::{CacheKey, PrototypeCache};
 use edge::data::image_io::{image_size, load_rgb};
 use edge::overlay::{overlay_in_place, write_mask_png, write_rgb_png};
 use edge::preprocess::InputSize;
-use edge::prototype::{cosine_logits, panet_predict, Prototypes, PANET_SCALE};
+use edge::prototype::{logits_to_labels, Prototypes};
 use edge::runtime::support::{support_records, validate_targets};
 use edge::runtime::{compute_prototypes, BundleEncoder, SupportShotSpec, TargetSpec};
 use std::collections::{BTreeMap, HashMap};
@@ -82,7 +82,7 @@ pub struct SegmentArgs {
     #[arg(long)]
     pub json: bool,
     /// Debug: also write <stem>_features.npy (encoder output, [C, h, w]) and <stem>_logits.npy
-    /// (cosine x20 logits at feature resolution, [1 + N, h, w]) per query into DIR, as
+    /// (the method head's logits at feature resolution: PANet cosine x20, SMCP foreground margins, [1 + N, h, w]) per query into DIR, as
     /// little-endian f32 (used by the x86 vs aarch64 parity test, edge/tests/arm_parity.rs).
     #[arg(long, value_name = "DIR", hide = true)]
     pub dump_npy: Option<PathBuf>,
@@ -271,7 +271,7 @@ pub fn run(args: &SegmentArgs, matches: &ArgMatches) -> Result<()> {
         image_size(q)?;
     }
     let mut encoder = BundleEncoder::open(&args.bundle)?;
-    encoder.bundle().require_panet()?;
+    encoder.bundle().require_supported_method()?;
     let size = args.size.unwrap_or_else(|| encoder.default_size());
     encoder.prepare(size)?;
     let (protos, names) = prototypes(&mut encoder, &targets, size, args.cache.as_deref())?;
@@ -290,18 +290,15 @@ pub fn run(args: &SegmentArgs, matches: &ArgMatches) -> Result<()> {
         let t0 = Instant::now();
         let mut img = load_rgb(q)?;
         let features = encoder.encode_image(&img, size)?;
-        let labels = panet_predict(
-            &features,
-            &protos,
-            (img.height() as usize, img.width() as usize),
-        )?;
+        let logits = encoder.head_logits(&protos, &features, size)?;
+        let labels = logits_to_labels(&logits, img.height() as usize, img.width() as usize);
         let ms = ms_since(t0);
         let stem = stem_of(q)?;
         if let Some(d) = &args.dump_npy {
             let f = &features;
             let shape = [f.channels, f.height, f.width];
             write_npy_f32(&d.join(format!("{stem}_features.npy")), &shape, &f.data)?;
-            let l = cosine_logits(f, &protos.ordered(), PANET_SCALE)?;
+            let l = &logits;
             let shape = [l.channels, l.height, l.width];
             write_npy_f32(&d.join(format!("{stem}_logits.npy")), &shape, &l.data)?;
         }

@@ -122,7 +122,7 @@ pub fn run(args: &SupportArgs) -> Result<()> {
             apply_threads(1)?;
             let bundle = default_bundle(bundle);
             let mut encoder = BundleEncoder::open(&bundle)?;
-            encoder.bundle().require_panet()?;
+            encoder.bundle().require_supported_method()?;
             let size = size.unwrap_or_else(|| encoder.default_size());
             let key = CacheKey::new(
                 &encoder.bundle().hash,

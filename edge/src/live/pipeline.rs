@@ -21,7 +21,7 @@ use super::targets::{Region, TargetInfo, TargetStore};
 use crate::cache::CacheKey;
 use crate::error::{EdgeError, Result};
 use crate::preprocess::{prepare_input, InputSize};
-use crate::prototype::{cosine_logits, Prototypes};
+use crate::prototype::Prototypes;
 use crate::runtime::BundleEncoder;
 use crate::tensor::Mask;
 use image::RgbImage;
@@ -547,11 +547,10 @@ impl Pipeline {
     pub fn run(self, mut encoder: BundleEncoder, opts: &LiveOptions) -> Result<RunSummary> {
         let shared = self.shared.clone();
         let rss_start = super::stats::resident_kib();
-        encoder.bundle().require_panet()?;
+        encoder.bundle().require_supported_method()?;
         let size = opts.size.unwrap_or_else(|| encoder.default_size());
         encoder.prepare(size)?;
         let norm = encoder.bundle().normalization();
-        let scale = encoder.manifest().prototype.scale;
         let key = CacheKey::new(&encoder.bundle().hash, size, &norm);
         let mut store = TargetStore::open(&opts.state_dir, key.clone())?;
         if store.is_stale() {
@@ -707,7 +706,7 @@ impl Pipeline {
                     };
                     let t2 = Instant::now();
                     stats.record(Stage::Encoder, (t2 - t1).as_secs_f64() * 1e3);
-                    let logits = cosine_logits(&features, &p.ordered(), scale)?;
+                    let logits = encoder.head_logits(p, &features, size)?;
                     let t3 = Instant::now();
                     stats.record(Stage::Head, (t3 - t2).as_secs_f64() * 1e3);
                     let (labels, obs) = observe(&logits, h as usize, w as usize, &names);

@@ -107,13 +107,20 @@ pub enum ConvInit {
     KaimingNormalFanOut,
     /// Kaiming normal, fan-in, ReLU gain, bias zero.
     KaimingNormalFanIn,
+    /// PyTorch's `nn.Conv2d` default: weight and bias uniform in ±1/sqrt(fan_in) (the SMCP
+    /// code's heads use it).
+    TorchDefault,
 }
 
 impl ConvInit {
-    fn init(self) -> Init {
+    fn init(self, fan_in: i64) -> Init {
         let fan = match self {
             ConvInit::KaimingNormalFanOut => nn::init::FanInOut::FanOut,
             ConvInit::KaimingNormalFanIn => nn::init::FanInOut::FanIn,
+            ConvInit::TorchDefault => {
+                let b = 1.0 / (fan_in.max(1) as f64).sqrt();
+                return Init::Uniform { lo: -b, up: b };
+            }
         };
         Init::Kaiming {
             dist: nn::init::NormalOrUniform::Normal,
@@ -207,12 +214,16 @@ impl Conv2d {
             scope.name()
         );
         let p = scope.path();
+        let fan_in = c.in_channels / c.groups * c.kernel * c.kernel;
         let weight = p.var(
             "weight",
             &[c.out_channels, c.in_channels / c.groups, c.kernel, c.kernel],
-            c.init.init(),
+            c.init.init(fan_in),
         );
-        let bias = c.bias.then(|| p.zeros("bias", &[c.out_channels]));
+        let bias = c.bias.then(|| match c.init {
+            ConvInit::TorchDefault => p.var("bias", &[c.out_channels], c.init.init(fan_in)),
+            _ => p.zeros("bias", &[c.out_channels]),
+        });
         Conv2d {
             name: scope.name().to_string(),
             weight,

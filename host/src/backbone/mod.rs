@@ -372,78 +372,85 @@ impl Backbone {
     /// before copying anything; errors are one line naming the file.
     pub fn load_weights(&self, weights_path: &Path) -> Result<()> {
         let file = weights_path.display();
-        let bytes = std::fs::read(weights_path).map_err(|e| {
-            anyhow!(
+        if let Err(e) = std::fs::metadata(weights_path) {
+            bail!(
                 "weight file {file}: cannot read it: {e} ({})",
                 self.kind.weights_hint()
-            )
-        })?;
-        let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
-            anyhow!("weight file {file}: not a valid safetensors file (truncated or corrupt?): {e}")
-        })?;
-        let params = self.named_parameters();
-        let mut missing = Vec::new();
-        let mut wrong = Vec::new();
-        let mut views = Vec::with_capacity(params.len());
-        for (name, t) in &params {
-            let want: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
-            match st.tensor(name) {
-                Err(_) => missing.push(name.clone()),
-                Ok(v) if v.dtype() != safetensors::Dtype::F32 => {
-                    wrong.push(format!("`{name}` has dtype {:?}, expected F32", v.dtype()))
-                }
-                Ok(v) if v.shape() != want.as_slice() => wrong.push(format!(
-                    "`{name}` has shape {:?}, expected {:?}",
-                    v.shape(),
-                    want
-                )),
-                Ok(v) => views.push((t, v)),
-            }
+            );
         }
-        if !missing.is_empty() || !wrong.is_empty() {
-            let mut parts = Vec::new();
-            if !missing.is_empty() {
-                let shown: Vec<String> = missing.iter().take(3).map(|n| format!("`{n}`")).collect();
-                let more = if missing.len() > 3 {
-                    format!(" and {} more", missing.len() - 3)
-                } else {
-                    String::new()
-                };
-                parts.push(format!("missing tensor(s) {}{more}", shown.join(", ")));
+        load_named(&self.named_parameters(), weights_path, self.kind.name())
+    }
+}
+
+/// Copies the tensors of a safetensors file into `params` (by name). Every one must be present
+/// with the same shape and dtype F32; extra tensors in the file are ignored. Validates
+/// everything before copying anything; errors are one line naming the file (`what` names the
+/// model part whose tensors are missing).
+pub fn load_named(params: &[(String, Tensor)], weights_path: &Path, what: &str) -> Result<()> {
+    let file = weights_path.display();
+    let bytes = std::fs::read(weights_path)
+        .map_err(|e| anyhow!("weight file {file}: cannot read it: {e}"))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| {
+        anyhow!("weight file {file}: not a valid safetensors file (truncated or corrupt?): {e}")
+    })?;
+    let mut missing = Vec::new();
+    let mut wrong = Vec::new();
+    let mut views = Vec::with_capacity(params.len());
+    for (name, t) in params {
+        let want: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+        match st.tensor(name) {
+            Err(_) => missing.push(name.clone()),
+            Ok(v) if v.dtype() != safetensors::Dtype::F32 => {
+                wrong.push(format!("`{name}` has dtype {:?}, expected F32", v.dtype()))
             }
-            if !wrong.is_empty() {
-                let more = if wrong.len() > 3 {
-                    format!(" and {} more", wrong.len() - 3)
-                } else {
-                    String::new()
-                };
-                parts.push(format!(
-                    "{}{more}",
-                    wrong.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
-                ));
-            }
-            let hint = if missing.len() == params.len() {
-                format!(
-                    " (none of the {} tensors is there: a file for another backbone?)",
-                    self.kind
-                )
+            Ok(v) if v.shape() != want.as_slice() => wrong.push(format!(
+                "`{name}` has shape {:?}, expected {:?}",
+                v.shape(),
+                want
+            )),
+            Ok(v) => views.push((t, v)),
+        }
+    }
+    if !missing.is_empty() || !wrong.is_empty() {
+        let mut parts = Vec::new();
+        if !missing.is_empty() {
+            let shown: Vec<String> = missing.iter().take(3).map(|n| format!("`{n}`")).collect();
+            let more = if missing.len() > 3 {
+                format!(" and {} more", missing.len() - 3)
             } else {
                 String::new()
             };
-            bail!("weight file {file}: {}{hint}", parts.join("; "));
+            parts.push(format!("missing tensor(s) {}{more}", shown.join(", ")));
         }
-        tch::no_grad(|| -> Result<()> {
-            for (dst, view) in views {
-                let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
-                let src = Tensor::f_from_data_size(view.data(), &shape, Kind::Float)
-                    .with_context(|| format!("weight file {file}: cannot read a tensor"))?;
-                let mut dst = dst.shallow_clone();
-                dst.f_copy_(&src)
-                    .with_context(|| format!("weight file {file}: cannot copy a tensor"))?;
-            }
-            Ok(())
-        })
+        if !wrong.is_empty() {
+            let more = if wrong.len() > 3 {
+                format!(" and {} more", wrong.len() - 3)
+            } else {
+                String::new()
+            };
+            parts.push(format!(
+                "{}{more}",
+                wrong.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
+            ));
+        }
+        let hint = if missing.len() == params.len() {
+            format!(" (none of the {what} tensors is there: a file for another model?)")
+        } else {
+            String::new()
+        };
+        bail!("weight file {file}: {}{hint}", parts.join("; "));
     }
+    tch::no_grad(|| -> Result<()> {
+        for (dst, view) in views {
+            let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+            let src = Tensor::f_from_data_size(view.data(), &shape, Kind::Float)
+                .with_context(|| format!("weight file {file}: cannot read a tensor"))?;
+            let mut dst = dst.shallow_clone();
+            dst.f_copy_(&src)
+                .with_context(|| format!("weight file {file}: cannot copy a tensor"))?;
+        }
+        Ok(())
+    })
 }
 
 /// Builds a backbone (no classifier, BatchNorm frozen) in a fresh `VarStore` on `device` and

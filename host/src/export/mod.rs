@@ -26,6 +26,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod head;
 pub mod onnx;
 pub mod quant;
 
@@ -34,9 +35,9 @@ use std::time::SystemTime;
 
 use anyhow::{anyhow, bail, Context, Result};
 use edge::bundle::{
-    sha256_file, Checks, Dim, FeatureSpec, GraphSpec, Graphs, InputSpec, Manifest, MetricCheck,
-    PrototypeSpec, Provenance, Quantization, QuantizationCheck, QuantizedLayer, ResizeSpec,
-    TensorSpec, BUNDLE_FORMAT, MANIFEST_FILE,
+    sha256_file, Checks, Dim, FeatureSpec, GraphSpec, Graphs, HeadInfo, InputSpec, Manifest,
+    MetricCheck, PrototypeSpec, Provenance, Quantization, QuantizationCheck, QuantizedLayer,
+    ResizeSpec, TensorSpec, BUNDLE_FORMAT, MANIFEST_FILE,
 };
 use edge::preprocess::InputSize;
 use edge::report::EvalReport;
@@ -47,6 +48,7 @@ use tract_onnx::pb::ModelProto;
 
 use crate::backbone::{default_weights_path, Backbone, BackboneKind, BackboneOptions};
 use crate::cli::{ExportArgs, Method};
+use crate::smcp::SmcpHead;
 use crate::train::RunRecord;
 
 /// File name of the encoder graph inside a bundle.
@@ -327,11 +329,26 @@ impl BundleOptions {
 /// `bundle.json`. Both files are written atomically; the encoder replaces an older one only
 /// after its parity check passed, and the manifest is written last.
 pub fn export_bundle(backbone: &Backbone, opts: &BundleOptions, out: &Path) -> Result<Manifest> {
+    export_bundle_with_head(backbone, None, opts, out)
+}
+
+/// [`export_bundle`] for a method with a head graph (SMCP: `head.onnx`, checked against the
+/// tch head like the encoder, before the manifest is written).
+pub fn export_bundle_with_head(
+    backbone: &Backbone,
+    smcp: Option<&SmcpHead>,
+    opts: &BundleOptions,
+    out: &Path,
+) -> Result<Manifest> {
     if out.exists() && !out.is_dir() {
         bail!("{}: is a file, not a bundle folder", out.display());
     }
-    if opts.method != Method::Panet {
-        bail!("method {} cannot be exported yet", opts.method);
+    match (opts.method, smcp) {
+        (Method::Panet, None) | (Method::Smcp, Some(_)) => {}
+        (Method::Panet, Some(_)) => bail!("a PANet bundle has no head graph"),
+        (Method::Smcp, None) => {
+            bail!("an SMCP bundle needs its trained head (export a --checkpoint of an SMCP run)")
+        }
     }
     std::fs::create_dir_all(out).map_err(|e| anyhow!("{}: cannot create: {e}", out.display()))?;
     let channels = stride_channels(backbone, opts.stride)?;
@@ -374,6 +391,38 @@ pub fn export_bundle(backbone: &Backbone, opts: &BundleOptions, out: &Path) -> R
     let parity = checked?;
     let (mean, std) = backbone.normalization();
     let encoder = graph_spec(backbone, opts.stride, &path)?;
+    let fh = opts.size.height.div_ceil(opts.stride as usize);
+    let fw = opts.size.width.div_ceil(opts.stride as usize);
+    let (head_graph, head_info, head_parity) = match smcp {
+        None => (None, None, None),
+        Some(h) => {
+            let spec = head::export_head(h, out)?;
+            let hp = out.join(head::HEAD_FILE);
+            let (diff, scale) = head::head_parity(h, &hp, fh, fw, opts.parity_seed)
+                .with_context(|| format!("parity check of {}", hp.display()))?;
+            // The head's logits reach |x| ~ 10-100: the tolerance is relative to them.
+            let tol = opts.tolerance * scale.max(1.0);
+            if diff.is_nan() || diff > tol {
+                let _ = std::fs::remove_file(&hp);
+                bail!(
+                    "{}: parity check failed: tch vs tract max abs diff {diff:e} > {tol:e} at a {fh}x{fw} feature map",
+                    hp.display()
+                );
+            }
+            let info = HeadInfo {
+                kind: "smcp".into(),
+                width: h.shape.width as usize,
+                dilations: h.shape.dilations.iter().map(|&d| d as usize).collect(),
+                variant: format!("{:?}", h.shape.variant).to_lowercase(),
+                parameters: h.inference_parameters() as u64,
+                macs_per_pass: h.macs_per_pass(fh as i64, fw as i64) as u64,
+                passes: 2,
+                encoder_parameters: encoder_parameters(backbone, opts.stride)?,
+                encoder_macs: encoder_macs(backbone, opts.stride, opts.size)?,
+            };
+            (Some(spec), Some(info), Some(diff))
+        }
+    };
     let manifest = Manifest {
         format: BUNDLE_FORMAT,
         method: opts.method.name().into(),
@@ -392,7 +441,7 @@ pub fn export_bundle(backbone: &Backbone, opts: &BundleOptions, out: &Path) -> R
         },
         graphs: Graphs {
             encoder,
-            head: None,
+            head: head_graph,
         },
         precision: if int8.is_some() { "int8" } else { "fp32" }.into(),
         quantization: int8.as_ref().map(|r| quantization_record(r, opts)),
@@ -401,16 +450,21 @@ pub fn export_bundle(backbone: &Backbone, opts: &BundleOptions, out: &Path) -> R
             interpolation: "bilinear".into(),
         },
         prototype: PrototypeSpec {
-            kind: "panet".into(),
+            kind: opts.method.name().into(),
             eps: crate::panet::MAP_EPS as f32,
-            scale: crate::panet::SCALE as f32,
+            scale: match opts.method {
+                Method::Panet => crate::panet::SCALE as f32,
+                Method::Smcp => 0.0,
+            },
         },
         threshold: None,
         provenance: opts.provenance.clone(),
         checks: Checks {
             parity_max_abs_diff: Some(parity.max_abs_diff),
+            head_parity_max_abs_diff: head_parity,
             metrics: opts.metrics.clone(),
         },
+        head: head_info,
     };
     manifest.write(out)?;
     if let Some(r) = &int8 {
@@ -444,6 +498,37 @@ pub fn export_bundle(backbone: &Backbone, opts: &BundleOptions, out: &Path) -> R
         );
     }
     Ok(manifest)
+}
+
+/// Parameters of the encoder up to the tap at `stride` (BatchNorm buffers excluded).
+pub fn encoder_parameters(backbone: &Backbone, stride: i64) -> Result<u64> {
+    let mut params = Vec::new();
+    for l in backbone.layers_to(stride)? {
+        l.named_parameters(&mut params);
+    }
+    Ok(params
+        .iter()
+        .filter(|(n, _)| !n.ends_with("running_mean") && !n.ends_with("running_var"))
+        .map(|(_, t)| t.numel() as u64)
+        .sum())
+}
+
+/// Multiply-accumulates of the encoder's convolutions at input `size`, measured by running it
+/// once: each conv costs `weight elements x output pixels`.
+pub fn encoder_macs(backbone: &Backbone, stride: i64, size: InputSize) -> Result<u64> {
+    let layers = backbone.layers_to(stride)?;
+    let x = Tensor::zeros(
+        [1, 3, size.height as i64, size.width as i64],
+        (tch::Kind::Float, backbone.device()),
+    );
+    let mut total = 0u64;
+    let _ = tch::no_grad(|| {
+        quant::forward_with_conv_hook(layers, &x, &mut |l, _, y| {
+            let s = y.size();
+            total += l.conv.weight.numel() as u64 * (s[2] * s[3]) as u64;
+        })
+    });
+    Ok(total)
 }
 
 /// The manifest's `quantization` record of an int8 export.
@@ -577,6 +662,8 @@ struct Source {
     method: Method,
     stride: i64,
     provenance: Provenance,
+    /// The training run's configuration (for a method's head).
+    config: Option<crate::train::TrainConfig>,
 }
 
 fn resolve_source(args: &ExportArgs) -> Result<Source> {
@@ -617,6 +704,7 @@ fn resolve_source(args: &ExportArgs) -> Result<Source> {
                 kind,
                 weights,
                 method: rec.config.method,
+                config: Some(rec.config.clone()),
                 stride,
                 provenance: Provenance {
                     data: rec.config.data.clone(),
@@ -633,6 +721,12 @@ fn resolve_source(args: &ExportArgs) -> Result<Source> {
             if !args.no_train {
                 bail!("give --checkpoint RUN_DIR to export a trained model, or --no-train for the ImageNet backbone");
             }
+            if args.method != Method::Panet {
+                bail!(
+                    "--no-train exports PANet's scoring on the ImageNet backbone; method {} needs a trained --checkpoint",
+                    args.method
+                );
+            }
             let kind = args.backbone.unwrap_or(BackboneKind::EfficientNetLite0);
             let weights = match &args.weights {
                 Some(w) => w.clone(),
@@ -646,6 +740,7 @@ fn resolve_source(args: &ExportArgs) -> Result<Source> {
                 kind,
                 weights: weights.clone(),
                 method: args.method,
+                config: None,
                 stride: encoder_stride(kind),
                 provenance: Provenance {
                     data: "imagenet".into(),
@@ -724,9 +819,6 @@ pub fn run(args: &ExportArgs) -> Result<()> {
     }
     let int8 = int8_options(args)?;
     let src = resolve_source(args)?;
-    if src.method != Method::Panet {
-        bail!("method {} cannot be exported yet", src.method);
-    }
     if args.int8 && !args.checks_from.is_empty() {
         bail!(
             "--checks-from records fp32 eval reports; they do not describe an --int8 bundle \
@@ -740,10 +832,17 @@ pub fn run(args: &ExportArgs) -> Result<()> {
     let vs = VarStore::new(Device::Cpu);
     let backbone = Backbone::new(&vs.root(), src.kind, BackboneOptions::default())?;
     backbone.load_weights(&src.weights)?;
+    let head = match &src.config {
+        Some(cfg) => crate::train::smcp_head(&vs, &backbone, cfg)?,
+        None => None,
+    };
+    if let Some(h) = &head {
+        h.load_weights(&src.weights)?;
+    }
     let mut opts = BundleOptions::new(src.method, src.stride, args.size, src.provenance);
     opts.metrics = metrics;
     opts.int8 = int8;
-    let manifest = export_bundle(&backbone, &opts, &args.out)?;
+    let manifest = export_bundle_with_head(&backbone, head.as_ref(), &opts, &args.out)?;
     let bytes = std::fs::metadata(args.out.join(ENCODER_FILE))
         .map(|m| m.len())
         .unwrap_or(0);
@@ -758,6 +857,20 @@ pub fn run(args: &ExportArgs) -> Result<()> {
         manifest.checks.parity_max_abs_diff.unwrap_or(f64::NAN),
         args.size,
     );
+    if let (Some(h), Some(d)) = (&manifest.head, manifest.checks.head_parity_max_abs_diff) {
+        println!(
+            "{} head (width {}, {} variant): {:.2}M parameters, {:.3} GMAC per pass x {} passes per target at {} (encoder: {:.2}M parameters, {:.3} GMAC); parity tch vs tract max abs diff {d:.2e}",
+            h.kind,
+            h.width,
+            h.variant,
+            h.parameters as f64 / 1e6,
+            h.macs_per_pass as f64 / 1e9,
+            h.passes,
+            args.size,
+            h.encoder_parameters as f64 / 1e6,
+            h.encoder_macs as f64 / 1e9,
+        );
+    }
     Ok(())
 }
 

@@ -178,6 +178,7 @@ impl GraphBuilder {
         let width = match data_type {
             DataType::Uint8 | DataType::Int8 => 1,
             DataType::Int32 | DataType::Float => 4,
+            DataType::Int64 => 8,
             other => bail!("ONNX initializer {base}: element type {other:?} not supported"),
         };
         if (n as usize) * width != raw_data.len() {
@@ -398,7 +399,17 @@ pub fn conv_padding_attrs(conv: &Conv2d) -> Vec<AttributeProto> {
 
 /// `Conv` (BatchNorm folded) and the activation; returns the output tensor name.
 pub fn emit_conv_bn_act(g: &mut GraphBuilder, l: &ConvBnAct, x: &str) -> Result<String> {
-    let conv = &l.conv;
+    emit_conv(g, &l.conv, l.bn.as_ref(), l.act, x)
+}
+
+/// `Conv` of `conv` (with `bn` folded in) and `act`; returns the output tensor name.
+pub fn emit_conv(
+    g: &mut GraphBuilder,
+    conv: &Conv2d,
+    bn: Option<&BatchNorm2d>,
+    act: Activation,
+    x: &str,
+) -> Result<String> {
     let base = if conv.name.is_empty() {
         "conv"
     } else {
@@ -408,7 +419,7 @@ pub fn emit_conv_bn_act(g: &mut GraphBuilder, l: &ConvBnAct, x: &str) -> Result<
         weight: w,
         shape,
         bias: b,
-    } = fold_conv_bn(conv, l.bn.as_ref())?;
+    } = fold_conv_bn(conv, bn)?;
     let w_name = g.initializer_f32(&format!("{base}.weight"), &shape, &w)?;
     let mut inputs = vec![x.to_string(), w_name];
     if let Some(b) = b {
@@ -423,7 +434,7 @@ pub fn emit_conv_bn_act(g: &mut GraphBuilder, l: &ConvBnAct, x: &str) -> Result<
     attrs.extend(conv_padding_attrs(conv));
     let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
     let y = g.node("Conv", base, &refs, attrs);
-    emit_activation(g, l.act, &y, base)
+    emit_activation(g, act, &y, base)
 }
 
 /// The nodes of an activation (none for [`Activation::None`]).
