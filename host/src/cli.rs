@@ -158,7 +158,8 @@ pub struct EvalArgs {
     /// Evaluate the ImageNet backbone without few-shot training.
     #[arg(long)]
     pub no_train: bool,
-    /// Model input size, rows x columns (a --preset sets its own).
+    /// Model input size, rows x columns (a --preset sets its own; `oslsm` feeds each image at
+    /// its own size).
     #[arg(long, default_value = "320x576", value_parser = parse_size)]
     pub size: InputSize,
     /// Encoder batch size.

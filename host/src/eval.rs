@@ -117,10 +117,12 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         bail!("method {method} cannot be evaluated yet");
     }
     let mut encoder = TchEncoder::load(kind, weights.as_deref(), device, args.batch)?;
-    let size = match args.eval.preset {
-        Some(p) => p.settings().coco()?.size,
-        None => args.size,
-    };
+    // A preset with a fixed input size sets it; `oslsm` feeds every image at its own size.
+    let size = args
+        .eval
+        .preset_harness()
+        .and_then(|h| h.size())
+        .unwrap_or(args.size);
     let input = ScoringInput {
         size,
         normalization: encoder.normalization(),
