@@ -102,6 +102,15 @@ pub struct PresetSettings {
 }
 
 impl Preset {
+    /// Every preset, in `--preset`'s order.
+    pub const ALL: [Preset; 5] = [
+        Preset::Panet,
+        Preset::Oslsm,
+        Preset::Hsnet,
+        Preset::Pfenet,
+        Preset::Bam,
+    ];
+
     pub fn name(self) -> &'static str {
         self.settings().name
     }
@@ -313,13 +322,7 @@ mod tests {
         assert_eq!(b.episodes_pascal, 1000);
         assert_eq!(b.input, f.input);
 
-        for p in [
-            Preset::Panet,
-            Preset::Oslsm,
-            Preset::Hsnet,
-            Preset::Pfenet,
-            Preset::Bam,
-        ] {
+        for p in Preset::ALL {
             let s = p.settings();
             assert_eq!(p.name(), s.name);
             assert!(!s.seeds.is_empty());

@@ -324,13 +324,7 @@ fn every_preset_runs(protocol: Protocol, data: &Path, folds: Vec<usize>, tag: &s
     };
     let dir = std::env::temp_dir().join(format!("edge-fixtures-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    for preset in [
-        Preset::Panet,
-        Preset::Oslsm,
-        Preset::Hsnet,
-        Preset::Pfenet,
-        Preset::Bam,
-    ] {
+    for preset in Preset::ALL {
         let h = preset.settings().harness(benchmark);
         let input = ScoringInput {
             // Any size for `oslsm` (each image at its own); the preset's otherwise.
@@ -420,13 +414,7 @@ fn every_preset_runs_on_a_coco_layout() {
 /// rule find no class large enough and say so in one line.
 #[test]
 fn presets_on_the_coco_fixture_run_or_say_why_not() {
-    for preset in [
-        Preset::Panet,
-        Preset::Oslsm,
-        Preset::Hsnet,
-        Preset::Pfenet,
-        Preset::Bam,
-    ] {
+    for preset in Preset::ALL {
         let h = preset.settings().harness(Benchmark::Coco);
         let input = ScoringInput {
             size: h.size().unwrap_or(InputSize::new(16, 16)),
