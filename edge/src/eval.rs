@@ -7,15 +7,19 @@ use crate::data::folder::{
     generate_folder_episodes, FolderDataset, FolderEpisode, FOLDER_MIN_PIXELS,
 };
 use crate::data::image_io::image_size;
+use crate::data::pascal::VOID;
 use crate::data::pascal::{
     pascal_fold_classes, PascalDataset, PascalOptions, PASCAL_FOLDS, VOC_CLASSES,
 };
 use crate::error::{EdgeError, Result};
 use crate::metrics::{mean_and_population_std, percent, ClassIouAccumulator, VideoJAccumulator};
-use crate::preprocess::{prepare_input, resize_mask_nearest, InputSize, Normalization};
-use crate::presets::Preset;
+use crate::preprocess::{
+    prepare_input, resize_mask_nearest, InputGeometry, InputSize, Normalization, Placement,
+};
+use crate::presets::{Benchmark, Preset, PresetHarness};
 use crate::prototype::{
-    cosine_logits, logits_to_labels, panet_prototypes, Prototypes, SupportShot, PANET_SCALE,
+    cosine_logits, logits_to_labels, logits_to_labels_placed, panet_prototypes, Prototypes,
+    SupportShot, PANET_SCALE,
 };
 use crate::report::{ClassEntry, EvalReport, FoldEntry};
 use crate::sampler::{Episode, EpisodeRecord};
@@ -288,6 +292,8 @@ pub struct CocoEpisodes {
     pub seed: u64,
     pub folds: Vec<usize>,
     pub min_pixels: u64,
+    /// Also the OSLSM small-object rule ([`crate::data::OSLSM_MIN_CELLS`]).
+    pub oslsm_grid: bool,
     pub split: FoldSplit,
     /// Score at the input size (ground truth nearest-resized to it, as PANet's 417² and
     /// HSNet's 400² harnesses do) instead of the label's own size.
@@ -342,36 +348,50 @@ impl FeatureCache<'_> {
         wanted: &[usize],
         load: impl Fn(usize) -> Result<image::RgbImage>,
     ) -> Result<()> {
-        let missing: Vec<usize> = {
-            let mut m: Vec<usize> = wanted
-                .iter()
-                .copied()
-                .filter(|i| !self.cache.contains_key(i))
-                .collect();
-            m.sort_unstable();
-            m.dedup();
-            m
-        };
-        for chunk in missing.chunks(self.encoder.batch_size().max(1)) {
+        let (size, norm) = (self.input.size, self.input.normalization);
+        let missing = wanted
+            .iter()
+            .filter(|i| !self.cache.contains_key(i))
+            .map(|&i| (size, i))
+            .collect();
+        let cache = &mut self.cache;
+        encode_grouped(
+            self.encoder,
+            missing,
+            |i| Ok(prepare_input(&load(i)?, size, &norm)),
+            |i, f| {
+                cache.insert(i, f);
+            },
+        )
+    }
+}
+
+/// Encodes images given as `(network input size, index)`, each once: sorted by size then index
+/// and deduplicated, batched within one size (so an encoder that pins a plan per size, as the
+/// tract backend does, builds it once per size); `prepare(i)` gives image `i`'s input,
+/// `store(i, features)` takes its features.
+fn encode_grouped(
+    encoder: &mut dyn FeatureEncoder,
+    mut missing: Vec<(InputSize, usize)>,
+    prepare: impl Fn(usize) -> Result<Vec<f32>>,
+    mut store: impl FnMut(usize, FeatureMap),
+) -> Result<()> {
+    missing.sort_unstable_by_key(|&(s, i)| (s.height, s.width, i));
+    missing.dedup();
+    let batch = encoder.batch_size().max(1);
+    for group in missing.chunk_by(|a, b| a.0 == b.0) {
+        let size = group[0].0;
+        for chunk in group.chunks(batch) {
             let inputs = chunk
                 .iter()
-                .map(|&i| {
-                    Ok(prepare_input(
-                        &load(i)?,
-                        self.input.size,
-                        &self.input.normalization,
-                    ))
-                })
+                .map(|&(_, i)| prepare(i))
                 .collect::<Result<Vec<_>>>()?;
-            for (&i, f) in chunk
-                .iter()
-                .zip(self.encoder.encode_batch(&inputs, self.input.size)?)
-            {
-                self.cache.insert(i, f);
+            for (&(_, i), f) in chunk.iter().zip(encoder.encode_batch(&inputs, size)?) {
+                store(i, f);
             }
         }
-        Ok(())
     }
+    Ok(())
 }
 
 /// Scores one 1-way K-shot episode; returns the prediction and ground truth at the query's size.
@@ -400,16 +420,16 @@ fn score_episode(
     Ok((pred, gt))
 }
 
-/// The COCO episodes protocol (sampled from the seeds, or replayed from `replay`).
-pub fn coco_episodes(
-    encoder: &mut dyn FeatureEncoder,
+/// Episodes per (fold, run), and the taking-part classes per fold.
+type Plan<E> = (Vec<((usize, usize), Vec<E>)>, BTreeMap<usize, usize>);
+
+/// The episodes of the COCO protocol, sampled from the seeds or replayed from `replay` (one run
+/// per fold).
+fn coco_plan(
     dataset: &CocoMaskDataset,
-    input: ScoringInput,
     settings: &CocoEpisodes,
     replay: Option<&[EpisodeRecord]>,
-    progress: Progress,
-) -> Result<CocoResult> {
-    // The episode lists first (cheap), then encode every image they use once.
+) -> Result<Plan<Episode>> {
     let mut plan: Vec<((usize, usize), Vec<Episode>)> = Vec::new();
     let mut taking_part = BTreeMap::new();
     match replay {
@@ -432,6 +452,7 @@ pub fn coco_episodes(
                     shots: settings.shots,
                     episodes: settings.episodes,
                     min_pixels: settings.min_pixels,
+                    oslsm_grid: settings.oslsm_grid,
                     split: settings.split,
                     fold,
                 };
@@ -447,6 +468,20 @@ pub fn coco_episodes(
             }
         }
     }
+    Ok((plan, taking_part))
+}
+
+/// The COCO episodes protocol (sampled from the seeds, or replayed from `replay`).
+pub fn coco_episodes(
+    encoder: &mut dyn FeatureEncoder,
+    dataset: &CocoMaskDataset,
+    input: ScoringInput,
+    settings: &CocoEpisodes,
+    replay: Option<&[EpisodeRecord]>,
+    progress: Progress,
+) -> Result<CocoResult> {
+    // The episode lists first (cheap), then encode every image they use once.
+    let (plan, taking_part) = coco_plan(dataset, settings, replay)?;
     let total: usize = plan.iter().map(|(_, e)| e.len()).sum();
     let mut cache = FeatureCache {
         encoder,
@@ -522,14 +557,17 @@ pub fn fold_runs_report(
         let mious: Vec<f64> = accs.iter().filter_map(|a| a.miou_percent()).collect();
         let fbs: Vec<f64> = accs.iter().filter_map(|a| a.fb_iou_percent()).collect();
         let (m, s) = mean_and_population_std(&mious).unwrap_or((f64::NAN, 0.0));
+        let fb = mean_and_population_std(&fbs);
         per_fold.push(FoldEntry {
             fold,
             miou: m,
             miou_std: s,
             classes: taking_part.get(&fold).copied().unwrap_or(0),
+            fb_iou: fb.map(|(m, _)| m),
+            fb_iou_std: fb.map(|(_, s)| s),
         });
         fold_mious.push(m);
-        if let Some((fb, _)) = mean_and_population_std(&fbs) {
+        if let Some((fb, _)) = fb {
             fold_fbs.push(fb);
         }
         let mut merged = ClassIouAccumulator::new();
@@ -585,8 +623,9 @@ pub struct ProtocolRequest {
     pub protocol: Protocol,
     pub data: PathBuf,
     pub shots: usize,
-    /// COCO: episodes per fold per run.
-    pub episodes: usize,
+    /// Episodes per fold per run (coco, pascal, folder); `None`: [`DEFAULT_EPISODES`], or the
+    /// preset's.
+    pub episodes: Option<usize>,
     /// COCO: runs (seeds `seed..seed + runs`).
     pub runs: usize,
     pub seed: u64,
@@ -598,9 +637,20 @@ pub struct ProtocolRequest {
     pub episodes_file: Option<PathBuf>,
     /// PASCAL: list, labels folder and 255 handling.
     pub pascal: PascalOptions,
-    /// COCO: a published harness's settings (`crate::presets`); they replace `episodes`,
-    /// `runs` and `seed`, and `input.size` must be the preset's.
+    /// COCO or PASCAL-5i: a published harness's settings (`crate::presets`); they replace
+    /// `runs`, `seed`, the 255 handling and (unless given) `episodes`; `input.size` must be the
+    /// preset's fixed input size, if it has one.
     pub preset: Option<Preset>,
+}
+
+/// Episodes per fold per run when neither `--episodes` nor a preset says.
+pub const DEFAULT_EPISODES: usize = 1000;
+
+impl ProtocolRequest {
+    /// `episodes`, or [`DEFAULT_EPISODES`].
+    pub fn episodes(&self) -> usize {
+        self.episodes.unwrap_or(DEFAULT_EPISODES)
+    }
 }
 
 /// Runs a protocol end to end and fills `base` (identification fields set by the caller) with
@@ -615,13 +665,11 @@ pub fn run_protocol(
     if request.shots == 0 {
         return Err(EdgeError::input("--shots must be at least 1"));
     }
+    if let Some(preset) = request.preset {
+        return run_preset(encoder, input, request, base, preset, progress);
+    }
     let started = Instant::now();
     base.seed = request.seed;
-    if request.preset.is_some() && request.protocol != Protocol::Coco {
-        return Err(EdgeError::input(
-            "--preset applies to the COCO protocol only",
-        ));
-    }
     // Episode lists: replayed from a file if given; the scored ones written if asked.
     let replay = match &request.episodes_file {
         Some(p) => Some(crate::sampler::read_jsonl(p)?),
@@ -641,44 +689,18 @@ pub fn run_protocol(
         }
         Protocol::Coco => {
             let dataset = CocoMaskDataset::open(&request.data)?;
-            let folds = match (&request.folds, request.trained_fold) {
-                (Some(f), _) => f.clone(),
-                (None, Some(f)) => vec![f],
-                (None, None) => vec![0, 1, 2, 3],
-            };
-            for &f in &folds {
-                crate::data::coco::check_fold(f)?;
-            }
-            let mut settings = CocoEpisodes {
+            let folds = coco_folds(request)?;
+            let settings = CocoEpisodes {
                 shots: request.shots,
-                episodes: request.episodes,
+                episodes: request.episodes(),
                 runs: request.runs,
                 seed: request.seed,
                 folds: folds.clone(),
                 min_pixels: crate::data::coco::DEFAULT_MIN_PIXELS,
+                oslsm_grid: false,
                 split: FoldSplit::Interleaved,
                 label_at_input: false,
             };
-            if let Some(preset) = request.preset {
-                let c = preset.settings().coco()?;
-                if input.size != c.size {
-                    return Err(EdgeError::input(format!(
-                        "preset {} evaluates at {}; the model input is {} (give --size {} or leave --size out)",
-                        preset.name(),
-                        c.size,
-                        input.size,
-                        c.size
-                    )));
-                }
-                settings.episodes = c.episodes;
-                settings.runs = c.runs;
-                settings.seed = c.seed;
-                settings.split = c.split;
-                settings.min_pixels = c.min_pixels;
-                settings.label_at_input = c.label_at_input;
-                base.seed = c.seed;
-                base.protocol = format!("coco-{}", preset.name());
-            }
             let mut result = coco_episodes(
                 encoder,
                 &dataset,
@@ -691,12 +713,7 @@ pub fn run_protocol(
             base.folds = Some(folds);
             base.episodes = Some(settings.episodes);
             base.runs = settings.runs;
-            let name = base.protocol.clone();
-            let mut report = coco_report(base, &dataset, &result)?;
-            if request.preset.is_some() {
-                report.protocol = name;
-            }
-            report
+            coco_report(base, &dataset, &result)?
         }
         Protocol::Folder => {
             if request.folds.is_some() {
@@ -707,7 +724,7 @@ pub fn run_protocol(
             let dataset = FolderDataset::open(&request.data)?;
             let settings = FolderEpisodes {
                 shots: request.shots,
-                episodes: request.episodes,
+                episodes: request.episodes(),
                 runs: request.runs,
                 seed: request.seed,
                 min_pixels: FOLDER_MIN_PIXELS,
@@ -721,27 +738,21 @@ pub fn run_protocol(
                 progress,
             )?;
             scored = std::mem::take(&mut result.episodes);
-            base.episodes = Some(request.episodes);
+            base.episodes = Some(request.episodes());
             base.runs = request.runs;
             folder_report(base, &dataset, &result)?
         }
         Protocol::Pascal => {
             let dataset = PascalDataset::open(&request.data, &request.pascal)?;
-            // A model's training fold is a COCO-20i fold: it says nothing about PASCAL-5i.
-            let folds = request
-                .folds
-                .clone()
-                .unwrap_or_else(|| (0..PASCAL_FOLDS).collect());
-            for &f in &folds {
-                pascal_fold_classes(f)?;
-            }
+            let folds = pascal_folds(request)?;
             let settings = PascalEpisodes {
                 shots: request.shots,
-                episodes: request.episodes,
+                episodes: request.episodes(),
                 runs: request.runs,
                 seed: request.seed,
                 folds: folds.clone(),
                 min_pixels: PASCAL_MIN_PIXELS,
+                oslsm_grid: false,
             };
             let mut result = pascal_episodes(
                 encoder,
@@ -767,6 +778,32 @@ pub fn run_protocol(
     }
     report.timing.elapsed_s = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// The COCO folds of a request: `--folds`, else the model's training fold, else all four.
+fn coco_folds(request: &ProtocolRequest) -> Result<Vec<usize>> {
+    let folds = match (&request.folds, request.trained_fold) {
+        (Some(f), _) => f.clone(),
+        (None, Some(f)) => vec![f],
+        (None, None) => vec![0, 1, 2, 3],
+    };
+    for &f in &folds {
+        crate::data::coco::check_fold(f)?;
+    }
+    Ok(folds)
+}
+
+/// The PASCAL-5i folds of a request: `--folds`, else all four (a model's training fold is a
+/// COCO-20i fold: it says nothing about PASCAL-5i).
+fn pascal_folds(request: &ProtocolRequest) -> Result<Vec<usize>> {
+    let folds = request
+        .folds
+        .clone()
+        .unwrap_or_else(|| (0..PASCAL_FOLDS).collect());
+    for &f in &folds {
+        pascal_fold_classes(f)?;
+    }
+    Ok(folds)
 }
 
 /// Settings of the folder protocol (`Protocol::Folder`).
@@ -917,6 +954,24 @@ pub struct PascalEpisodes {
     /// Class pixels (at the label's resolution) an image needs to be drawn for that class
     /// ([`PASCAL_MIN_PIXELS`] = 1: any pixel of the class, as PANet's pools).
     pub min_pixels: u64,
+    /// Also the OSLSM small-object rule ([`crate::data::OSLSM_MIN_CELLS`]).
+    pub oslsm_grid: bool,
+}
+
+impl PascalEpisodes {
+    /// The episode settings of `coco` (shots, episodes, runs, seed, eligibility) on PASCAL-5i
+    /// `folds`.
+    pub fn from_coco(coco: &CocoEpisodes, folds: Vec<usize>) -> PascalEpisodes {
+        PascalEpisodes {
+            shots: coco.shots,
+            episodes: coco.episodes,
+            runs: coco.runs,
+            seed: coco.seed,
+            folds,
+            min_pixels: coco.min_pixels,
+            oslsm_grid: coco.oslsm_grid,
+        }
+    }
 }
 
 /// Default eligibility of the PASCAL-5i protocol: the class is present (PANet; PFENet's
@@ -1000,9 +1055,24 @@ pub fn pascal_taking_part(
     shots: usize,
     min_pixels: u64,
 ) -> Result<Vec<u8>> {
+    pascal_taking_part_with(dataset, fold, shots, (min_pixels, false))
+}
+
+/// [`pascal_taking_part`] with `(min_pixels, oslsm_grid)` eligibility.
+fn pascal_taking_part_with(
+    dataset: &PascalDataset,
+    fold: usize,
+    shots: usize,
+    (min_pixels, oslsm_grid): (u64, bool),
+) -> Result<Vec<u8>> {
     Ok(pascal_fold_classes(fold)?
         .into_iter()
-        .filter(|&c| dataset.eligible_images(c, min_pixels).len() > shots)
+        .filter(|&c| {
+            dataset
+                .eligible_images_with(c, min_pixels, oslsm_grid)
+                .len()
+                > shots
+        })
         .collect())
 }
 
@@ -1018,22 +1088,35 @@ pub fn generate_pascal_episodes(
     min_pixels: u64,
     seed: u64,
 ) -> Result<(Vec<u8>, Vec<PascalEpisode>)> {
+    generate_pascal_episodes_with(dataset, fold, shots, episodes, (min_pixels, false), seed)
+}
+
+/// [`generate_pascal_episodes`] with `(min_pixels, oslsm_grid)` eligibility.
+fn generate_pascal_episodes_with(
+    dataset: &PascalDataset,
+    fold: usize,
+    shots: usize,
+    episodes: usize,
+    (min_pixels, oslsm_grid): (u64, bool),
+    seed: u64,
+) -> Result<(Vec<u8>, Vec<PascalEpisode>)> {
     if shots == 0 {
         return Err(EdgeError::input("shots must be at least 1"));
     }
-    let taking_part = pascal_taking_part(dataset, fold, shots, min_pixels)?;
+    let taking_part = pascal_taking_part_with(dataset, fold, shots, (min_pixels, oslsm_grid))?;
     if taking_part.is_empty() && episodes > 0 {
         return Err(EdgeError::invalid(
             dataset.root(),
             format!(
-                "PASCAL-5i fold {fold} has no class with at least {} images of >= {min_pixels} px in the list",
-                shots + 1
+                "PASCAL-5i fold {fold} has no class with at least {} images of >= {min_pixels} px{} in the list",
+                shots + 1,
+                crate::data::oslsm_rule_text(oslsm_grid)
             ),
         ));
     }
     let eligible: Vec<Vec<usize>> = taking_part
         .iter()
-        .map(|&c| dataset.eligible_images(c, min_pixels))
+        .map(|&c| dataset.eligible_images_with(c, min_pixels, oslsm_grid))
         .collect();
     let mut rng = crate::sampler::eval_rng(seed, fold);
     let mut out = Vec::with_capacity(episodes);
@@ -1065,18 +1148,13 @@ pub struct PascalResult {
     pub episodes: Vec<EpisodeRecord>,
 }
 
-/// The PASCAL-5i protocol: 1-way K-shot episodes on each fold's novel classes, the canonical
-/// scoring at the label's resolution. With [`crate::data::pascal::VoidLabel::Ignore`] the 255 pixels are left out of
-/// both support prototypes (neither foreground nor background) and are excluded from prediction
-/// and ground truth when counting; with [`crate::data::pascal::VoidLabel::Background`] they are background.
-pub fn pascal_episodes(
-    encoder: &mut dyn FeatureEncoder,
+/// The episodes of the PASCAL-5i protocol, sampled from the seeds or replayed from `replay`
+/// (one run per fold).
+fn pascal_plan(
     dataset: &PascalDataset,
-    input: ScoringInput,
     settings: &PascalEpisodes,
     replay: Option<&[EpisodeRecord]>,
-    progress: Progress,
-) -> Result<PascalResult> {
+) -> Result<Plan<PascalEpisode>> {
     let mut plan: Vec<((usize, usize), Vec<PascalEpisode>)> = Vec::new();
     let mut taking_part = BTreeMap::new();
     match replay {
@@ -1096,12 +1174,12 @@ pub fn pascal_episodes(
         None => {
             for &fold in &settings.folds {
                 for run in 0..settings.runs {
-                    let (classes, eps) = generate_pascal_episodes(
+                    let (classes, eps) = generate_pascal_episodes_with(
                         dataset,
                         fold,
                         settings.shots,
                         settings.episodes,
-                        settings.min_pixels,
+                        (settings.min_pixels, settings.oslsm_grid),
                         settings.seed + run as u64,
                     )?;
                     taking_part.insert(fold, classes.len());
@@ -1110,6 +1188,22 @@ pub fn pascal_episodes(
             }
         }
     }
+    Ok((plan, taking_part))
+}
+
+/// The PASCAL-5i protocol: 1-way K-shot episodes on each fold's novel classes, the canonical
+/// scoring at the label's resolution. With [`crate::data::pascal::VoidLabel::Ignore`] the 255 pixels are left out of
+/// both support prototypes (neither foreground nor background) and are excluded from prediction
+/// and ground truth when counting; with [`crate::data::pascal::VoidLabel::Background`] they are background.
+pub fn pascal_episodes(
+    encoder: &mut dyn FeatureEncoder,
+    dataset: &PascalDataset,
+    input: ScoringInput,
+    settings: &PascalEpisodes,
+    replay: Option<&[EpisodeRecord]>,
+    progress: Progress,
+) -> Result<PascalResult> {
+    let (plan, taking_part) = pascal_plan(dataset, settings, replay)?;
     let total: usize = plan.iter().map(|(_, e)| e.len()).sum();
     let mut cache = FeatureCache {
         encoder,
@@ -1195,6 +1289,351 @@ pub fn pascal_report(base: EvalReport, result: &PascalResult) -> Result<EvalRepo
     })
 }
 
+/// What the preset harness ([`run_preset`]) reads from a dataset: COCO masks or PASCAL VOC.
+trait PresetSource {
+    /// The protocol's episode type.
+    type Episode;
+    /// An episode's JSON Lines record.
+    fn record(&self, e: &Self::Episode) -> Result<EpisodeRecord>;
+    /// An episode's class, supports and query.
+    fn parts(e: Self::Episode) -> PresetEpisode;
+    /// Image `i`'s size (= its label's).
+    fn source_size(&self, i: usize) -> Result<InputSize>;
+    fn load_image(&self, i: usize) -> Result<image::RgbImage>;
+    /// 1 on the class, 0 elsewhere, 255 on ignored pixels, at original resolution.
+    fn class_mask(&self, i: usize, class: u8) -> Result<Mask>;
+    /// Image `i`'s label file and the name of `class`, for errors.
+    fn describe(&self, i: usize, class: u8) -> Result<(PathBuf, String)>;
+    /// The label value excluded from prediction and ground truth.
+    fn ignore_label(&self) -> Option<u8>;
+}
+
+impl PresetSource for CocoMaskDataset {
+    type Episode = Episode;
+    fn record(&self, e: &Episode) -> Result<EpisodeRecord> {
+        e.to_record(self)
+    }
+    fn parts(e: Episode) -> PresetEpisode {
+        PresetEpisode {
+            class: e.class_index,
+            supports: e.supports,
+            query: e.query,
+        }
+    }
+    fn source_size(&self, i: usize) -> Result<InputSize> {
+        let im = self.image(i)?;
+        Ok(InputSize::new(im.height as usize, im.width as usize))
+    }
+    fn load_image(&self, i: usize) -> Result<image::RgbImage> {
+        CocoMaskDataset::load_image(self, i)
+    }
+    fn class_mask(&self, i: usize, class: u8) -> Result<Mask> {
+        CocoMaskDataset::class_mask(self, i, class)
+    }
+    fn describe(&self, i: usize, class: u8) -> Result<(PathBuf, String)> {
+        Ok((
+            self.image(i)?.mask_path.clone(),
+            self.class_name(class)?.into(),
+        ))
+    }
+    fn ignore_label(&self) -> Option<u8> {
+        None
+    }
+}
+
+impl PresetSource for PascalDataset {
+    type Episode = PascalEpisode;
+    fn record(&self, e: &PascalEpisode) -> Result<EpisodeRecord> {
+        e.to_record(self)
+    }
+    fn parts(e: PascalEpisode) -> PresetEpisode {
+        PresetEpisode {
+            class: e.class,
+            supports: e.supports,
+            query: e.query,
+        }
+    }
+    fn source_size(&self, i: usize) -> Result<InputSize> {
+        let im = self.image(i)?;
+        Ok(InputSize::new(im.height as usize, im.width as usize))
+    }
+    fn load_image(&self, i: usize) -> Result<image::RgbImage> {
+        PascalDataset::load_image(self, i)
+    }
+    fn class_mask(&self, i: usize, class: u8) -> Result<Mask> {
+        PascalDataset::class_mask(self, i, class)
+    }
+    fn describe(&self, i: usize, class: u8) -> Result<(PathBuf, String)> {
+        let name = VOC_CLASSES.get((class as usize).wrapping_sub(1)).copied();
+        Ok((
+            self.image(i)?.label_path.clone(),
+            name.unwrap_or("?").into(),
+        ))
+    }
+    fn ignore_label(&self) -> Option<u8> {
+        PascalDataset::ignore_label(self)
+    }
+}
+
+/// One 1-way K-shot episode of the preset harness (indices into the dataset).
+struct PresetEpisode {
+    class: u8,
+    supports: Vec<usize>,
+    query: usize,
+}
+
+/// Pool images encoded once each, placed in the network input by a preset's geometry.
+struct PlacedFeatures<'a> {
+    encoder: &'a mut dyn FeatureEncoder,
+    normalization: Normalization,
+    geometry: InputGeometry,
+    cache: HashMap<usize, (FeatureMap, Placement)>,
+}
+
+impl PlacedFeatures<'_> {
+    /// Encodes the `wanted` images not cached yet, grouped by network input size.
+    fn ensure<D: PresetSource>(&mut self, source: &D, wanted: &[usize]) -> Result<()> {
+        let mut placements = HashMap::new();
+        for &i in wanted {
+            if !self.cache.contains_key(&i) && !placements.contains_key(&i) {
+                placements.insert(i, self.geometry.place(source.source_size(i)?));
+            }
+        }
+        let missing = placements.iter().map(|(&i, p)| (p.canvas, i)).collect();
+        let norm = self.normalization;
+        let cache = &mut self.cache;
+        encode_grouped(
+            self.encoder,
+            missing,
+            |i| Ok(placements[&i].prepare_image(&source.load_image(i)?, &norm)),
+            |i, f| {
+                cache.insert(i, (f, placements[&i]));
+            },
+        )
+    }
+
+    fn get(&self, i: usize) -> Result<&(FeatureMap, Placement)> {
+        self.cache
+            .get(&i)
+            .ok_or_else(|| EdgeError::input(format!("image {i} was not encoded")))
+    }
+}
+
+/// Scores one episode of the preset harness. Support labels go onto the canvas (255 on the
+/// padding: neither foreground nor background, like ignored pixels). The query is scored on
+/// its original label (the prediction read back through its placement), or with
+/// `label_at_input` on the label nearest-resized to the network input (stretch presets).
+/// Ignored ground-truth pixels are set ignored in the prediction too.
+fn score_placed_episode<D: PresetSource>(
+    features: &mut PlacedFeatures,
+    source: &D,
+    e: &PresetEpisode,
+    label_at_input: bool,
+) -> Result<(Mask, Mask)> {
+    let shots = e
+        .supports
+        .iter()
+        .map(|&s| {
+            let (f, placement) = features.get(s)?;
+            let m = placement.mask_to_canvas(&source.class_mask(s, e.class)?, VOID);
+            let pick = |want: u8| Mask {
+                height: m.height,
+                width: m.width,
+                data: m.data.iter().map(|&v| (v == want) as u8).collect(),
+            };
+            let foreground = pick(1);
+            if foreground.count_nonzero() == 0 {
+                let (label, name) = source.describe(s, e.class)?;
+                return Err(EdgeError::invalid(
+                    &label,
+                    format!(
+                        "class {} ({name}) vanishes from the support mask at {} (nearest resize)",
+                        e.class, placement.content
+                    ),
+                ));
+            }
+            Ok(SupportShot {
+                features: f.clone(),
+                foreground,
+                background: pick(0),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let protos = panet_prototypes(&[shots])?;
+    features.get(e.query)?;
+    let PlacedFeatures { encoder, cache, .. } = features;
+    let (query, placement) = &cache[&e.query];
+    let placement = *placement;
+    let logits = encoder.head_logits(&protos, query, placement.canvas)?;
+    let label = source.class_mask(e.query, e.class)?;
+    let (mut pred, gt) = if label_at_input {
+        let gt = placement.mask_to_canvas(&label, VOID);
+        (logits_to_labels(&logits, gt.height, gt.width), gt)
+    } else {
+        (logits_to_labels_placed(&logits, &placement), label)
+    };
+    if let Some(ig) = source.ignore_label() {
+        for (p, &g) in pred.data.iter_mut().zip(&gt.data) {
+            if g == ig {
+                *p = ig;
+            }
+        }
+    }
+    Ok((pred, gt))
+}
+
+/// The preset harness over a protocol's plan: every image the plan uses is encoded once, up
+/// front (so with `oslsm` each distinct image size is prepared once), then each episode is
+/// scored. Returns the accumulators per (fold, run) and the episodes' records in scoring order.
+#[allow(clippy::type_complexity)]
+fn preset_episodes<D: PresetSource>(
+    encoder: &mut dyn FeatureEncoder,
+    source: &D,
+    normalization: Normalization,
+    harness: &PresetHarness,
+    plan: Vec<((usize, usize), Vec<D::Episode>)>,
+    progress: Progress,
+) -> Result<(
+    BTreeMap<(usize, usize), ClassIouAccumulator>,
+    Vec<EpisodeRecord>,
+)> {
+    let records = plan
+        .iter()
+        .flat_map(|(_, eps)| eps)
+        .map(|e| source.record(e))
+        .collect::<Result<Vec<_>>>()?;
+    let plan: Vec<((usize, usize), Vec<PresetEpisode>)> = plan
+        .into_iter()
+        .map(|(key, eps)| (key, eps.into_iter().map(D::parts).collect()))
+        .collect();
+    let total = records.len();
+    let mut features = PlacedFeatures {
+        encoder,
+        normalization,
+        geometry: harness.geometry,
+        cache: HashMap::new(),
+    };
+    let wanted: Vec<usize> = plan
+        .iter()
+        .flat_map(|(_, eps)| eps)
+        .flat_map(|e| e.supports.iter().copied().chain([e.query]))
+        .collect();
+    features.ensure(source, &wanted)?;
+    let mut runs = BTreeMap::new();
+    let mut done = 0;
+    for (key, episodes) in plan {
+        let mut acc = ClassIouAccumulator::with_ignore(source.ignore_label());
+        for e in &episodes {
+            let (pred, gt) =
+                score_placed_episode(&mut features, source, e, harness.label_at_input)?;
+            acc.add(e.class, &pred, &gt)?;
+            done += 1;
+            progress(done, total);
+        }
+        runs.insert(key, acc);
+    }
+    Ok((runs, records))
+}
+
+/// `run_protocol` with a preset (COCO or PASCAL-5i): the preset's geometry, label resolution,
+/// 255 handling, small-object rule, split, seeds and episodes (`request.episodes` replaces the
+/// latter when given).
+fn run_preset(
+    encoder: &mut dyn FeatureEncoder,
+    input: ScoringInput,
+    request: &ProtocolRequest,
+    mut base: EvalReport,
+    preset: Preset,
+    progress: Progress,
+) -> Result<EvalReport> {
+    let started = Instant::now();
+    let benchmark = match request.protocol {
+        Protocol::Coco => Benchmark::Coco,
+        Protocol::Pascal => Benchmark::Pascal,
+        other => {
+            return Err(EdgeError::input(format!(
+                "--preset applies to the COCO and PASCAL-5i protocols (coco, pascal), not {}",
+                other.name()
+            )))
+        }
+    };
+    let h = preset.settings().harness(benchmark);
+    match h.size() {
+        Some(size) if size != input.size => {
+            return Err(EdgeError::input(format!(
+                "preset {} evaluates at {size}; the model input is {} (give --size {size} or leave --size out)",
+                preset.name(),
+                input.size,
+            )))
+        }
+        Some(size) => base.size = [size.height, size.width],
+        // Each image at its own size: no one input size to report.
+        None => base.size = [0, 0],
+    }
+    let replay = match &request.episodes_file {
+        Some(p) => Some(crate::sampler::read_jsonl(p)?),
+        None => None,
+    };
+    let episodes = request.episodes.unwrap_or(h.episodes);
+    base.seed = h.seed;
+    base.runs = h.runs;
+    base.episodes = Some(episodes);
+    let name = format!("{}-{}", request.protocol.name(), preset.name());
+    let coco = CocoEpisodes {
+        shots: request.shots,
+        episodes,
+        runs: h.runs,
+        seed: h.seed,
+        folds: Vec::new(),
+        min_pixels: h.min_pixels,
+        oslsm_grid: h.oslsm_grid,
+        split: h.split,
+        label_at_input: h.label_at_input,
+    };
+    let norm = input.normalization;
+    let (mut report, scored) = match benchmark {
+        Benchmark::Coco => {
+            let dataset = CocoMaskDataset::open(&request.data)?;
+            let settings = CocoEpisodes {
+                folds: coco_folds(request)?,
+                ..coco
+            };
+            let (plan, taking_part) = coco_plan(&dataset, &settings, replay.as_deref())?;
+            let (runs, episodes) = preset_episodes(encoder, &dataset, norm, &h, plan, progress)?;
+            base.folds = Some(settings.folds);
+            let result = CocoResult {
+                runs,
+                taking_part,
+                episodes,
+            };
+            (coco_report(base, &dataset, &result)?, result.episodes)
+        }
+        Benchmark::Pascal => {
+            let options = PascalOptions {
+                void: h.void,
+                ..request.pascal.clone()
+            };
+            let dataset = PascalDataset::open(&request.data, &options)?;
+            let settings = PascalEpisodes::from_coco(&coco, pascal_folds(request)?);
+            let (plan, taking_part) = pascal_plan(&dataset, &settings, replay.as_deref())?;
+            let (runs, episodes) = preset_episodes(encoder, &dataset, norm, &h, plan, progress)?;
+            base.folds = Some(settings.folds);
+            let result = PascalResult {
+                runs,
+                taking_part,
+                episodes,
+            };
+            (pascal_report(base, &result)?, result.episodes)
+        }
+    };
+    report.protocol = name;
+    if let Some(p) = &request.write_episodes {
+        crate::sampler::write_jsonl(p, &scored)?;
+    }
+    report.timing.elapsed_s = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
 /// The stderr progress bar of the evaluation commands.
 pub fn progress_bar(label: &str) -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(0);
@@ -1264,7 +1703,7 @@ mod tests {
             protocol: Protocol::Folder,
             data: data.clone(),
             shots: 2,
-            episodes: 20,
+            episodes: Some(20),
             runs: 2,
             seed: 3,
             folds: None,
@@ -1338,6 +1777,7 @@ mod tests {
                 seed: 0,
                 folds: vec![0],
                 min_pixels: 16,
+                oslsm_grid: false,
                 split: FoldSplit::Interleaved,
                 label_at_input,
             };
@@ -1369,7 +1809,7 @@ mod tests {
             protocol: Protocol::Coco,
             data: dir.path().to_path_buf(),
             shots: 1,
-            episodes: 3,
+            episodes: Some(3),
             runs: 1,
             seed: 0,
             folds: Some(vec![0]),
@@ -1404,7 +1844,62 @@ mod tests {
         let e = run_protocol(&mut IdentityEncoder, input, &request, base, &mut |_, _| {})
             .unwrap_err()
             .to_string();
-        assert!(e.contains("COCO protocol only"), "{e}");
+        assert!(
+            e.contains("COCO and PASCAL-5i protocols") && e.contains("davis"),
+            "{e}"
+        );
+    }
+
+    /// The preset harness with a stretch geometry and labels at the input size scores exactly
+    /// as the COCO harness with `label_at_input` does (the PANet / HSNet presets' numbers did
+    /// not move when they moved to the preset harness).
+    #[test]
+    fn preset_harness_with_a_stretch_equals_the_coco_harness() {
+        let dir = TempDir::new("eval_preset_stretch");
+        crate::data::coco::fixture::write(dir.path(), 24, 8);
+        let ds = CocoMaskDataset::open(dir.path()).unwrap();
+        let input = ScoringInput {
+            size: InputSize::new(6, 5),
+            normalization: Normalization::IMAGENET,
+        };
+        let settings = CocoEpisodes {
+            shots: 2,
+            episodes: 7,
+            runs: 2,
+            seed: 4,
+            folds: vec![0, 1],
+            min_pixels: 16,
+            oslsm_grid: false,
+            split: FoldSplit::Interleaved,
+            label_at_input: true,
+        };
+        let coco = coco_episodes(
+            &mut IdentityEncoder,
+            &ds,
+            input,
+            &settings,
+            None,
+            &mut |_, _| {},
+        )
+        .unwrap();
+        let mut harness = Preset::Hsnet.settings().harness(Benchmark::Coco);
+        harness.geometry = InputGeometry::Stretch(input.size);
+        let (plan, _) = coco_plan(&ds, &settings, None).unwrap();
+        let (runs, records) = preset_episodes(
+            &mut IdentityEncoder,
+            &ds,
+            input.normalization,
+            &harness,
+            plan,
+            &mut |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(records, coco.episodes);
+        assert_eq!(runs.len(), 4);
+        for (key, acc) in &coco.runs {
+            assert_eq!(acc.pooled(), runs[key].pooled(), "{key:?}");
+            assert_eq!(acc.per_class(), runs[key].per_class(), "{key:?}");
+        }
     }
 }
 
@@ -1444,9 +1939,10 @@ pub struct ProtocolArgs {
     pub data: PathBuf,
     #[arg(long, default_value_t = 1)]
     pub shots: usize,
-    /// Episodes per fold per run (coco, pascal, folder).
-    #[arg(long, default_value_t = 1000)]
-    pub episodes: usize,
+    /// Episodes per fold per run (coco, pascal, folder; default 1000, or the preset's; given
+    /// with --preset it replaces the preset's count for a shorter run).
+    #[arg(long)]
+    pub episodes: Option<usize>,
     /// Runs: seeds seed..seed+runs-1.
     #[arg(long, default_value_t = 1)]
     pub runs: usize,
@@ -1463,20 +1959,36 @@ pub struct ProtocolArgs {
     pub episodes_file: Option<PathBuf>,
     #[command(flatten)]
     pub pascal: PascalArgs,
-    /// COCO: a published harness's settings (size, label resolution, episodes, seeds, split;
-    /// methods.md §7.4). Replaces --episodes, --runs and --seed.
+    /// COCO or PASCAL: a published harness's settings (input geometry, label resolution, 255
+    /// handling, small-object rule, episodes, seeds, split; methods.md §7.4). Replaces --runs,
+    /// --seed, --void and, unless given, --episodes.
     #[arg(long, value_enum)]
     pub preset: Option<Preset>,
     /// SMCP: the prototype that guides the final pass: fused (the paper's inference), support
     /// (one pass, the support prototype alone) or pseudo (the query's pseudo-prototype alone).
     #[arg(long, value_enum, default_value = "fused")]
     pub smcp_guidance: crate::smcp::SmcpGuidance,
+    /// Also write the results as a Markdown table (per fold mIoU and FB-IoU, mean ± std over
+    /// runs) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub markdown: Option<PathBuf>,
     /// Print one JSON line (the evaluation schema) on stdout.
     #[arg(long)]
     pub json: bool,
 }
 
 impl ProtocolArgs {
+    /// The preset's harness settings on this protocol (`None` without a preset, or for a
+    /// protocol presets do not apply to, which [`run_protocol`] refuses).
+    pub fn preset_harness(&self) -> Option<PresetHarness> {
+        let benchmark = match self.protocol {
+            Protocol::Coco => Benchmark::Coco,
+            Protocol::Pascal => Benchmark::Pascal,
+            Protocol::Davis | Protocol::Folder => return None,
+        };
+        Some(self.preset?.settings().harness(benchmark))
+    }
+
     /// The request for [`run_protocol`]; `trained_fold` is the model's COCO training fold.
     pub fn request(&self, trained_fold: Option<usize>) -> ProtocolRequest {
         ProtocolRequest {
@@ -1521,6 +2033,9 @@ impl ProtocolArgs {
             println!("{}", report.to_json_line());
         } else {
             println!("{}", report.human_summary());
+        }
+        if let Some(path) = &self.markdown {
+            crate::fsutil::write_atomic(path, report.markdown_table().as_bytes())?;
         }
         Ok(report)
     }

@@ -101,6 +101,152 @@ pub fn prepare_input(image: &RgbImage, size: InputSize, norm: &Normalization) ->
     normalize_chw(&resize_rgb(image, size), norm)
 }
 
+/// How a harness feeds an image to the network (methods.md §7.4, "query input to the network").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputGeometry {
+    /// Stretched to a fixed size, aspect not kept (PANet 417x417, HSNet 400x400).
+    Stretch(InputSize),
+    /// Each image at its own size (OSLSM / SG-One).
+    Original,
+    /// PFENet's and BAM's test resize: the longer side to this many pixels, aspect kept, both
+    /// sides rounded down to a multiple of 8, the image in the top-left corner of a square of
+    /// this side, black padding ([`Placement::longer_side_padded`]).
+    LongerSidePadded(usize),
+}
+
+impl InputGeometry {
+    /// The network input size when it is the same for every image (`None` for
+    /// [`InputGeometry::Original`]).
+    pub fn fixed_size(&self) -> Option<InputSize> {
+        match *self {
+            InputGeometry::Stretch(s) => Some(s),
+            InputGeometry::Original => None,
+            InputGeometry::LongerSidePadded(side) => Some(InputSize::new(side, side)),
+        }
+    }
+
+    /// Where an image of `source` size goes in the network input.
+    pub fn place(&self, source: InputSize) -> Placement {
+        match *self {
+            InputGeometry::Stretch(s) => Placement {
+                source,
+                content: s,
+                canvas: s,
+            },
+            InputGeometry::Original => Placement {
+                source,
+                content: source,
+                canvas: source,
+            },
+            InputGeometry::LongerSidePadded(side) => Placement::longer_side_padded(source, side),
+        }
+    }
+}
+
+/// Where one image of `source` size sits in the network input: resized to `content` and put in
+/// the top-left corner of a `canvas` (the network input); the rest of the canvas is padding.
+/// The prediction goes back to the `source` grid (the original label) with
+/// [`Placement::source_taps`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    pub source: InputSize,
+    pub content: InputSize,
+    pub canvas: InputSize,
+}
+
+impl Placement {
+    /// PFENet's `test_Resize(side)` (`PFENet:util/transform.py`, also BAM's): an image whose
+    /// longer side exceeds `side` is scaled so that side is `side` (the other `int(len * side /
+    /// longer)`), then both sides are rounded down to a multiple of 8 (so 473 gives 472 and 641
+    /// gives 640; never below 1 here); a smaller image keeps its size. The canvas is `side` x
+    /// `side`.
+    pub fn longer_side_padded(source: InputSize, side: usize) -> Placement {
+        let (h, w) = (source.height, source.width);
+        let content = if h.max(w) > side {
+            let (nh, nw) = if h >= w {
+                (side, (w as f64 * (side as f64 / h as f64)) as usize)
+            } else {
+                ((h as f64 * (side as f64 / w as f64)) as usize, side)
+            };
+            let floor8 = |v: usize| (v / 8 * 8).max(1);
+            InputSize::new(floor8(nh), floor8(nw))
+        } else {
+            source
+        };
+        Placement {
+            source,
+            content,
+            canvas: InputSize::new(side, side),
+        }
+    }
+
+    /// Whether part of the canvas is padding.
+    pub fn is_padded(&self) -> bool {
+        self.content != self.canvas
+    }
+
+    /// The network input (CHW f32 at `canvas`): the image resized to `content` as
+    /// [`prepare_input`] does, on a black canvas (0 before normalisation, as PFENet's
+    /// `np.zeros` canvas goes through `Normalize`), normalised.
+    pub fn prepare_image(&self, image: &RgbImage, norm: &Normalization) -> Vec<f32> {
+        if !self.is_padded() {
+            return prepare_input(image, self.content, norm);
+        }
+        let mut canvas = RgbImage::new(self.canvas.width as u32, self.canvas.height as u32);
+        imageops::replace(&mut canvas, &resize_rgb(image, self.content), 0, 0);
+        normalize_chw(&canvas, norm)
+    }
+
+    /// A label given on the `source` grid, on the canvas: nearest-resized to `content`, `pad`
+    /// on the padding (PFENet pads labels with 255).
+    pub fn mask_to_canvas(&self, mask: &Mask, pad: u8) -> Mask {
+        let inner = resize_mask_nearest(mask, self.content.height, self.content.width);
+        if !self.is_padded() {
+            return inner;
+        }
+        let (ch, cw) = (self.canvas.height, self.canvas.width);
+        let mut data = vec![pad; ch * cw];
+        for (y, row) in inner.data.chunks(inner.width).enumerate() {
+            data[y * cw..y * cw + inner.width].copy_from_slice(row);
+        }
+        Mask {
+            height: ch,
+            width: cw,
+            data,
+        }
+    }
+
+    /// The inverse mapping: for a map of `map_height` x `map_width` samples spanning the canvas
+    /// (logits at feature resolution), the half-pixel bilinear taps (rows, columns) that read it
+    /// at every pixel of the `source` grid through the content box: source pixel `y` is canvas
+    /// row `(y + 0.5) * content / source`, which is map coordinate `that * map / canvas - 0.5`.
+    /// One interpolation, no intermediate canvas-size map; without padding it is exactly the
+    /// [`linear_taps`] of the canonical scoring.
+    pub fn source_taps(
+        &self,
+        map_height: usize,
+        map_width: usize,
+    ) -> (Vec<LinearTap>, Vec<LinearTap>) {
+        // Integer products first: when content == canvas the scale is exactly map / source.
+        let scale = |map: usize, content: usize, canvas: usize, source: usize| {
+            (map * content) as f64 / (canvas * source) as f64
+        };
+        let (s, c, k) = (self.source, self.content, self.canvas);
+        (
+            linear_taps_scaled(
+                map_height,
+                s.height,
+                scale(map_height, c.height, k.height, s.height),
+            ),
+            linear_taps_scaled(
+                map_width,
+                s.width,
+                scale(map_width, c.width, k.width, s.width),
+            ),
+        )
+    }
+}
+
 /// Nearest-neighbour resize with pixel centres (PIL `NEAREST`): source index
 /// `floor((i + 0.5) * in / out)`.
 pub fn resize_mask_nearest(mask: &Mask, height: usize, width: usize) -> Mask {
@@ -137,7 +283,13 @@ pub struct LinearTap {
 
 /// Taps for resizing an axis of `input` samples to `output` samples.
 pub fn linear_taps(input: usize, output: usize) -> Vec<LinearTap> {
-    let scale = input as f64 / output as f64;
+    linear_taps_scaled(input, output, input as f64 / output as f64)
+}
+
+/// Taps for `output` samples read from `input` samples at source coordinate
+/// `(o + 0.5) * scale - 0.5` (clamped to the input): [`linear_taps`] with a scale that need not
+/// be `input / output`, e.g. when only part of the input is the image ([`Placement`]).
+pub fn linear_taps_scaled(input: usize, output: usize, scale: f64) -> Vec<LinearTap> {
     (0..output)
         .map(|o| {
             let src = ((o as f64 + 0.5) * scale - 0.5).max(0.0);
@@ -214,6 +366,70 @@ mod tests {
         assert_eq!(row0, vec![0.0, 0.25, 0.75, 1.0]);
         let row1: Vec<f32> = up.data[4..8].to_vec();
         assert_eq!(row1, vec![0.5, 0.75, 1.25, 1.5]);
+    }
+
+    #[test]
+    fn longer_side_padded_follows_pfenet_test_resize() {
+        // 375 x 500: the width 500 -> 473 -> 472 (multiple of 8); the height
+        // int(375 * 473 / 500) = 354 -> 352.
+        let p = Placement::longer_side_padded(InputSize::new(375, 500), 473);
+        assert_eq!(
+            (p.content, p.canvas),
+            (InputSize::new(352, 472), InputSize::new(473, 473))
+        );
+        // Portrait on COCO's 641: 700 x 427 -> 640 (641 rounded down) x int(427 * 641 / 700)
+        // = 391 -> 384.
+        let p = Placement::longer_side_padded(InputSize::new(700, 427), 641);
+        assert_eq!(p.content, InputSize::new(640, 384));
+        // Not larger than the side: kept as it is (PFENet resizes only above), still padded.
+        for (h, w, side) in [(120, 160, 473), (473, 300, 473), (640, 427, 641)] {
+            let p = Placement::longer_side_padded(InputSize::new(h, w), side);
+            assert_eq!(p.content, InputSize::new(h, w));
+            assert!(p.is_padded());
+        }
+        // A sliver never becomes 0 wide.
+        let p = Placement::longer_side_padded(InputSize::new(2000, 5), 473);
+        assert_eq!(p.content, InputSize::new(472, 1));
+        assert_eq!(
+            InputGeometry::LongerSidePadded(641).fixed_size(),
+            Some(InputSize::new(641, 641))
+        );
+        assert_eq!(InputGeometry::Original.fixed_size(), None);
+        let s = InputSize::new(7, 9);
+        assert!(!InputGeometry::Original.place(s).is_padded());
+        assert_eq!(InputGeometry::Original.place(s).canvas, s);
+    }
+
+    #[test]
+    fn padded_input_is_black_before_normalisation_and_labels_get_the_pad_value() {
+        let img = RgbImage::from_pixel(3, 2, image::Rgb([255, 255, 255]));
+        let p = Placement::longer_side_padded(InputSize::new(2, 3), 4);
+        let x = p.prepare_image(&img, &Normalization::IMAGENET);
+        assert_eq!(x.len(), 3 * 16);
+        for c in 0..3 {
+            let n = Normalization::IMAGENET;
+            let (white, black) = ((1.0 - n.mean[c]) / n.std[c], -n.mean[c] / n.std[c]);
+            for y in 0..4 {
+                for xx in 0..4 {
+                    let v = x[c * 16 + y * 4 + xx];
+                    let want = if y < 2 && xx < 3 { white } else { black };
+                    assert!((v - want).abs() < 1e-5, "c{c} ({y},{xx}): {v} vs {want}");
+                }
+            }
+        }
+        let m = Mask::new(2, 3, vec![1, 0, 1, 0, 1, 0]).unwrap();
+        let on = p.mask_to_canvas(&m, 255);
+        assert_eq!(
+            on.data,
+            vec![1, 0, 1, 255, 0, 1, 0, 255, 255, 255, 255, 255, 255, 255, 255, 255]
+        );
+        // Without padding the same as the canonical nearest resize.
+        let q = InputGeometry::Stretch(InputSize::new(4, 6)).place(InputSize::new(2, 3));
+        assert_eq!(q.mask_to_canvas(&m, 255), resize_mask_nearest(&m, 4, 6));
+        assert_eq!(
+            q.prepare_image(&img, &Normalization::IMAGENET),
+            prepare_input(&img, InputSize::new(4, 6), &Normalization::IMAGENET)
+        );
     }
 
     #[test]

@@ -12,15 +12,34 @@
 //! * BAM draws its 5 seeds from `np.random` seeded with 123; those values cannot be had without
 //!   NumPy, so the preset uses seeds 123..127 (five runs, reported as the mean, as BAM does).
 //!
-//! The COCO harness ([`crate::eval::run_protocol`]) runs the presets whose input geometry is a
-//! fixed stretch (`panet`, `hsnet`); `oslsm` (original-size input) and `pfenet` / `bam`
-//! (longer side to 641, zero padding to a square) need an aspect-preserving input path the
-//! harness does not have yet, and are refused with a message that says so.
+//! * Interpolation is the project's canonical scoring (half-pixel bilinear logits, PIL-style
+//!   nearest labels, triangle-filter image resize) in every preset, not each codebase's
+//!   `align_corners=True` / OpenCV variants (methods.md §11.1).
+//!
+//! Every preset runs on the COCO (`--protocol coco`) and PASCAL-5i (`--protocol pascal`)
+//! harnesses ([`crate::eval::run_protocol`], [`PresetSettings::harness`]):
+//!
+//! * `panet`, `hsnet`: images stretched to 417² / 400², labels nearest-resized to it.
+//! * `oslsm`: every image encoded at its own size (the encoder is called once per distinct
+//!   size; the tract backend pins and optimises one plan per size, keeping the last
+//!   `runtime::tract_backend::MAX_PLANS`), scored on the original label, VOC 255 -> background, the
+//!   OSLSM 1/32-grid small-object rule ([`crate::data::OSLSM_MIN_CELLS`]).
+//! * `pfenet`, `bam`: PFENet's test resize ([`crate::preprocess::Placement::longer_side_padded`]:
+//!   longer side to 473 / 641 rounded down to a multiple of 8, top-left on a black square),
+//!   support masks padded with 255 (neither foreground nor background), and the prediction read
+//!   back from the square onto the original label grid through the content box
+//!   ([`crate::preprocess::Placement::source_taps`]), so the padding is never scored. PFENet
+//!   instead stretches the whole square's logits to the longer side of the label (padded with
+//!   255); both ignore the padding, but PFENet's mapping is off by the rounding to 8 (up to
+//!   8/473 of a side), ours is exact.
+//!
+//! `--episodes N` given with a preset replaces its episode count (a shorter run; the report's
+//! `episodes` says so); `--runs` and `--seed` are always the preset's.
 
 use crate::data::coco::FoldSplit;
 use crate::data::pascal::VoidLabel;
-use crate::error::{EdgeError, Result};
-use crate::preprocess::InputSize;
+use crate::error::Result;
+use crate::preprocess::{InputGeometry, InputSize};
 
 /// The published test harnesses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
@@ -83,6 +102,15 @@ pub struct PresetSettings {
 }
 
 impl Preset {
+    /// Every preset, in `--preset`'s order.
+    pub const ALL: [Preset; 5] = [
+        Preset::Panet,
+        Preset::Oslsm,
+        Preset::Hsnet,
+        Preset::Pfenet,
+        Preset::Bam,
+    ];
+
     pub fn name(self) -> &'static str {
         self.settings().name
     }
@@ -156,52 +184,69 @@ impl Preset {
     }
 }
 
-/// What the COCO harness takes from a preset.
+/// The benchmark a preset is applied to (sizes and episode counts differ).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Benchmark {
+    /// PASCAL-5i (`--protocol pascal`).
+    Pascal,
+    /// COCO-20i (`--protocol coco`).
+    Coco,
+}
+
+/// What the episode harness ([`crate::eval::run_protocol`]) takes from a preset on one
+/// benchmark.
 #[derive(Debug, Clone, PartialEq)]
-pub struct CocoPreset {
-    /// The network input size the preset needs.
-    pub size: InputSize,
-    /// Score at the input size (labels nearest-resized) instead of the label's own size.
+pub struct PresetHarness {
+    /// How images enter the network.
+    pub geometry: InputGeometry,
+    /// Score at the network input (labels nearest-resized to it) instead of the label's own
+    /// size.
     pub label_at_input: bool,
+    /// What PASCAL's 255 becomes (COCO masks have no 255).
+    pub void: VoidLabel,
     pub episodes: usize,
     /// First seed; runs use `seed..seed + runs` (the preset's seeds are consecutive).
     pub seed: u64,
     pub runs: usize,
+    /// COCO-20i fold definition.
     pub split: FoldSplit,
+    /// Class pixels an (image, class) pair needs at original resolution.
     pub min_pixels: u64,
+    /// The OSLSM 1/32-grid rule ([`crate::data::OSLSM_MIN_CELLS`]) on top of `min_pixels`.
+    pub oslsm_grid: bool,
+}
+
+/// The settings the COCO episodes harness runs (kept for callers of [`PresetSettings::coco`]).
+pub type CocoPreset = PresetHarness;
+
+impl PresetHarness {
+    /// The network input size when it is the same for every image (`None`: each image at its
+    /// own size).
+    pub fn size(&self) -> Option<InputSize> {
+        self.geometry.fixed_size()
+    }
 }
 
 impl PresetSettings {
-    /// The settings the COCO episodes harness can run, or why it cannot run this preset.
-    pub fn coco(&self) -> Result<CocoPreset> {
-        let size = match self.input {
-            InputRule::Stretch(s) => s,
-            InputRule::Original => {
-                return Err(EdgeError::input(format!(
-                    "preset {} feeds images at their original size, which the COCO harness \
-                     (fixed input size) does not support yet",
-                    self.name
-                )))
-            }
-            InputRule::LongerSidePadded { coco, .. } => {
-                return Err(EdgeError::input(format!(
-                    "preset {} resizes the longer side to {coco} and zero-pads to a square, \
-                     which the COCO harness (stretch to a fixed size) does not support yet",
-                    self.name
-                )))
+    /// The harness settings of this preset on `benchmark`.
+    pub fn harness(&self, benchmark: Benchmark) -> PresetHarness {
+        let geometry = match self.input {
+            InputRule::Stretch(s) => InputGeometry::Stretch(s),
+            InputRule::Original => InputGeometry::Original,
+            InputRule::LongerSidePadded { pascal, coco } => {
+                InputGeometry::LongerSidePadded(match benchmark {
+                    Benchmark::Pascal => pascal,
+                    Benchmark::Coco => coco,
+                })
             }
         };
-        let min_pixels = match self.small_objects {
-            SmallObjectRule::None => 1,
-            SmallObjectRule::MinPixels(n) => n,
-            // HSNet's COCO lists are not available here; the project's 2,048 px rule stands in.
-            SmallObjectRule::ShippedLists => crate::data::coco::DEFAULT_MIN_PIXELS,
-            SmallObjectRule::OslsmGrid => {
-                return Err(EdgeError::input(format!(
-                    "preset {}: the OSLSM small-object rule is not implemented for COCO",
-                    self.name
-                )))
-            }
+        let (min_pixels, oslsm_grid) = match self.small_objects {
+            SmallObjectRule::None => (1, false),
+            SmallObjectRule::MinPixels(n) => (n, false),
+            SmallObjectRule::OslsmGrid => (1, true),
+            // HSNet's shipped (image, class) lists are not available here; they descend from
+            // PFENet's filtered lists (methods.md §7.5), so the 2,048 px rule stands in.
+            SmallObjectRule::ShippedLists => (crate::data::coco::DEFAULT_MIN_PIXELS, false),
         };
         let seed = self.seeds[0];
         debug_assert!(self
@@ -209,15 +254,25 @@ impl PresetSettings {
             .iter()
             .enumerate()
             .all(|(i, &s)| s == seed + i as u64));
-        Ok(CocoPreset {
-            size,
+        PresetHarness {
+            geometry,
             label_at_input: self.label == LabelRule::ResizedToInput,
-            episodes: self.episodes_coco,
+            void: self.void,
+            episodes: match benchmark {
+                Benchmark::Pascal => self.episodes_pascal,
+                Benchmark::Coco => self.episodes_coco,
+            },
             seed,
             runs: self.seeds.len(),
             split: self.coco_split,
             min_pixels,
-        })
+            oslsm_grid,
+        }
+    }
+
+    /// [`Self::harness`] on COCO.
+    pub fn coco(&self) -> Result<CocoPreset> {
+        Ok(self.harness(Benchmark::Coco))
     }
 }
 
@@ -267,13 +322,7 @@ mod tests {
         assert_eq!(b.episodes_pascal, 1000);
         assert_eq!(b.input, f.input);
 
-        for p in [
-            Preset::Panet,
-            Preset::Oslsm,
-            Preset::Hsnet,
-            Preset::Pfenet,
-            Preset::Bam,
-        ] {
+        for p in Preset::ALL {
             let s = p.settings();
             assert_eq!(p.name(), s.name);
             assert!(!s.seeds.is_empty());
@@ -283,17 +332,38 @@ mod tests {
     }
 
     #[test]
-    fn coco_settings() {
+    fn harness_settings() {
         let c = Preset::Panet.settings().coco().unwrap();
-        assert_eq!(c.size, InputSize::new(417, 417));
+        assert_eq!(c.size(), Some(InputSize::new(417, 417)));
         assert!(c.label_at_input);
         assert_eq!((c.seed, c.runs, c.episodes), (1234, 5, 1000));
-        assert_eq!((c.split, c.min_pixels), (FoldSplit::Contiguous, 1));
-        let c = Preset::Hsnet.settings().coco().unwrap();
+        assert_eq!(
+            (c.split, c.min_pixels, c.oslsm_grid),
+            (FoldSplit::Contiguous, 1, false)
+        );
+        let c = Preset::Hsnet.settings().harness(Benchmark::Coco);
         assert_eq!((c.seed, c.runs, c.min_pixels), (0, 1, 2048));
-        for p in [Preset::Oslsm, Preset::Pfenet, Preset::Bam] {
-            let e = p.settings().coco().unwrap_err().to_string();
-            assert!(e.contains(p.name()) && e.contains("not support"), "{e}");
-        }
+
+        let o = Preset::Oslsm.settings().harness(Benchmark::Pascal);
+        assert_eq!((o.geometry, o.size()), (InputGeometry::Original, None));
+        assert!(!o.label_at_input && o.oslsm_grid);
+        assert_eq!(
+            (o.void, o.seed, o.runs, o.episodes),
+            (VoidLabel::Background, 1385, 1, 1000)
+        );
+
+        let f = Preset::Pfenet.settings();
+        let (fp, fc) = (f.harness(Benchmark::Pascal), f.harness(Benchmark::Coco));
+        assert_eq!(fp.geometry, InputGeometry::LongerSidePadded(473));
+        assert_eq!(fc.size(), Some(InputSize::new(641, 641)));
+        assert_eq!((fp.episodes, fc.episodes), (5000, 20000));
+        assert_eq!((fp.seed, fp.runs, fp.min_pixels), (321, 1, 2048));
+        assert!(!fp.label_at_input && !fp.oslsm_grid);
+        assert_eq!(fp.void, VoidLabel::Ignore);
+
+        let b = Preset::Bam.settings().harness(Benchmark::Pascal);
+        assert_eq!((b.seed, b.runs, b.episodes), (123, 5, 1000));
+        assert_eq!(b.geometry, fp.geometry);
+        assert_eq!(b.split, FoldSplit::Interleaved);
     }
 }

@@ -7,7 +7,7 @@
 //! a unit test checks it against the literal one.
 
 use crate::error::{EdgeError, Result};
-use crate::preprocess::{bilinear_row, linear_taps, resize_bilinear};
+use crate::preprocess::{bilinear_row, linear_taps, resize_bilinear, LinearTap, Placement};
 use crate::tensor::{FeatureMap, Mask};
 use serde::{Deserialize, Serialize};
 
@@ -238,6 +238,13 @@ pub fn cosine_logits(query: &FeatureMap, prototypes: &[&[f32]], scale: f32) -> R
 pub fn logits_to_labels(logits: &FeatureMap, height: usize, width: usize) -> Mask {
     let ty = linear_taps(logits.height, height);
     let tx = linear_taps(logits.width, width);
+    labels_from_taps(logits, &ty, &tx)
+}
+
+/// The fused upsample + argmax of [`logits_to_labels`] over given taps (one per output row and
+/// column).
+fn labels_from_taps(logits: &FeatureMap, ty: &[LinearTap], tx: &[LinearTap]) -> Mask {
+    let (height, width) = (ty.len(), tx.len());
     let mut data = vec![0u8; height * width];
     let mut best = vec![f32::NEG_INFINITY; width];
     let mut vals = vec![0f32; width];
@@ -245,7 +252,7 @@ pub fn logits_to_labels(logits: &FeatureMap, height: usize, width: usize) -> Mas
         best.iter_mut().for_each(|b| *b = f32::NEG_INFINITY);
         let row = &mut data[y * width..(y + 1) * width];
         for c in 0..logits.channels {
-            bilinear_row(logits.plane(c), logits.width, t, &tx, &mut vals);
+            bilinear_row(logits.plane(c), logits.width, t, tx, &mut vals);
             for ((v, b), l) in vals.iter().zip(best.iter_mut()).zip(row.iter_mut()) {
                 if *v > *b {
                     *b = *v;
@@ -272,6 +279,26 @@ pub fn panet_predict(
     Ok(logits_to_labels(&logits, label_size.0, label_size.1))
 }
 
+/// [`panet_predict`] for a query placed in the network input by `placement` (padded or not):
+/// the logits, which span the canvas, are read back on the query's original grid
+/// ([`Placement::source_taps`]), so the prediction is at the original label's size.
+pub fn panet_predict_placed(
+    query: &FeatureMap,
+    prototypes: &Prototypes,
+    placement: &Placement,
+) -> Result<Mask> {
+    let logits = cosine_logits(query, &prototypes.ordered(), PANET_SCALE)?;
+    Ok(logits_to_labels_placed(&logits, placement))
+}
+
+/// [`logits_to_labels`] for logits that span a canvas an image was placed on: upsampled onto
+/// the image's original grid through the content box ([`Placement::source_taps`]), then
+/// argmaxed. Without padding it equals `logits_to_labels(logits, source size)` exactly.
+pub fn logits_to_labels_placed(logits: &FeatureMap, placement: &Placement) -> Mask {
+    let (ty, tx) = placement.source_taps(logits.height, logits.width);
+    labels_from_taps(logits, &ty, &tx)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,6 +311,72 @@ mod tests {
                 (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
             })
             .collect()
+    }
+
+    #[test]
+    fn placed_labels_without_padding_equal_the_canonical_upsampling() {
+        use crate::preprocess::{InputGeometry, InputSize};
+        let logits = FeatureMap::new(3, 5, 4, pseudo_random(60, 7)).unwrap();
+        let source = InputSize::new(37, 29);
+        for geometry in [
+            InputGeometry::Stretch(InputSize::new(20, 16)),
+            InputGeometry::Original,
+            // A square canvas pads a non-square image even when it is not resized.
+            InputGeometry::LongerSidePadded(37),
+        ] {
+            let p = geometry.place(source);
+            if geometry == InputGeometry::LongerSidePadded(37) {
+                assert!(p.is_padded());
+                continue;
+            }
+            assert_eq!(
+                logits_to_labels_placed(&logits, &p),
+                logits_to_labels(&logits, 37, 29),
+                "{geometry:?}"
+            );
+        }
+    }
+
+    /// A letterboxed prediction maps back exactly onto the original label grid: logits that
+    /// hold a label at canvas resolution (the label scaled into the content box, the padding
+    /// set to the opposite class) give back exactly the label.
+    #[test]
+    fn letterboxed_prediction_maps_back_exactly_onto_the_label_grid() {
+        use crate::preprocess::{InputSize, Placement};
+        // Labels made of 2x2 blocks, so a 2x downsampling into the content box is lossless.
+        let block = |h: usize, w: usize| {
+            let data = (0..h * w)
+                .map(|i| {
+                    let (y, x) = (i / w / 2, i % w / 2);
+                    ((y * 3 + x * 5 + y * x) % 4 == 0) as u8
+                })
+                .collect();
+            Mask::new(h, w, data).unwrap()
+        };
+        for (source, side, content) in [
+            // Smaller than the side: kept at its size, padded (PFENet keeps small images).
+            ((12, 10), 16, (12, 10)),
+            // Longer side 32 -> 16, the other 16 -> 8: exactly half, padded on the right.
+            ((32, 16), 16, (16, 8)),
+            // Landscape: padded at the bottom.
+            ((16, 32), 16, (8, 16)),
+        ] {
+            let label = block(source.0, source.1);
+            let p = Placement::longer_side_padded(InputSize::new(source.0, source.1), side);
+            assert_eq!((p.content.height, p.content.width), content);
+            assert_eq!((p.canvas.height, p.canvas.width), (side, side));
+            // Stride-1 logits over the canvas: one-hot of the label placed in the box, the
+            // opposite class (foreground) on the padding.
+            let on_canvas = p.mask_to_canvas(&label, 255);
+            let mut logits = FeatureMap::zeros(2, side, side);
+            for (i, &v) in on_canvas.data.iter().enumerate() {
+                let c = if v == 255 { 1 } else { v as usize };
+                logits.plane_mut(c)[i] = 1.0;
+            }
+            let back = logits_to_labels_placed(&logits, &p);
+            assert_eq!((back.height, back.width), source);
+            assert_eq!(back, label, "{source:?} on {side}");
+        }
     }
 
     #[test]

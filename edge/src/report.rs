@@ -29,6 +29,12 @@ pub struct FoldEntry {
     pub miou_std: f64,
     /// Number of taking-part classes.
     pub classes: usize,
+    /// Mean over runs of the fold's FB-IoU, percent.
+    #[serde(default)]
+    pub fb_iou: Option<f64>,
+    /// Population standard deviation over runs of the FB-IoU, percent.
+    #[serde(default)]
+    pub fb_iou_std: Option<f64>,
 }
 
 /// Wall-clock timing (excluded from result comparisons).
@@ -131,6 +137,74 @@ impl EvalReport {
                 "\n  fold {} mIoU {:.1} ± {:.1} ({} classes)",
                 f.fold, f.miou, f.miou_std, f.classes
             ));
+        }
+        out
+    }
+
+    /// The results as a Markdown table (what `--markdown FILE` writes): a title line naming the
+    /// protocol, model, size, shots, episodes and seeds, then per fold the taking-part classes,
+    /// pooled mIoU and FB-IoU as mean ± population std over the runs, and a mean row; DAVIS
+    /// reports get per-sequence J and a J-mean / FB-IoU row instead.
+    pub fn markdown_table(&self) -> String {
+        let num = |v: Option<f64>| match v {
+            Some(x) if x.is_finite() => format!("{x:.2}"),
+            _ => "–".into(),
+        };
+        let pm = |m: Option<f64>, s: Option<f64>| match (m, s) {
+            (Some(m), Some(s)) if m.is_finite() => format!("{m:.2} ± {s:.2}"),
+            _ => num(m),
+        };
+        let size = if self.size == [0, 0] {
+            "original size".to_string()
+        } else {
+            format!("{}x{}", self.size[0], self.size[1])
+        };
+        let seeds = if self.runs > 1 {
+            format!("seeds {}..{}", self.seed, self.seed + self.runs as u64 - 1)
+        } else {
+            format!("seed {}", self.seed)
+        };
+        let episodes = self
+            .episodes
+            .map(|e| format!(", {e} episodes per fold and run"))
+            .unwrap_or_default();
+        let mut out = format!(
+            "**{}** on `{}`: {} {} ({}), {size}, {}-shot{episodes}, {seeds}\n\n",
+            self.protocol, self.data, self.method, self.backbone, self.precision, self.shots
+        );
+        match &self.per_fold {
+            Some(folds) => {
+                out.push_str(&format!(
+                    "| fold | classes | mIoU (mean ± std over {} run{}) | FB-IoU (mean ± std) |\n|---|---|---|---|\n",
+                    self.runs,
+                    if self.runs == 1 { "" } else { "s" }
+                ));
+                for f in folds {
+                    out.push_str(&format!(
+                        "| {} | {} | {} | {} |\n",
+                        f.fold,
+                        f.classes,
+                        pm(Some(f.miou), Some(f.miou_std)),
+                        pm(f.fb_iou, f.fb_iou_std)
+                    ));
+                }
+                out.push_str(&format!(
+                    "| mean | | {} | {} |\n",
+                    num(self.miou),
+                    num(self.fb_iou)
+                ));
+            }
+            None => {
+                out.push_str("| sequence | J |\n|---|---|\n");
+                for (name, j) in self.per_sequence.iter().flatten() {
+                    out.push_str(&format!("| {name} | {j:.2} |\n"));
+                }
+                out.push_str(&format!(
+                    "| J-mean | {} |\n\nFB-IoU {}\n",
+                    num(self.j_mean),
+                    num(self.fb_iou)
+                ));
+            }
         }
         out
     }
@@ -302,15 +376,76 @@ mod tests {
             miou: 30.1,
             miou_std: 0.0,
             classes: 16,
+            fb_iou: Some(60.5),
+            fb_iou_std: Some(0.25),
         }]);
         let v: serde_json::Value = serde_json::from_str(&r.to_json_line()).unwrap();
         assert_eq!(v["per_class"]["18"]["name"], "dog");
         assert_eq!(v["per_class"]["18"]["iou"].as_f64().unwrap(), 51.2);
         assert_eq!(
             v["per_fold"][0],
-            serde_json::json!({"fold": 0, "miou": 30.1, "miou_std": 0.0, "classes": 16})
+            serde_json::json!({"fold": 0, "miou": 30.1, "miou_std": 0.0, "classes": 16,
+                               "fb_iou": 60.5, "fb_iou_std": 0.25})
         );
         assert!(v["j_mean"].is_null());
+    }
+
+    #[test]
+    fn markdown_table_has_a_row_per_fold_and_the_mean() {
+        let mut r = EvalReport::new(
+            "pascal-bam",
+            "VOC2012",
+            "panet",
+            "mnv2",
+            [473, 473],
+            "fp32",
+            1,
+        );
+        r.runs = 5;
+        r.seed = 123;
+        r.episodes = Some(1000);
+        r.miou = Some(25.5);
+        r.fb_iou = Some(55.25);
+        let fold = |fold, miou, miou_std, fb: Option<f64>| FoldEntry {
+            fold,
+            miou,
+            miou_std,
+            classes: 5,
+            fb_iou: fb,
+            fb_iou_std: fb.map(|_| 0.5),
+        };
+        r.per_fold = Some(vec![
+            fold(0, 20.0, 1.25, Some(50.5)),
+            fold(1, 31.0, 0.0, None),
+        ]);
+        let t = r.markdown_table();
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(
+            lines[0],
+            "**pascal-bam** on `VOC2012`: panet mnv2 (fp32), 473x473, 1-shot, 1000 episodes per \
+             fold and run, seeds 123..127"
+        );
+        assert_eq!(
+            lines[2],
+            "| fold | classes | mIoU (mean ± std over 5 runs) | FB-IoU (mean ± std) |"
+        );
+        assert_eq!(lines[4], "| 0 | 5 | 20.00 ± 1.25 | 50.50 ± 0.50 |");
+        assert_eq!(lines[5], "| 1 | 5 | 31.00 ± 0.00 | – |");
+        assert_eq!(lines[6], "| mean | | 25.50 | 55.25 |");
+        assert_eq!(lines.len(), 7);
+
+        // Original-size input and DAVIS reports.
+        let mut d = EvalReport::new("davis", "d", "panet", "b", [0, 0], "fp32", 1);
+        d.j_mean = Some(44.75);
+        d.fb_iou = Some(68.0);
+        d.per_sequence = Some(BTreeMap::from([("cows".to_string(), 50.0)]));
+        let t = d.markdown_table();
+        assert!(
+            t.starts_with("**davis** on `d`: panet b (fp32), original size, 1-shot, seed 0"),
+            "{t}"
+        );
+        assert!(t.contains("| cows | 50.00 |\n| J-mean | 44.75 |"), "{t}");
+        assert!(t.ends_with("FB-IoU 68.00\n"), "{t}");
     }
 
     #[test]

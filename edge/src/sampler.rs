@@ -12,7 +12,8 @@
 //! # Draw order (evaluation, per episode, in order)
 //!
 //! The fold's *taking-part* classes `T` are its classes (ascending class index) that have at
-//! least K+1 eligible images ([`taking_part_classes`]); each class's eligible images are sorted by
+//! least K+1 eligible images ([`taking_part_classes`]: `>= min_pixels`, and with
+//! `EpisodeSpec::oslsm_grid` the OSLSM grid rule too); each class's eligible images are sorted by
 //! pool index.
 //!
 //! 1. class: `T[rng.random_range(0..n as u32)]` with `n = |T|`;
@@ -75,6 +76,9 @@ pub struct EpisodeSpec {
     pub episodes: usize,
     /// Eligibility threshold in pixels at original resolution (2048 in evaluation.md).
     pub min_pixels: u64,
+    /// Also require the OSLSM small-object rule ([`crate::data::OSLSM_MIN_CELLS`]).
+    #[serde(default)]
+    pub oslsm_grid: bool,
     pub split: FoldSplit,
     pub fold: usize,
 }
@@ -86,6 +90,7 @@ impl EpisodeSpec {
             shots,
             episodes: 1000,
             min_pixels: crate::data::coco::DEFAULT_MIN_PIXELS,
+            oslsm_grid: false,
             split: FoldSplit::Interleaved,
             fold,
         }
@@ -234,10 +239,26 @@ pub fn taking_part_classes(
     shots: usize,
     min_pixels: u64,
 ) -> Vec<u8> {
+    taking_part_classes_with(dataset, classes, shots, min_pixels, false)
+}
+
+/// [`taking_part_classes`] with the OSLSM small-object rule on or off.
+pub fn taking_part_classes_with(
+    dataset: &CocoMaskDataset,
+    classes: &[u8],
+    shots: usize,
+    min_pixels: u64,
+    oslsm_grid: bool,
+) -> Vec<u8> {
     let mut v: Vec<u8> = classes
         .iter()
         .copied()
-        .filter(|&c| dataset.eligible_images(c, min_pixels).len() > shots)
+        .filter(|&c| {
+            dataset
+                .eligible_images_with(c, min_pixels, oslsm_grid)
+                .len()
+                > shots
+        })
         .collect();
     v.sort_unstable();
     v.dedup();
@@ -302,19 +323,26 @@ pub fn generate_episodes(
         return Err(EdgeError::input("shots must be at least 1"));
     }
     let classes = fold_classes(spec.split, spec.fold);
-    let taking_part = taking_part_classes(dataset, &classes, spec.shots, spec.min_pixels);
+    let taking_part = taking_part_classes_with(
+        dataset,
+        &classes,
+        spec.shots,
+        spec.min_pixels,
+        spec.oslsm_grid,
+    );
     if taking_part.is_empty() && spec.episodes > 0 {
         return Err(EdgeError::input(format!(
-            "fold {} ({} split) has no class with at least {} images of >= {} px",
+            "fold {} ({} split) has no class with at least {} images of >= {} px{}",
             spec.fold,
             spec.split,
             spec.shots + 1,
-            spec.min_pixels
+            spec.min_pixels,
+            crate::data::oslsm_rule_text(spec.oslsm_grid)
         )));
     }
     let eligible: Vec<Vec<usize>> = taking_part
         .iter()
-        .map(|&c| dataset.eligible_images(c, spec.min_pixels))
+        .map(|&c| dataset.eligible_images_with(c, spec.min_pixels, spec.oslsm_grid))
         .collect();
     let mut rng = eval_rng(seed, spec.fold);
     let episodes = (0..spec.episodes)
@@ -505,6 +533,7 @@ mod tests {
             shots,
             episodes,
             min_pixels: 16,
+            oslsm_grid: false,
             split: FoldSplit::Interleaved,
             fold,
         }

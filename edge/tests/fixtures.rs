@@ -15,6 +15,7 @@ use edge::eval::{
     ProtocolRequest, ScoringInput, PASCAL_MIN_PIXELS,
 };
 use edge::preprocess::{InputSize, Normalization};
+use edge::presets::{Benchmark, Preset};
 use edge::report::EvalReport;
 use edge::testkit::write_test_bundle;
 use edge::FeatureMap;
@@ -214,7 +215,7 @@ fn pascal_request(folds: Option<Vec<usize>>) -> ProtocolRequest {
         protocol: Protocol::Pascal,
         data: fixtures().join("voc2012"),
         shots: 1,
-        episodes: 12,
+        episodes: Some(12),
         runs: 2,
         seed: 5,
         folds,
@@ -307,10 +308,209 @@ fn pascal_protocol_on_the_voc_fixture() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("fold 4"), "{e}");
-    // Presets are for the COCO protocol.
+    // A preset with a fixed input size needs the model at that size.
     let mut r = pascal_request(Some(vec![2]));
-    r.preset = Some(edge::presets::Preset::Panet);
-    assert!(run_pascal(&r).is_err());
+    r.preset = Some(Preset::Panet);
+    let e = run_pascal(&r).unwrap_err().to_string();
+    assert!(e.contains("417x417") && e.contains("96x96"), "{e}");
+}
+
+/// Every preset end to end on a real-image fixture: the preset's settings in the report, and
+/// the same preset and seed give byte-identical episode lists and results (timing excluded).
+fn every_preset_runs(protocol: Protocol, data: &Path, folds: Vec<usize>, tag: &str) {
+    let benchmark = match protocol {
+        Protocol::Pascal => Benchmark::Pascal,
+        _ => Benchmark::Coco,
+    };
+    let dir = std::env::temp_dir().join(format!("edge-fixtures-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for preset in Preset::ALL {
+        let h = preset.settings().harness(benchmark);
+        let input = ScoringInput {
+            // Any size for `oslsm` (each image at its own); the preset's otherwise.
+            size: h.size().unwrap_or(InputSize::new(16, 16)),
+            normalization: Normalization::IMAGENET,
+        };
+        let run = |k: usize| {
+            let eps = dir.join(format!("{}-{k}.jsonl", preset.name()));
+            let request = ProtocolRequest {
+                pascal: PascalOptions::val(),
+                protocol,
+                data: data.to_path_buf(),
+                shots: 1,
+                episodes: Some(4),
+                runs: 9,
+                seed: 77,
+                folds: Some(folds.clone()),
+                trained_fold: None,
+                write_episodes: Some(eps.clone()),
+                episodes_file: None,
+                preset: Some(preset),
+            };
+            let base = EvalReport::new("", "fixture", "panet", "identity", [1, 1], "fp32", 1);
+            let report = run_protocol(&mut IdentityEncoder, input, &request, base, &mut |_, _| {})
+                .unwrap_or_else(|e| panic!("{}: {e}", preset.name()));
+            (report, std::fs::read(&eps).unwrap())
+        };
+        let (report, episodes) = run(0);
+        let name = preset.name();
+        assert_eq!(
+            report.protocol,
+            format!("{}-{name}", protocol.name()),
+            "{name}"
+        );
+        // The preset's seeds and runs, not the request's; the shorter episode count given.
+        assert_eq!(
+            (report.seed, report.runs, report.episodes),
+            (h.seed, h.runs, Some(4)),
+            "{name}"
+        );
+        let size = h.size().map(|s| [s.height, s.width]).unwrap_or([0, 0]);
+        assert_eq!(report.size, size, "{name}");
+        let pf = report.per_fold.as_ref().unwrap();
+        assert_eq!(pf.len(), folds.len(), "{name}");
+        assert!(
+            pf.iter().all(|f| f.classes > 0 && f.fb_iou.is_some()),
+            "{name}"
+        );
+        let miou = report.miou.unwrap();
+        assert!((0.0..=100.0).contains(&miou), "{name}: {miou}");
+        let records = edge::sampler::read_jsonl(&dir.join(format!("{name}-0.jsonl"))).unwrap();
+        assert_eq!(records.len(), 4 * folds.len() * h.runs, "{name}");
+        let (again, episodes_again) = run(1);
+        assert_eq!(episodes, episodes_again, "{name}: episode lists differ");
+        assert_eq!(
+            report.comparable_json(),
+            again.comparable_json(),
+            "{name}: results differ"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn every_preset_runs_on_the_voc_fixture() {
+    every_preset_runs(
+        Protocol::Pascal,
+        &fixtures().join("voc2012"),
+        vec![2],
+        "voc-presets",
+    );
+}
+
+/// Every preset on a COCO128-layout set with objects large enough for the 2,048 px and OSLSM
+/// grid rules (synthetic scenes, 160 px: the real-image COCO fixture is too small for them,
+/// see the next test).
+#[test]
+fn every_preset_runs_on_a_coco_layout() {
+    let dir =
+        std::env::temp_dir().join(format!("edge-fixtures-coco-layout-{}", std::process::id()));
+    fss_tests::write_coco_like(&dir, 12, 8, 160);
+    every_preset_runs(Protocol::Coco, &dir, vec![0], "coco-presets");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// On the real-image COCO fixture (160 px images) `panet` runs; the presets with a small-object
+/// rule find no class large enough and say so in one line.
+#[test]
+fn presets_on_the_coco_fixture_run_or_say_why_not() {
+    for preset in Preset::ALL {
+        let h = preset.settings().harness(Benchmark::Coco);
+        let input = ScoringInput {
+            size: h.size().unwrap_or(InputSize::new(16, 16)),
+            normalization: Normalization::IMAGENET,
+        };
+        let request = ProtocolRequest {
+            protocol: Protocol::Coco,
+            data: fixtures().join("coco"),
+            preset: Some(preset),
+            folds: Some(vec![0]),
+            episodes: Some(3),
+            ..pascal_request(None)
+        };
+        let base = EvalReport::new("", "coco", "panet", "identity", [1, 1], "fp32", 1);
+        let r = run_protocol(&mut IdentityEncoder, input, &request, base, &mut |_, _| {});
+        match preset {
+            Preset::Panet => assert_eq!(r.unwrap().per_fold.unwrap()[0].classes, 3),
+            _ => {
+                let e = r.unwrap_err().to_string();
+                let rule = if preset == Preset::Oslsm {
+                    ">= 3 OSLSM grid cells"
+                } else {
+                    ">= 2048 px"
+                };
+                assert!(
+                    e.contains("fold 0") && e.contains(rule) && !e.contains('\n'),
+                    "{e}"
+                );
+            }
+        }
+    }
+}
+
+/// Records the input size of every encoder call.
+struct RecordingEncoder(Vec<InputSize>);
+
+impl FeatureEncoder for RecordingEncoder {
+    fn encode_batch(
+        &mut self,
+        inputs: &[Vec<f32>],
+        size: InputSize,
+    ) -> edge::Result<Vec<FeatureMap>> {
+        self.0.push(size);
+        IdentityEncoder.encode_batch(inputs, size)
+    }
+}
+
+/// `oslsm` encodes each image at its own size, once, grouped by size (one plan per size for
+/// backends that pin one); `pfenet` encodes every image on its 473 x 473 canvas.
+#[test]
+fn oslsm_encodes_each_image_at_its_own_size_once() {
+    let root = fixtures().join("voc2012");
+    let ds = PascalDataset::open(&root, &PascalOptions::val()).unwrap();
+    let sizes: std::collections::BTreeSet<(usize, usize)> = ds
+        .images()
+        .iter()
+        .map(|im| (im.height as usize, im.width as usize))
+        .collect();
+    assert!(sizes.len() > 1, "the fixture has images of several sizes");
+    for (preset, want) in [
+        (Preset::Oslsm, None),
+        (Preset::Pfenet, Some(InputSize::new(473, 473))),
+    ] {
+        let mut enc = RecordingEncoder(Vec::new());
+        let request = ProtocolRequest {
+            preset: Some(preset),
+            episodes: Some(20),
+            ..pascal_request(Some(vec![2]))
+        };
+        let input = ScoringInput {
+            size: want.unwrap_or(InputSize::new(16, 16)),
+            ..scoring_input()
+        };
+        let base = EvalReport::new("", "voc", "panet", "identity", [1, 1], "fp32", 1);
+        run_protocol(&mut enc, input, &request, base, &mut |_, _| {}).unwrap();
+        let calls = enc.0;
+        // One call per image (batch size 1), never the same image twice: at most the list.
+        assert!(!calls.is_empty() && calls.len() <= ds.len(), "{calls:?}");
+        match want {
+            Some(canvas) => assert!(calls.iter().all(|&s| s == canvas), "{calls:?}"),
+            None => {
+                for s in &calls {
+                    assert!(
+                        sizes.contains(&(s.height, s.width)),
+                        "{s} is no image's size"
+                    );
+                }
+                // Grouped: once the encoder leaves a size it never comes back to it.
+                let mut runs = calls.clone();
+                runs.dedup();
+                let distinct: std::collections::BTreeSet<_> =
+                    runs.iter().map(|s| (s.height, s.width)).collect();
+                assert_eq!(runs.len(), distinct.len(), "{calls:?}");
+            }
+        }
+    }
 }
 
 /// 255 ignored: the void pixels of the queries are not counted; as background they are.
@@ -324,6 +524,7 @@ fn pascal_protocol_void_handling() {
         seed: 0,
         folds: vec![2],
         min_pixels: PASCAL_MIN_PIXELS,
+        oslsm_grid: false,
     };
     let mut counted = Vec::new();
     for void in [VoidLabel::Ignore, VoidLabel::Background] {

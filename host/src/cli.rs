@@ -145,6 +145,10 @@ pub struct TrainArgs {
     /// Train BatchNorm statistics too (default: frozen, as episodes are batch 1).
     #[arg(long)]
     pub train_bn: bool,
+    /// Keep the ImageNet backbone fixed and train only the method's head (SMCP; the paper's
+    /// "frozen encoder" ablation). PANet has nothing else to train.
+    #[arg(long)]
+    pub freeze_backbone: bool,
     #[arg(long, default_value_t = 100)]
     pub checkpoint_every: usize,
     #[arg(long, default_value = "cpu")]
@@ -172,7 +176,8 @@ pub struct EvalArgs {
     /// Evaluate the ImageNet backbone without few-shot training.
     #[arg(long)]
     pub no_train: bool,
-    /// Model input size, rows x columns (a --preset sets its own).
+    /// Model input size, rows x columns (a --preset sets its own; `oslsm` feeds each image at
+    /// its own size).
     #[arg(long, default_value = "320x576", value_parser = parse_size)]
     pub size: InputSize,
     /// Encoder batch size.

@@ -160,10 +160,12 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         }
     };
     encoder.guidance = args.eval.smcp_guidance;
-    let size = match args.eval.preset {
-        Some(p) => p.settings().coco()?.size,
-        None => args.size,
-    };
+    // A preset with a fixed input size sets it; `oslsm` feeds every image at its own size.
+    let size = args
+        .eval
+        .preset_harness()
+        .and_then(|h| h.size())
+        .unwrap_or(args.size);
     let input = ScoringInput {
         size,
         normalization: encoder.normalization(),

@@ -55,6 +55,9 @@ pub struct TrainConfig {
     /// How the learning rate moves over the run (runs written before this field: step).
     #[serde(default)]
     pub lr_schedule: LrSchedule,
+    /// The backbone stays at its initial weights; only the head trains.
+    #[serde(default)]
+    pub freeze_backbone: bool,
     /// SMCP's head (absent for PANet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub smcp: Option<SmcpConfig>,
@@ -354,6 +357,7 @@ fn config_from_args(args: &TrainArgs, weights: &Option<PathBuf>) -> Result<Train
         checkpoint_every: args.checkpoint_every,
         lr_schedule,
         smcp,
+        freeze_backbone: args.freeze_backbone,
     })
 }
 
@@ -416,6 +420,17 @@ pub fn train(
     backbone.set_bn_frozen(!cfg.train_bn);
     let head = smcp_head(&vs, &backbone, cfg)?;
     let base_classes = edge::data::coco::base_classes(cfg.split, cfg.fold);
+    if cfg.freeze_backbone {
+        if head.is_none() {
+            bail!(
+                "--freeze-backbone: method {} has nothing to train besides the backbone",
+                cfg.method
+            );
+        }
+        for (_, t) in backbone.named_parameters() {
+            let _ = t.set_requires_grad(false);
+        }
+    }
     let mut opt;
     let (mut record, start) = match resume {
         Some(rec) => {
@@ -497,11 +512,12 @@ pub fn train(
         let ep = record.sampler.next_episode();
         let t = episode_tensors(&dataset, &mut cache, &norm, &ep, device)?;
         let k = t.supports.size()[0];
-        let feats = backbone.forward_to(
-            &Tensor::cat(&[&t.supports, &t.query], 0),
-            cfg.feature_stride,
-            true,
-        )?;
+        let images = Tensor::cat(&[&t.supports, &t.query], 0);
+        let feats = if cfg.freeze_backbone {
+            tch::no_grad(|| backbone.forward_to(&images, cfg.feature_stride, false))?
+        } else {
+            backbone.forward_to(&images, cfg.feature_stride, true)?
+        };
         let (support_f, query_f) = (feats.narrow(0, 0, k), feats.narrow(0, k, 1));
         let (total, mut point) = match &head {
             None => {

@@ -18,7 +18,8 @@ pub struct EvalArgs {
     pub bundle: PathBuf,
     #[command(flatten)]
     pub eval: ProtocolArgs,
-    /// Model input size HxW (default: the preset's, else the bundle's).
+    /// Model input size HxW (default: the preset's, else the bundle's; not with --preset oslsm,
+    /// which feeds each image at its own size).
     #[arg(long, value_name = "HxW", value_parser = parse_size)]
     pub size: Option<InputSize>,
     /// tract threads.
@@ -36,15 +37,22 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let mut encoder = BundleEncoder::open(&args.bundle)?;
     encoder.bundle().require_supported_method()?;
     encoder.set_smcp_guidance(args.eval.smcp_guidance);
-    let preset_size = match args.eval.preset {
-        Some(p) => Some(p.settings().coco()?.size),
-        None => None,
-    };
+    let harness = args.eval.preset_harness();
+    let original_size = harness.as_ref().is_some_and(|h| h.size().is_none());
+    if original_size && args.size.is_some() {
+        bail!(
+            "preset {} feeds every image at its own size; drop --size",
+            args.eval.preset.map(|p| p.name()).unwrap_or_default()
+        );
+    }
     let size = args
         .size
-        .or(preset_size)
+        .or(harness.and_then(|h| h.size()))
         .unwrap_or_else(|| encoder.default_size());
-    encoder.prepare(size)?;
+    if !original_size {
+        // Original-size presets pin one plan per image size as they go.
+        encoder.prepare(size)?;
+    }
     let input = encoder.scoring_input(size);
     if let Some(other) = &args.agree_with {
         return agreement(args, &mut encoder, other, input);

@@ -144,6 +144,8 @@ pub struct PoolImage {
     pub height: u32,
     /// Pixels per class index at original resolution; `[0]` is background (length 81).
     pub class_pixels: Vec<u64>,
+    /// OSLSM grid cells per class index ([`super::oslsm_grid_histogram`]; length 81).
+    pub oslsm_cells: Vec<u32>,
 }
 
 /// The COCO128-style mask pool.
@@ -274,6 +276,10 @@ impl CocoMaskDataset {
                 for (v, &n) in hist.iter().enumerate() {
                     class_pixels[id_to_class[v] as usize] += n;
                 }
+                let mut oslsm_cells = vec![0u32; NUM_CLASSES + 1];
+                for (v, &n) in super::oslsm_grid_histogram(&mask).iter().enumerate() {
+                    oslsm_cells[id_to_class[v] as usize] += n;
+                }
                 let file_name = image_path
                     .file_name()
                     .and_then(|s| s.to_str())
@@ -287,6 +293,7 @@ impl CocoMaskDataset {
                     width: w,
                     height: h,
                     class_pixels,
+                    oslsm_cells,
                 });
             }
         }
@@ -405,8 +412,24 @@ impl CocoMaskDataset {
 
     /// Pool indices (ascending) where the class is eligible.
     pub fn eligible_images(&self, class_index: u8, min_pixels: u64) -> Vec<usize> {
+        self.eligible_images_with(class_index, min_pixels, false)
+    }
+
+    /// [`Self::eligible_images`], and with `oslsm_grid` also holding at least
+    /// [`super::OSLSM_MIN_CELLS`] cells of the OSLSM grid.
+    pub fn eligible_images_with(
+        &self,
+        class_index: u8,
+        min_pixels: u64,
+        oslsm_grid: bool,
+    ) -> Vec<usize> {
         (0..self.images.len())
-            .filter(|&i| self.is_eligible(i, class_index, min_pixels))
+            .filter(|&i| {
+                self.is_eligible(i, class_index, min_pixels)
+                    && (!oslsm_grid
+                        || self.images[i].oslsm_cells[class_index as usize]
+                            >= super::OSLSM_MIN_CELLS)
+            })
             .collect()
     }
 

@@ -149,6 +149,8 @@ pub struct PascalImage {
     pub height: u32,
     /// Pixels per value: `[0]` background, `[1..=20]` classes, `[21]` void (255).
     pub class_pixels: [u64; 22],
+    /// OSLSM grid cells per value 0..=20 ([`super::oslsm_grid_histogram`]).
+    pub oslsm_cells: [u32; 21],
 }
 
 /// A VOC2012-layout dataset read through one image list.
@@ -260,6 +262,8 @@ impl PascalDataset {
             let mut class_pixels = [0u64; 22];
             class_pixels[..21].copy_from_slice(&hist[..21]);
             class_pixels[21] = hist[255];
+            let mut oslsm_cells = [0u32; 21];
+            oslsm_cells.copy_from_slice(&super::oslsm_grid_histogram(&label)[..21]);
             images.push(PascalImage {
                 name,
                 image_path,
@@ -267,6 +271,7 @@ impl PascalDataset {
                 width: w,
                 height: h,
                 class_pixels,
+                oslsm_cells,
             });
         }
         Ok(PascalDataset {
@@ -326,10 +331,24 @@ impl PascalDataset {
 
     /// Indices (ascending) of images where class `id` covers `>= min_pixels` (and at least 1).
     pub fn eligible_images(&self, id: u8, min_pixels: u64) -> Vec<usize> {
+        self.eligible_images_with(id, min_pixels, false)
+    }
+
+    /// [`Self::eligible_images`], and with `oslsm_grid` also holding at least
+    /// [`super::OSLSM_MIN_CELLS`] cells of the OSLSM grid (methods.md §4.5).
+    pub fn eligible_images_with(&self, id: u8, min_pixels: u64, oslsm_grid: bool) -> Vec<usize> {
         (0..self.images.len())
             .filter(|&i| {
                 let n = self.pixels(i, id);
-                n > 0 && n >= min_pixels
+                n > 0
+                    && n >= min_pixels
+                    && (!oslsm_grid
+                        || self.images[i]
+                            .oslsm_cells
+                            .get(id as usize)
+                            .copied()
+                            .unwrap_or(0)
+                            >= super::OSLSM_MIN_CELLS)
             })
             .collect()
     }
