@@ -161,6 +161,9 @@ pub struct Provenance {
     /// The training run (its run.json) or the ImageNet weight file it came from.
     pub source: String,
     pub created: String,
+    /// How the model was trained, in words (method settings, schedule, what was frozen).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub training: String,
 }
 
 /// A measured metric of this bundle.

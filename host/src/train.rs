@@ -585,6 +585,37 @@ pub fn train(
     Ok(())
 }
 
+/// A run's training recipe in one line (for bundle manifests).
+pub fn describe(cfg: &TrainConfig, iterations: usize) -> String {
+    let schedule = match cfg.lr_schedule {
+        LrSchedule::Step => format!("lr {:e} x0.1 at {:?}", cfg.lr, cfg.lr_milestones),
+        LrSchedule::Poly { power } => format!("lr {:e} poly {power}", cfg.lr),
+        LrSchedule::Constant => format!("lr {:e} constant", cfg.lr),
+    };
+    let method = match &cfg.smcp {
+        Some(s) => format!(
+            "smcp ({} variant, head width {}, losses query + support + 0.1 x multi-class over {} classes)",
+            format!("{:?}", s.variant).to_lowercase(),
+            s.width,
+            s.classes
+        ),
+        None => format!("{}{}", cfg.method, if cfg.align { " with PAR" } else { "" }),
+    };
+    format!(
+        "{method}; {}; {iterations} iterations of 1-way {}-shot episodes at {}x{} (flips) on {}, base classes of fold {} ({:?} split), SGD momentum {}, {schedule}, weight decay {:e}, seed {}",
+        if cfg.freeze_backbone { "backbone frozen at its ImageNet weights" } else { "backbone fine-tuned (BatchNorm frozen)" },
+        cfg.shots,
+        cfg.size[0],
+        cfg.size[1],
+        cfg.data,
+        cfg.fold,
+        cfg.split,
+        cfg.momentum,
+        cfg.weight_decay,
+        cfg.seed
+    )
+}
+
 /// The SMCP head of a run (None for PANet), created in `vs` next to the backbone.
 pub fn smcp_head(
     vs: &VarStore,

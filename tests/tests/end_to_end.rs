@@ -161,6 +161,74 @@ fn shipped_default_bundle_runs_the_demo() {
     assert!(overlays >= 9, "{overlays} overlays");
 }
 
+/// The shipped SMCP bundle on the shipped blackswan sample: the demo runs it, and the fused
+/// second pass changes the prediction against the support prototype alone (README, "SMCP":
+/// whether it helps is measured there, on all of DAVIS).
+#[test]
+fn shipped_smcp_bundle_runs_and_its_second_pass_changes_the_masks() {
+    let root = workspace_root();
+    let bundle = root.join("models/smcp");
+    let sample = root.join("models/default/sample");
+    let (b, d) = (bundle.to_str().unwrap(), sample.to_str().unwrap());
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("bundle.json")).unwrap()).unwrap();
+    assert_eq!(m["method"], "smcp");
+    assert_eq!(m["head"]["passes"], 2);
+    let (head_macs, encoder_macs) = (
+        m["head"]["macs_per_pass"].as_u64().unwrap(),
+        m["head"]["encoder_macs"].as_u64().unwrap(),
+    );
+    assert!(
+        2 * head_macs < encoder_macs,
+        "two head passes ({head_macs} MAC each) cost more than the encoder ({encoder_macs})"
+    );
+    let out = TempDir::new("e2e-smcp-demo");
+    let o = run(
+        "edge",
+        &[
+            "demo",
+            "--bundle",
+            b,
+            "--frames",
+            d,
+            "--out",
+            out.path().to_str().unwrap(),
+            "--json",
+        ],
+    );
+    eprintln!("smcp demo: {}", json(&o));
+    let mut j = Vec::new();
+    for guidance in ["fused", "support"] {
+        let o = run(
+            "edge",
+            &[
+                "eval",
+                "--bundle",
+                b,
+                "--protocol",
+                "davis",
+                "--data",
+                d,
+                "--smcp-guidance",
+                guidance,
+                "--json",
+            ],
+        );
+        let r = json(&o);
+        j.push(r["j_mean"].as_f64().unwrap());
+    }
+    eprintln!(
+        "blackswan sample: J fused {:.2}, support only {:.2}",
+        j[0], j[1]
+    );
+    assert!(
+        (j[0] - j[1]).abs() > 0.01,
+        "the second pass changed nothing: J {} vs {}",
+        j[0],
+        j[1]
+    );
+}
+
 fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap().flatten() {

@@ -714,6 +714,7 @@ fn resolve_source(args: &ExportArgs) -> Result<Source> {
                     host_version,
                     source: absolute(&run_json),
                     created,
+                    training: crate::train::describe(&rec.config, rec.iteration),
                 },
             })
         }
@@ -750,6 +751,7 @@ fn resolve_source(args: &ExportArgs) -> Result<Source> {
                     host_version,
                     source: absolute(&weights),
                     created,
+                    training: String::new(),
                 },
             })
         }
