@@ -386,7 +386,15 @@ mod tests {
     fn head_shapes_and_losses() {
         tch::manual_seed(1);
         let vs = VarStore::new(Device::Cpu);
-        let head = SmcpHead::new(&vs.root(), shape());
+        // Wide enough that no bottleneck's ReLUs are all dead at init (a dead unit legitimately
+        // gets a zero gradient).
+        let head = SmcpHead::new(
+            &vs.root(),
+            SmcpShape {
+                width: 64,
+                ..shape()
+            },
+        );
         assert_eq!(head.shape.dilations, [3, 6, 9, 12]);
         let opts = (Kind::Float, Device::Cpu);
         let sf = Tensor::randn([2, 8, 5, 7], opts);
