@@ -1412,6 +1412,23 @@ impl PlacedFeatures<'_> {
         )
     }
 
+    /// The model's logits for cached image `i` (encoded at its placement's canvas) and that
+    /// placement.
+    fn head_logits(
+        &mut self,
+        prototypes: &Prototypes,
+        i: usize,
+    ) -> Result<(FeatureMap, Placement)> {
+        let (features, placement) = self
+            .cache
+            .get(&i)
+            .ok_or_else(|| EdgeError::input(format!("image {i} was not encoded")))?;
+        let logits = self
+            .encoder
+            .head_logits(prototypes, features, placement.canvas)?;
+        Ok((logits, *placement))
+    }
+
     fn get(&self, i: usize) -> Result<&(FeatureMap, Placement)> {
         self.cache
             .get(&i)
@@ -1460,11 +1477,7 @@ fn score_placed_episode<D: PresetSource>(
         })
         .collect::<Result<Vec<_>>>()?;
     let protos = panet_prototypes(&[shots])?;
-    features.get(e.query)?;
-    let PlacedFeatures { encoder, cache, .. } = features;
-    let (query, placement) = &cache[&e.query];
-    let placement = *placement;
-    let logits = encoder.head_logits(&protos, query, placement.canvas)?;
+    let (logits, placement) = features.head_logits(&protos, e.query)?;
     let label = source.class_mask(e.query, e.class)?;
     let (mut pred, gt) = if label_at_input {
         let gt = placement.mask_to_canvas(&label, VOID);

@@ -279,18 +279,6 @@ pub fn panet_predict(
     Ok(logits_to_labels(&logits, label_size.0, label_size.1))
 }
 
-/// [`panet_predict`] for a query placed in the network input by `placement` (padded or not):
-/// the logits, which span the canvas, are read back on the query's original grid
-/// ([`Placement::source_taps`]), so the prediction is at the original label's size.
-pub fn panet_predict_placed(
-    query: &FeatureMap,
-    prototypes: &Prototypes,
-    placement: &Placement,
-) -> Result<Mask> {
-    let logits = cosine_logits(query, &prototypes.ordered(), PANET_SCALE)?;
-    Ok(logits_to_labels_placed(&logits, placement))
-}
-
 /// [`logits_to_labels`] for logits that span a canvas an image was placed on: upsampled onto
 /// the image's original grid through the content box ([`Placement::source_taps`]), then
 /// argmaxed. Without padding it equals `logits_to_labels(logits, source size)` exactly.

@@ -48,6 +48,15 @@ pub enum SmcpVariant {
     Code,
 }
 
+impl SmcpVariant {
+    pub fn name(self) -> &'static str {
+        match self {
+            SmcpVariant::Paper => "paper",
+            SmcpVariant::Code => "code",
+        }
+    }
+}
+
 /// Shape of an SMCP head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SmcpShape {

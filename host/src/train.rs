@@ -170,19 +170,41 @@ fn lr_at(cfg: &TrainConfig, iteration: usize) -> f64 {
     }
 }
 
-/// Decoded training images resized to the training size, kept in memory (COCO128 is small).
+/// Decoded training images and their class-index label maps, resized to the training size
+/// (nearest for labels) and kept in memory (COCO128 is small): each file is decoded once per
+/// run, and an episode's binary masks and SMCP's multi-class targets both come from the maps.
 struct ImageCache {
     size: InputSize,
     images: HashMap<usize, image::RgbImage>,
+    labels: HashMap<usize, Mask>,
 }
 
 impl ImageCache {
+    fn new(size: InputSize) -> ImageCache {
+        ImageCache {
+            size,
+            images: HashMap::new(),
+            labels: HashMap::new(),
+        }
+    }
+
     fn image(&mut self, dataset: &CocoMaskDataset, idx: usize) -> Result<&image::RgbImage> {
         if !self.images.contains_key(&idx) {
             let img = resize_rgb(&dataset.load_image(idx)?, self.size);
             self.images.insert(idx, img);
         }
         Ok(&self.images[&idx])
+    }
+
+    /// Class indices (0 background) at the training size, flipped when asked.
+    fn label_map(&mut self, dataset: &CocoMaskDataset, idx: usize, flip: bool) -> Result<Mask> {
+        if !self.labels.contains_key(&idx) {
+            let m = dataset.label_map(idx)?;
+            let m = resize_mask_nearest(&m, self.size.height, self.size.width);
+            self.labels.insert(idx, m);
+        }
+        let m = &self.labels[&idx];
+        Ok(if flip { flip_mask(m) } else { m.clone() })
     }
 }
 
@@ -209,31 +231,30 @@ fn episode_tensors(
 ) -> Result<EpisodeTensors> {
     let size = cache.size;
     let (h, w) = (size.height as i64, size.width as i64);
-    let mut image_tensor = |idx: usize, flip: bool| -> Result<Tensor> {
+    let image_tensor = |cache: &mut ImageCache, idx: usize, flip: bool| -> Result<Tensor> {
         let mut img = cache.image(dataset, idx)?.clone();
         if flip {
             image::imageops::flip_horizontal_in_place(&mut img);
         }
         Ok(Tensor::from_slice(&normalize_chw(&img, norm)).view([1, 3, h, w]))
     };
-    let label = |idx: usize, flip: bool| -> Result<Mask> {
-        let m = resize_mask_nearest(
-            &dataset.class_mask(idx, ep.episode.class_index)?,
-            size.height,
-            size.width,
-        );
-        Ok(if flip { flip_mask(&m) } else { m })
+    // The episode class's binary mask (nearest resize commutes with picking the class).
+    let class = ep.episode.class_index;
+    let label = |cache: &mut ImageCache, idx: usize, flip: bool| -> Result<Mask> {
+        let mut m = cache.label_map(dataset, idx, flip)?;
+        m.data.iter_mut().for_each(|v| *v = (*v == class) as u8);
+        Ok(m)
     };
     let k = ep.episode.supports.len();
     let mut imgs = Vec::with_capacity(k);
     let mut fgs = Vec::with_capacity(k);
     for (i, &s) in ep.episode.supports.iter().enumerate() {
-        imgs.push(image_tensor(s, ep.flips[i])?);
-        fgs.push(mask_tensor(&label(s, ep.flips[i])?));
+        imgs.push(image_tensor(cache, s, ep.flips[i])?);
+        fgs.push(mask_tensor(&label(cache, s, ep.flips[i])?));
     }
     let q = ep.episode.query;
-    let query = image_tensor(q, ep.flips[k])?;
-    let qlabel = mask_tensor(&label(q, ep.flips[k])?)
+    let query = image_tensor(cache, q, ep.flips[k])?;
+    let qlabel = mask_tensor(&label(cache, q, ep.flips[k])?)
         .to_kind(Kind::Int64)
         .unsqueeze(0);
     let support_fg = Tensor::stack(&fgs, 0);
@@ -419,7 +440,7 @@ pub fn train(
     )?;
     backbone.set_bn_frozen(!cfg.train_bn);
     let head = smcp_head(&vs, &backbone, cfg)?;
-    let base_classes = edge::data::coco::base_classes(cfg.split, cfg.fold);
+    let semantic_lut = semantic_lut(&edge::data::coco::base_classes(cfg.split, cfg.fold));
     if cfg.freeze_backbone {
         if head.is_none() {
             bail!(
@@ -491,10 +512,7 @@ pub fn train(
         std: kind.normalization().1,
     };
     let size = InputSize::new(cfg.size[0], cfg.size[1]);
-    let mut cache = ImageCache {
-        size,
-        images: HashMap::new(),
-    };
+    let mut cache = ImageCache::new(size);
     let started = Instant::now();
     let elapsed_before = record.elapsed_s;
     let end = match stop_after {
@@ -534,7 +552,7 @@ pub fn train(
                 (l.total, point)
             }
             Some(h) => {
-                let labels = semantic_labels(&dataset, &ep, &base_classes, size, device)?;
+                let labels = semantic_labels(&dataset, &mut cache, &ep, &semantic_lut, device)?;
                 let l = smcp::losses(h, &support_f, &query_f, &t, &labels);
                 let point = LossPoint {
                     iteration: it + 1,
@@ -595,7 +613,7 @@ pub fn describe(cfg: &TrainConfig, iterations: usize) -> String {
     let method = match &cfg.smcp {
         Some(s) => format!(
             "smcp ({} variant, head width {}, losses query + support + 0.1 x multi-class over {} classes)",
-            format!("{:?}", s.variant).to_lowercase(),
+            s.variant.name(),
             s.width,
             s.classes
         ),
@@ -647,23 +665,29 @@ pub fn smcp_head(
     }
 }
 
-/// SMCP's multi-class targets of an episode at the training size (flipped like the images):
-/// 0 background, `i + 1` for the i-th base class, 255 for every other (novel) class.
-fn semantic_labels(
-    dataset: &CocoMaskDataset,
-    ep: &edge::sampler::TrainingEpisode,
-    base_classes: &[u8],
-    size: InputSize,
-    device: Device,
-) -> Result<SemanticLabels> {
+/// Class index -> SMCP multi-class target: 0 background, `i + 1` for the i-th base class,
+/// 255 for every other (novel) class.
+fn semantic_lut(base_classes: &[u8]) -> [u8; 256] {
     let mut lut = [IGNORE as u8; 256];
     lut[0] = 0;
     for (i, &c) in base_classes.iter().enumerate() {
         lut[c as usize] = (i + 1) as u8;
     }
-    let label = |idx: usize, flip: bool| -> Result<Tensor> {
-        let m = resize_mask_nearest(&dataset.label_map(idx)?, size.height, size.width);
-        let m = if flip { flip_mask(&m) } else { m };
+    lut
+}
+
+/// SMCP's multi-class targets of an episode at the training size (flipped like the images),
+/// through [`semantic_lut`].
+fn semantic_labels(
+    dataset: &CocoMaskDataset,
+    cache: &mut ImageCache,
+    ep: &edge::sampler::TrainingEpisode,
+    lut: &[u8; 256],
+    device: Device,
+) -> Result<SemanticLabels> {
+    let size = cache.size;
+    let mut label = |idx: usize, flip: bool| -> Result<Tensor> {
+        let m = cache.label_map(dataset, idx, flip)?;
         let v: Vec<i64> = m.data.iter().map(|&c| lut[c as usize] as i64).collect();
         Ok(Tensor::from_slice(&v).view([1, size.height as i64, size.width as i64]))
     };

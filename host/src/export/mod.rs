@@ -413,7 +413,7 @@ pub fn export_bundle_with_head(
                 kind: "smcp".into(),
                 width: h.shape.width as usize,
                 dilations: h.shape.dilations.iter().map(|&d| d as usize).collect(),
-                variant: format!("{:?}", h.shape.variant).to_lowercase(),
+                variant: h.shape.variant.name().into(),
                 parameters: h.inference_parameters() as u64,
                 macs_per_pass: h.macs_per_pass(fh as i64, fw as i64) as u64,
                 passes: 2,
