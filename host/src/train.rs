@@ -422,6 +422,12 @@ pub fn train(
     resume: Option<RunRecord>,
     stop_after: Option<usize>,
 ) -> Result<()> {
+    if cfg.freeze_backbone && cfg.smcp.is_none() {
+        bail!(
+            "--freeze-backbone: method {} has nothing to train besides the backbone",
+            cfg.method
+        );
+    }
     let kind: BackboneKind = cfg.backbone.parse().map_err(|e| anyhow!("{e}"))?;
     let dataset = CocoMaskDataset::open(Path::new(&cfg.data))?;
     let subset = dataset.indices_of_split("train2017");
@@ -442,12 +448,6 @@ pub fn train(
     let head = smcp_head(&vs, &backbone, cfg)?;
     let semantic_lut = semantic_lut(&edge::data::coco::base_classes(cfg.split, cfg.fold));
     if cfg.freeze_backbone {
-        if head.is_none() {
-            bail!(
-                "--freeze-backbone: method {} has nothing to train besides the backbone",
-                cfg.method
-            );
-        }
         for (_, t) in backbone.named_parameters() {
             let _ = t.set_requires_grad(false);
         }

@@ -335,7 +335,7 @@ fn two_pass_inference_agrees_between_tch_and_tract() {
 }
 
 #[test]
-fn smcp_needs_a_trained_checkpoint_to_export_or_evaluate() {
+fn smcp_bad_arguments_are_one_clear_line() {
     let out = host(&[
         "export",
         "--no-train",
@@ -358,4 +358,23 @@ fn smcp_needs_a_trained_checkpoint_to_export_or_evaluate() {
     assert_clean_error(&out, &["needs a trained --checkpoint"]);
     let out = host(&["train", "--method", "dpnet", "--out", "/tmp/never"]);
     assert_clean_error(&out, &["not implemented yet"]);
+    let out = host(&[
+        "train",
+        "--method",
+        "panet",
+        "--freeze-backbone",
+        "--out",
+        "/tmp/never",
+    ]);
+    assert_clean_error(&out, &["--freeze-backbone", "nothing to train"]);
+    let out = host(&[
+        "train",
+        "--method",
+        "smcp",
+        "--head-width",
+        "4",
+        "--out",
+        "/tmp/never",
+    ]);
+    assert_clean_error(&out, &["--head-width must be at least 8"]);
 }
