@@ -209,6 +209,7 @@ mod tests {
             Prototypes {
                 background: vec![0.1, -0.2, 1e-7],
                 foreground: vec![vec![0.3, 0.4, 0.123_456_79]],
+                ..Prototypes::default()
             },
         )
     }

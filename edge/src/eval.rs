@@ -49,6 +49,12 @@ pub trait FeatureEncoder {
         let _ = input;
         cosine_logits(query, &prototypes.ordered(), PANET_SCALE)
     }
+    /// What the supports leave for scoring: N targets of K shots holding encoder features ->
+    /// the method's prototypes. The default is PANet's (also SMCP's); SG-One pools its
+    /// guidance features ([`crate::sgone`]), DPNet adds support memories ([`crate::dpnet`]).
+    fn prototypes(&mut self, ways: &[Vec<SupportShot>]) -> Result<Prototypes> {
+        panet_prototypes(ways)
+    }
 }
 
 /// One prediction of the model: labels at `label_size` (rows, columns), 0 = background,
@@ -164,7 +170,7 @@ fn davis_predictions(
                 ),
             ));
         }
-        let protos = panet_prototypes(&[vec![SupportShot::from_foreground(
+        let protos = model.prototypes(&[vec![SupportShot::from_foreground(
             features[0].clone(),
             support_mask,
         )]])?;
@@ -411,7 +417,7 @@ fn score_episode(
             Ok(SupportShot::from_foreground(cache.cache[&s].clone(), mask))
         })
         .collect::<Result<Vec<_>>>()?;
-    let protos = panet_prototypes(&[shots])?;
+    let protos = cache.encoder.prototypes(&[shots])?;
     let mut gt = dataset.class_mask(episode.query, episode.class_index)?;
     if label_at_input {
         gt = resize_mask_nearest(&gt, input.size.height, input.size.width);
@@ -906,7 +912,7 @@ pub fn folder_episodes(
                         Ok(SupportShot::from_foreground(cache.cache[&s].clone(), mask))
                     })
                     .collect::<Result<Vec<_>>>()?;
-                let protos = panet_prototypes(&[shots])?;
+                let protos = cache.encoder.prototypes(&[shots])?;
                 let gt = dataset.load_mask(e.query)?;
                 let pred = cache.predict(&protos, e.query, (gt.height, gt.width))?;
                 acc.add((e.class + 1) as u8, &pred, &gt)?;
@@ -1256,7 +1262,7 @@ pub fn pascal_episodes(
                         })
                     })
                     .collect::<Result<Vec<_>>>()?;
-                let protos = panet_prototypes(&[shots])?;
+                let protos = cache.encoder.prototypes(&[shots])?;
                 let gt = dataset.class_mask(e.query, e.class)?;
                 let mut pred = cache.predict(&protos, e.query, (gt.height, gt.width))?;
                 if let Some(ig) = dataset.ignore_label() {
@@ -1476,7 +1482,7 @@ fn score_placed_episode<D: PresetSource>(
             })
         })
         .collect::<Result<Vec<_>>>()?;
-    let protos = panet_prototypes(&[shots])?;
+    let protos = features.encoder.prototypes(&[shots])?;
     let (logits, placement) = features.head_logits(&protos, e.query)?;
     let label = source.class_mask(e.query, e.class)?;
     let (mut pred, gt) = if label_at_input {
@@ -1981,6 +1987,10 @@ pub struct ProtocolArgs {
     /// (one pass, the support prototype alone) or pseudo (the query's pseudo-prototype alone).
     #[arg(long, value_enum, default_value = "fused")]
     pub smcp_guidance: crate::smcp::SmcpGuidance,
+    /// SG-One with several shots: avg (one pass with the mean of the shots' guidance vectors,
+    /// the paper's better variant) or max (one pass per shot, union of the predictions).
+    #[arg(long, value_enum, default_value = "avg")]
+    pub sgone_kshot: crate::sgone::SgOneKShot,
     /// Also write the results as a Markdown table (per fold mIoU and FB-IoU, mean ± std over
     /// runs) to FILE.
     #[arg(long, value_name = "FILE")]

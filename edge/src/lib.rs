@@ -6,6 +6,7 @@
 
 pub mod bundle;
 pub mod data;
+pub mod dpnet;
 pub mod error;
 pub mod eval;
 pub mod fsutil;
@@ -15,6 +16,7 @@ pub mod presets;
 pub mod prototype;
 pub mod report;
 pub mod sampler;
+pub mod sgone;
 pub mod smcp;
 pub mod tensor;
 

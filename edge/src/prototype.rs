@@ -118,12 +118,21 @@ impl SupportShot {
     }
 }
 
-/// PANet prototypes of one episode: one shared background prototype and one foreground
-/// prototype per way (target), in that order when scoring.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// What an episode's supports leave for scoring the query: one shared background prototype
+/// and one foreground prototype per way (target), in that order when scoring (PANet); SG-One's
+/// guidance vectors (background unused, the per-shot vectors kept for its K-shot "max"); DPNet's
+/// prototypes with each target's support memory ([`crate::dpnet`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct Prototypes {
     pub background: Vec<f32>,
     pub foreground: Vec<Vec<f32>>,
+    /// Per target, the foreground vector of each shot (SG-One's K-shot "max"; empty otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub per_shot: Vec<Vec<Vec<f32>>>,
+    /// Per target, the downsampled support features and mask of its shots (DPNet; empty
+    /// otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub memories: Vec<crate::dpnet::SupportMemory>,
 }
 
 impl Prototypes {
@@ -190,6 +199,7 @@ pub fn panet_prototypes(ways: &[Vec<SupportShot>]) -> Result<Prototypes> {
             .map(|v| (v / n_shots as f64) as f32)
             .collect(),
         foreground,
+        ..Prototypes::default()
     })
 }
 

@@ -22,10 +22,12 @@ pub use support::{compute_prototypes, SupportShotSpec, TargetSpec};
 pub use tract_backend::TractBackend;
 
 use crate::bundle::{sha256_file, Dim, GraphSpec, Manifest, TensorSpec, MANIFEST_FILE};
+use crate::dpnet::{dpnet_logits, dpnet_prototypes, DualPrototypeHead, SupportMemory};
 use crate::error::{EdgeError, Result};
 use crate::eval::{FeatureEncoder, ScoringInput};
 use crate::preprocess::{prepare_input, InputSize, Normalization};
-use crate::prototype::{cosine_logits, Prototypes};
+use crate::prototype::{cosine_logits, panet_prototypes, Prototypes, SupportShot};
+use crate::sgone::{sgone_logits, sgone_prototypes, GuidedHead, SgOneKShot};
 use crate::smcp::{smcp_logits, PrototypeHead, SmcpGuidance};
 use crate::tensor::FeatureMap;
 use image::RgbImage;
@@ -209,14 +211,16 @@ impl Bundle {
         match (m.method.as_str(), m.graphs.head.is_some()) {
             ("panet", false) if m.prototype.kind == "panet" => Ok(BundleMethod::Panet),
             ("smcp", true) => Ok(BundleMethod::Smcp),
-            ("smcp", false) => Err(EdgeError::invalid(
+            ("sgone", true) => Ok(BundleMethod::SgOne),
+            ("dpnet", true) => Ok(BundleMethod::DpNet),
+            (m @ ("smcp" | "sgone" | "dpnet"), false) => Err(EdgeError::invalid(
                 &self.manifest_path(),
-                "method 'smcp' needs a head graph, but graphs.head is null",
+                format!("method '{m}' needs a head graph, but graphs.head is null"),
             )),
             _ => Err(EdgeError::invalid(
                 &self.manifest_path(),
                 format!(
-                    "method '{}' (prototype kind '{}') is not supported by this edge: it runs PANet and SMCP bundles",
+                    "method '{}' (prototype kind '{}') is not supported by this edge: it runs PANet, SMCP, SG-One and DPNet bundles",
                     m.method, m.prototype.kind
                 ),
             )),
@@ -270,6 +274,8 @@ impl Bundle {
 pub enum BundleMethod {
     Panet,
     Smcp,
+    SgOne,
+    DpNet,
 }
 
 /// The first 12 characters of a hash (any string: it may come from a damaged file).
@@ -391,31 +397,69 @@ enum MethodHead {
         graph: HeadGraph,
         guidance: SmcpGuidance,
     },
+    /// The head graph with guidance vectors; its `guidance` output pools the supports.
+    SgOne { graph: HeadGraph, kshot: SgOneKShot },
+    /// The head graph with the prototype and the support memory, one pass per target.
+    DpNet { graph: HeadGraph },
 }
 
-/// A prototype-conditioned head graph (SMCP): inputs query features `[1, C, h, w]` and a
-/// prototype `[1, C]` (named in the manifest), output logits `[1, 2, h, w]`.
+/// The inputs a head graph takes, in the order the manifest's `graphs.head.inputs` lists them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeadInputs {
+    /// `features` `[1, C, h, w]`, `prototype` `[1, D]` (SMCP, SG-One).
+    Prototype,
+    /// ... and `support_features` `[1, C, n]`, `support_mask` `[1, n]` (DPNet).
+    PrototypeAndMemory,
+}
+
+impl HeadInputs {
+    fn names(self) -> &'static str {
+        match self {
+            HeadInputs::Prototype => "features, prototype",
+            HeadInputs::PrototypeAndMemory => "features, prototype, support_features, support_mask",
+        }
+    }
+    fn count(self) -> usize {
+        match self {
+            HeadInputs::Prototype => 2,
+            HeadInputs::PrototypeAndMemory => 4,
+        }
+    }
+}
+
+/// A prototype-conditioned head graph: query features `[1, C, h, w]`, a prototype `[1, D]`
+/// and for DPNet the support memory (ports named in the manifest, in its order) -> logits
+/// `[1, 2, h, w]` (the manifest's first output) and for SG-One the guidance features
+/// `[1, D, h, w]` (its second output).
 pub struct HeadGraph {
     backend: Box<dyn InferenceBackend>,
     channels: usize,
-    /// Position of the features among the graph's inputs (the prototype is the other one).
-    features_index: usize,
+    /// Length of the prototype (C for SMCP and DPNet; the guidance width for SG-One).
+    prototype_dim: usize,
+    /// For each manifest input (in manifest order), its position among the graph's inputs.
+    positions: Vec<usize>,
     output_index: usize,
+    guidance_index: Option<usize>,
 }
 
 impl HeadGraph {
-    /// Checks the graph's ports against the manifest's head spec.
+    /// Checks the graph's ports against the manifest's head spec: `inputs` as listed, and
+    /// `outputs` outputs (1: logits; 2: logits and guidance features).
     pub fn new(
         backend: Box<dyn InferenceBackend>,
         spec: &GraphSpec,
         channels: usize,
+        inputs: HeadInputs,
+        outputs: usize,
     ) -> Result<HeadGraph> {
         let graph = backend.graph_path().to_path_buf();
         let names: Vec<&str> = backend.inputs().iter().map(|p| p.name.as_str()).collect();
         let bad = |msg: String| Err(EdgeError::invalid(&graph, msg));
-        if spec.inputs.len() != 2 || spec.outputs.is_empty() {
+        if spec.inputs.len() != inputs.count() || spec.outputs.len() < outputs {
             return bad(format!(
-                "{MANIFEST_FILE} graphs.head must name 2 inputs (features, prototype) and an output; it names {} and {}",
+                "{MANIFEST_FILE} graphs.head must name {} inputs ({}) and {outputs} output(s); it names {} and {}",
+                inputs.count(),
+                inputs.names(),
                 spec.inputs.len(),
                 spec.outputs.len()
             ));
@@ -435,59 +479,118 @@ impl HeadGraph {
                 }
             }
         }
-        if backend.inputs().len() != 2 {
+        if backend.inputs().len() != inputs.count() {
             return bad(format!(
-                "the head graph has inputs {names:?}; expected 2 (features, prototype)"
+                "the head graph has inputs {names:?}; expected {} ({})",
+                inputs.count(),
+                inputs.names()
             ));
         }
-        let out = &spec.outputs[0];
-        let output_index = backend
-            .outputs()
-            .iter()
-            .position(|p| p.name == out.name)
-            .ok_or_else(|| {
-                EdgeError::invalid(
-                    &graph,
-                    format!("the head graph has no output '{}'", out.name),
-                )
-            })?;
-        check_port(&graph, "output", &backend.outputs()[output_index], out)?;
+        let prototype_dim = match spec.inputs[1].shape.as_slice() {
+            [_, Dim::Fixed(d)] => *d,
+            _ => {
+                return bad(format!(
+                    "{MANIFEST_FILE} graphs.head input '{}' must be [1, D] with a fixed D",
+                    spec.inputs[1].name
+                ))
+            }
+        };
+        let mut output_indices = Vec::new();
+        for out in &spec.outputs[..outputs] {
+            let i = backend
+                .outputs()
+                .iter()
+                .position(|p| p.name == out.name)
+                .ok_or_else(|| {
+                    EdgeError::invalid(
+                        &graph,
+                        format!("the head graph has no output '{}'", out.name),
+                    )
+                })?;
+            check_port(&graph, "output", &backend.outputs()[i], out)?;
+            output_indices.push(i);
+        }
         Ok(HeadGraph {
             backend,
             channels,
-            features_index: positions[0],
-            output_index,
+            prototype_dim,
+            positions,
+            output_index: output_indices[0],
+            guidance_index: output_indices.get(1).copied(),
         })
     }
-}
 
-impl PrototypeHead for HeadGraph {
-    fn pass(&mut self, query: &FeatureMap, prototype: &[f32]) -> Result<FeatureMap> {
-        let c = self.channels;
-        if query.channels != c || prototype.len() != c {
-            return Err(EdgeError::input(format!(
-                "the head takes {c}-channel features and prototypes; got {} and {}",
-                query.channels,
-                prototype.len()
-            )));
+    /// Runs the graph on `inputs` given in manifest order.
+    fn run_ordered(&mut self, inputs: &[TensorRef<'_>]) -> Result<Vec<F32Tensor>> {
+        let mut ordered = inputs.to_vec();
+        for (m, &g) in self.positions.iter().enumerate() {
+            ordered[g] = inputs[m];
         }
-        let fshape = [1, c, query.height, query.width];
-        let pshape = [1, c];
-        let f = TensorRef::new(&fshape, &query.data)?;
-        let p = TensorRef::new(&pshape, prototype)?;
-        let inputs = if self.features_index == 0 {
-            [f, p]
-        } else {
-            [p, f]
-        };
-        let mut outs = self.backend.run(&inputs)?;
-        if self.output_index >= outs.len() {
+        let outs = self.backend.run(&ordered)?;
+        let need = self.output_index.max(self.guidance_index.unwrap_or(0));
+        if need >= outs.len() {
             return Err(EdgeError::invalid(
                 self.backend.graph_path(),
                 format!("the head graph returned {} outputs", outs.len()),
             ));
         }
-        let out = outs.swap_remove(self.output_index);
+        Ok(outs)
+    }
+
+    fn check_inputs(&self, query: &FeatureMap, prototype: &[f32]) -> Result<()> {
+        if query.channels != self.channels || prototype.len() != self.prototype_dim {
+            return Err(EdgeError::input(format!(
+                "the head takes {}-channel features and {}-value prototypes; got {} and {}",
+                self.channels,
+                self.prototype_dim,
+                query.channels,
+                prototype.len()
+            )));
+        }
+        Ok(())
+    }
+
+    /// One pass: logits `[2, h, w]` (and the raw outputs, for the guidance features).
+    fn pass_with(
+        &mut self,
+        query: &FeatureMap,
+        prototype: &[f32],
+        memory: Option<&SupportMemory>,
+    ) -> Result<(FeatureMap, Vec<F32Tensor>)> {
+        self.check_inputs(query, prototype)?;
+        let fshape = [1, self.channels, query.height, query.width];
+        let pshape = [1, self.prototype_dim];
+        let mut inputs = vec![
+            TensorRef::new(&fshape, &query.data)?,
+            TensorRef::new(&pshape, prototype)?,
+        ];
+        let (mf, mm);
+        if self.positions.len() == 4 {
+            let m = memory.ok_or_else(|| {
+                EdgeError::input("the DPNet head needs the target's support memory")
+            })?;
+            if m.channels != self.channels || m.features.len() != m.channels * m.locations {
+                return Err(EdgeError::input(format!(
+                    "a support memory of {} channels x {} locations ({} values) does not fit a {}-channel head",
+                    m.channels,
+                    m.locations,
+                    m.features.len(),
+                    self.channels
+                )));
+            }
+            mf = [1, self.channels, m.locations];
+            mm = [1, m.locations];
+            inputs.push(TensorRef::new(&mf, &m.features)?);
+            inputs.push(TensorRef::new(&mm, &m.mask)?);
+        }
+        let mut outs = self.run_ordered(&inputs)?;
+        let out = std::mem::replace(
+            &mut outs[self.output_index],
+            F32Tensor {
+                shape: vec![],
+                data: vec![],
+            },
+        );
         if out.shape != [1, 2, query.height, query.width] {
             return Err(EdgeError::invalid(
                 self.backend.graph_path(),
@@ -497,7 +600,67 @@ impl PrototypeHead for HeadGraph {
                 ),
             ));
         }
-        FeatureMap::new(2, query.height, query.width, out.data)
+        Ok((
+            FeatureMap::new(2, query.height, query.width, out.data)?,
+            outs,
+        ))
+    }
+}
+
+impl PrototypeHead for HeadGraph {
+    fn pass(&mut self, query: &FeatureMap, prototype: &[f32]) -> Result<FeatureMap> {
+        Ok(self.pass_with(query, prototype, None)?.0)
+    }
+}
+
+impl GuidedHead for HeadGraph {
+    fn guidance(&mut self, features: &FeatureMap) -> Result<FeatureMap> {
+        let gi = self.guidance_index.ok_or_else(|| {
+            EdgeError::invalid(
+                self.backend.graph_path(),
+                "the head graph has no guidance output",
+            )
+        })?;
+        // The guidance features do not depend on the vector: any vector will do.
+        let zeros = vec![0f32; self.prototype_dim];
+        let (_, mut outs) = self.pass_with(features, &zeros, None)?;
+        let g = std::mem::replace(
+            &mut outs[gi],
+            F32Tensor {
+                shape: vec![],
+                data: vec![],
+            },
+        );
+        if g.shape != [1, self.prototype_dim, features.height, features.width] {
+            return Err(EdgeError::invalid(
+                self.backend.graph_path(),
+                format!(
+                    "the head graph's guidance output is {:?} for {}x{} features (expected [1, {}, {}, {}])",
+                    g.shape,
+                    features.height,
+                    features.width,
+                    self.prototype_dim,
+                    features.height,
+                    features.width
+                ),
+            ));
+        }
+        FeatureMap::new(self.prototype_dim, features.height, features.width, g.data)
+    }
+
+    fn pass(&mut self, query: &FeatureMap, vector: &[f32]) -> Result<FeatureMap> {
+        Ok(self.pass_with(query, vector, None)?.0)
+    }
+}
+
+impl DualPrototypeHead for HeadGraph {
+    fn pass(
+        &mut self,
+        query: &FeatureMap,
+        prototype: &[f32],
+        memory: &SupportMemory,
+    ) -> Result<FeatureMap> {
+        Ok(self.pass_with(query, prototype, Some(memory))?.0)
     }
 }
 
@@ -521,17 +684,31 @@ impl BundleEncoder {
             BundleMethod::Panet => MethodHead::Panet {
                 scale: bundle.manifest.prototype.scale,
             },
-            BundleMethod::Smcp => {
+            method => {
                 let path = bundle.head_path().expect("Bundle::method checked the head");
                 let spec = bundle.manifest.graphs.head.clone().expect("checked");
+                let (inputs, outputs) = match method {
+                    BundleMethod::DpNet => (HeadInputs::PrototypeAndMemory, 1),
+                    BundleMethod::SgOne => (HeadInputs::Prototype, 2),
+                    _ => (HeadInputs::Prototype, 1),
+                };
                 let graph = HeadGraph::new(
                     Box::new(TractBackend::open(&path)?),
                     &spec,
                     bundle.manifest.feature.channels,
+                    inputs,
+                    outputs,
                 )?;
-                MethodHead::Smcp {
-                    graph,
-                    guidance: SmcpGuidance::default(),
+                match method {
+                    BundleMethod::SgOne => MethodHead::SgOne {
+                        graph,
+                        kshot: SgOneKShot::default(),
+                    },
+                    BundleMethod::DpNet => MethodHead::DpNet { graph },
+                    _ => MethodHead::Smcp {
+                        graph,
+                        guidance: SmcpGuidance::default(),
+                    },
                 }
             }
         };
@@ -581,6 +758,45 @@ impl BundleEncoder {
         }
     }
 
+    /// How an SG-One bundle combines K shots (no effect on other bundles).
+    pub fn set_sgone_kshot(&mut self, k: SgOneKShot) {
+        if let MethodHead::SgOne { kshot, .. } = &mut self.head {
+            *kshot = k;
+        }
+    }
+
+    /// The method's prototypes of N targets of K shots holding encoder features (PANet and
+    /// SMCP: masked average pools; SG-One: pools of the head's guidance features; DPNet: with
+    /// the support memories).
+    pub fn prototypes(&mut self, ways: &[Vec<SupportShot>]) -> Result<Prototypes> {
+        match &mut self.head {
+            MethodHead::Panet { .. } | MethodHead::Smcp { .. } => panet_prototypes(ways),
+            MethodHead::SgOne { graph, .. } => sgone_prototypes(graph, ways),
+            MethodHead::DpNet { .. } => dpnet_prototypes(ways),
+        }
+    }
+
+    /// The features a support's prototype is pooled from (SG-One: the head's guidance
+    /// features; every other method: the encoder features themselves).
+    pub fn support_features(&mut self, features: FeatureMap) -> Result<FeatureMap> {
+        match &mut self.head {
+            MethodHead::SgOne { graph, .. } => graph.guidance(&features),
+            _ => Ok(features),
+        }
+    }
+
+    /// Whether the live runtime can pool this bundle's targets the way its method needs
+    /// (DPNet's support memories are not kept by the live target store).
+    pub fn live_supported(&self) -> Result<()> {
+        if let MethodHead::DpNet { .. } = self.head {
+            return Err(EdgeError::invalid(
+                &self.bundle.manifest_path(),
+                "DPNet bundles run in `edge eval` and `edge segment`; the live runtime does not keep DPNet's support memories yet",
+            ));
+        }
+        Ok(())
+    }
+
     /// The method's logits `[N + 1, h, w]` at feature resolution for query `features` encoded
     /// at `input`: PANet's cosine x`scale`, or SMCP's two passes per target.
     pub fn head_logits(
@@ -594,6 +810,8 @@ impl BundleEncoder {
             MethodHead::Smcp { graph, guidance } => {
                 smcp_logits(graph, prototypes, features, input, *guidance)
             }
+            MethodHead::SgOne { graph, kshot } => sgone_logits(graph, prototypes, features, *kshot),
+            MethodHead::DpNet { graph } => dpnet_logits(graph, prototypes, features),
         }
     }
 
@@ -715,6 +933,10 @@ impl FeatureEncoder for BundleEncoder {
         input: InputSize,
     ) -> Result<FeatureMap> {
         BundleEncoder::head_logits(self, prototypes, query, input)
+    }
+
+    fn prototypes(&mut self, ways: &[Vec<SupportShot>]) -> Result<Prototypes> {
+        BundleEncoder::prototypes(self, ways)
     }
 }
 

@@ -67,6 +67,20 @@ pub fn method_label(method: &str, guidance: SmcpGuidance) -> String {
     }
 }
 
+/// The method as an evaluation report names it: [`method_label`], and `sgone/max` for SG-One's
+/// K-shot union with more than one shot.
+pub fn report_label(
+    method: &str,
+    guidance: SmcpGuidance,
+    kshot: crate::sgone::SgOneKShot,
+    shots: usize,
+) -> String {
+    if method == "sgone" && shots > 1 && kshot == crate::sgone::SgOneKShot::Max {
+        return "sgone/max".into();
+    }
+    method_label(method, guidance)
+}
+
 /// What the two passes did for one target.
 #[derive(Debug, Clone)]
 pub struct TwoPass {
@@ -303,6 +317,7 @@ mod tests {
         let protos = Prototypes {
             background: vec![0.0, 0.0],
             foreground: vec![vec![1.0, 0.0], vec![0.0, 1.0], vec![-1.0, -1.0]],
+            ..Prototypes::default()
         };
         let mut head = dot_head(0.5);
         let l = smcp_logits(

@@ -11,14 +11,20 @@ use std::path::PathBuf;
 pub enum Method {
     Panet,
     Smcp,
+    #[serde(rename = "sgone")]
+    SgOne,
+    #[serde(rename = "dpnet")]
+    DpNet,
 }
 
 impl Method {
-    pub const KNOWN: &'static str = "panet, smcp";
+    pub const KNOWN: &'static str = "panet, smcp, sgone, dpnet";
     pub fn name(self) -> &'static str {
         match self {
             Method::Panet => "panet",
             Method::Smcp => "smcp",
+            Method::SgOne => "sgone",
+            Method::DpNet => "dpnet",
         }
     }
 }
@@ -29,10 +35,8 @@ impl std::str::FromStr for Method {
         match s.to_ascii_lowercase().as_str() {
             "panet" => Ok(Method::Panet),
             "smcp" => Ok(Method::Smcp),
-            "sgone" | "sg-one" | "dpnet" => Err(format!(
-                "method '{s}' is not implemented yet (implemented: {})",
-                Method::KNOWN
-            )),
+            "sgone" | "sg-one" => Ok(Method::SgOne),
+            "dpnet" => Ok(Method::DpNet),
             _ => Err(format!("unknown method '{s}' (known: {})", Method::KNOWN)),
         }
     }
@@ -125,8 +129,14 @@ pub struct TrainArgs {
     /// code (support branch without PFF, constant lr, wd 5e-4).
     #[arg(long, value_enum, default_value = "paper")]
     pub smcp_variant: crate::smcp::SmcpVariant,
-    /// SMCP: head width (512 in the paper with VGG-16). The default 96 keeps a frame's two
-    /// head passes below the cost of the EfficientNet-Lite0 encoder at stride 16.
+    /// SG-One: follow the paper (plain 1x1 exit conv, per-shot pooling, 255 ignored) or the
+    /// official code's quirks (exit conv padding 1, batch-wide mask sum, 255 as foreground;
+    /// host only: not exportable).
+    #[arg(long, value_enum, default_value = "paper")]
+    pub sgone_variant: crate::sgone::SgOneVariant,
+    /// SMCP, SG-One, DPNet: head width (SMCP 512 and SG-One 512/128 in the papers with
+    /// VGG-16). The default 96 keeps a frame's head passes below the cost of the
+    /// EfficientNet-Lite0 encoder at stride 16.
     #[arg(long, default_value_t = 96)]
     pub head_width: i64,
     /// Training input size, rows x columns.

@@ -3,27 +3,33 @@
 
 use crate::backbone::{Backbone, BackboneKind, BackboneOptions};
 use crate::cli::{EvalArgs, Method};
-use crate::smcp::{SmcpHead, TchPrototypeHead};
-use crate::train::{initial_weights, smcp_head, RunRecord, FEATURE_STRIDE};
+use crate::dpnet::TchDualHead;
+use crate::heads::MethodHead;
+use crate::sgone::TchGuidedHead;
+use crate::smcp::TchPrototypeHead;
+use crate::train::{initial_weights, method_head, RunRecord, FEATURE_STRIDE};
 use anyhow::{anyhow, bail, Result};
+use edge::dpnet::{dpnet_logits, dpnet_prototypes};
 use edge::eval::{FeatureEncoder, ScoringInput};
 use edge::preprocess::{InputSize, Normalization};
-use edge::prototype::{cosine_logits, Prototypes, PANET_SCALE};
+use edge::prototype::{cosine_logits, panet_prototypes, Prototypes, SupportShot, PANET_SCALE};
 use edge::report::EvalReport;
+use edge::sgone::{sgone_logits, sgone_prototypes, SgOneKShot};
 use edge::smcp::{smcp_logits, SmcpGuidance};
 use edge::tensor::FeatureMap;
 use std::path::Path;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 /// The backbone in tch as a [`FeatureEncoder`] for the shared harness, with the method's head
-/// (PANet: the shared cosine scoring; SMCP: its head in tch under the shared two-pass
-/// inference).
+/// (PANet: the shared cosine scoring; SMCP, SG-One, DPNet: their heads in tch under the shared
+/// inference of `edge::smcp`, `edge::sgone`, `edge::dpnet`).
 pub struct TchEncoder {
     pub backbone: Backbone,
     pub stride: i64,
     pub batch: usize,
-    pub smcp: Option<SmcpHead>,
+    pub head: Option<MethodHead>,
     pub guidance: SmcpGuidance,
+    pub sgone_kshot: SgOneKShot,
     vs: VarStore,
 }
 
@@ -47,13 +53,14 @@ impl TchEncoder {
             backbone,
             stride: FEATURE_STRIDE,
             batch: batch.max(1),
-            smcp: None,
+            head: None,
             guidance: SmcpGuidance::default(),
+            sgone_kshot: SgOneKShot::default(),
             vs,
         })
     }
 
-    /// A trained model of a run: its backbone and, for SMCP, its head (from the run's
+    /// A trained model of a run: its backbone and its method's head (from the run's
     /// checkpoint).
     pub fn from_run(
         record: &RunRecord,
@@ -64,8 +71,8 @@ impl TchEncoder {
         let kind = record.backbone_kind()?;
         let model = record.model_path(dir);
         let mut enc = TchEncoder::load(kind, Some(&model), device, batch)?;
-        enc.smcp = smcp_head(&enc.vs, &enc.backbone, &record.config)?;
-        if let Some(h) = &enc.smcp {
+        enc.head = method_head(&enc.vs, &enc.backbone, &record.config)?;
+        if let Some(h) = &enc.head {
             h.load_weights(&model)?;
         }
         Ok(enc)
@@ -95,6 +102,21 @@ pub fn tensor_to_maps(t: &Tensor) -> Result<Vec<FeatureMap>> {
         .collect()
 }
 
+/// A feature map as a `[1, C, h, w]` tensor on `device`.
+pub fn feature_tensor(f: &FeatureMap, device: Device) -> Tensor {
+    Tensor::from_slice(&f.data)
+        .view([1, f.channels as i64, f.height as i64, f.width as i64])
+        .to_device(device)
+}
+
+/// The first map of a `[N, C, h, w]` tensor (a head's output), errors naming `what`.
+pub fn first_map(t: &Tensor, what: &str) -> edge::Result<FeatureMap> {
+    let maps = tensor_to_maps(t).map_err(|e| edge::EdgeError::input(format!("{what}: {e}")))?;
+    maps.into_iter()
+        .next()
+        .ok_or_else(|| edge::EdgeError::input(format!("{what}: no output")))
+}
+
 impl FeatureEncoder for TchEncoder {
     fn encode_batch(
         &mut self,
@@ -121,15 +143,32 @@ impl FeatureEncoder for TchEncoder {
         query: &FeatureMap,
         input: InputSize,
     ) -> edge::Result<FeatureMap> {
-        match &self.smcp {
+        let device = self.backbone.device();
+        match &self.head {
             None => cosine_logits(query, &prototypes.ordered(), PANET_SCALE),
-            Some(head) => {
-                let mut pass = TchPrototypeHead {
-                    head,
-                    device: self.backbone.device(),
-                };
+            Some(MethodHead::Smcp(head)) => {
+                let mut pass = TchPrototypeHead { head, device };
                 smcp_logits(&mut pass, prototypes, query, input, self.guidance)
             }
+            Some(MethodHead::SgOne(head)) => {
+                let mut pass = TchGuidedHead { head, device };
+                sgone_logits(&mut pass, prototypes, query, self.sgone_kshot)
+            }
+            Some(MethodHead::DpNet(head)) => {
+                let mut pass = TchDualHead { head, device };
+                dpnet_logits(&mut pass, prototypes, query)
+            }
+        }
+    }
+
+    fn prototypes(&mut self, ways: &[Vec<SupportShot>]) -> edge::Result<Prototypes> {
+        let device = self.backbone.device();
+        match &self.head {
+            None | Some(MethodHead::Smcp(_)) => panet_prototypes(ways),
+            Some(MethodHead::SgOne(head)) => {
+                sgone_prototypes(&mut TchGuidedHead { head, device }, ways)
+            }
+            Some(MethodHead::DpNet(_)) => dpnet_prototypes(ways),
         }
     }
 }
@@ -160,6 +199,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         }
     };
     encoder.guidance = args.eval.smcp_guidance;
+    encoder.sgone_kshot = args.eval.sgone_kshot;
     // A preset with a fixed input size sets it; `oslsm` feeds every image at its own size.
     let size = args
         .eval
@@ -173,7 +213,12 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let base = EvalReport::new(
         "",
         args.eval.data.display().to_string(),
-        edge::smcp::method_label(method.name(), args.eval.smcp_guidance),
+        edge::smcp::report_label(
+            method.name(),
+            args.eval.smcp_guidance,
+            args.eval.sgone_kshot,
+            args.eval.shots,
+        ),
         kind.name(),
         [size.height, size.width],
         "fp32",

@@ -79,7 +79,14 @@ impl SmcpShape {
 }
 
 /// A 3x3 (or 1x1) conv with bias, PyTorch's default initialisation (as the SMCP code).
-fn conv(scope: &Scope, name: &str, cin: i64, cout: i64, k: i64, dilation: i64) -> Conv2d {
+pub(crate) fn conv(
+    scope: &Scope,
+    name: &str,
+    cin: i64,
+    cout: i64,
+    k: i64,
+    dilation: i64,
+) -> Conv2d {
     let cfg = Conv2dConfig::new(cin, cout, k)
         .dilation(dilation)
         .bias(true)
@@ -356,23 +363,12 @@ impl edge::smcp::PrototypeHead for TchPrototypeHead<'_> {
         query: &edge::FeatureMap,
         prototype: &[f32],
     ) -> edge::Result<edge::FeatureMap> {
-        let (c, h, w) = (
-            query.channels as i64,
-            query.height as i64,
-            query.width as i64,
-        );
-        let f = Tensor::from_slice(&query.data)
-            .view([1, c, h, w])
-            .to_device(self.device);
+        let f = crate::eval::feature_tensor(query, self.device);
         let p = Tensor::from_slice(prototype)
-            .view([1, c])
+            .view([1, query.channels as i64])
             .to_device(self.device);
         let logits = tch::no_grad(|| self.head.pass(&f, &p, true));
-        let maps = crate::eval::tensor_to_maps(&logits)
-            .map_err(|e| edge::EdgeError::input(format!("SMCP head: {e}")))?;
-        maps.into_iter()
-            .next()
-            .ok_or_else(|| edge::EdgeError::input("SMCP head: no output"))
+        crate::eval::first_map(&logits, "SMCP head")
     }
 }
 

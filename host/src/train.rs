@@ -12,8 +12,11 @@
 
 use crate::backbone::{default_weights_path, Backbone, BackboneKind, BackboneOptions};
 use crate::cli::{Method, TrainArgs};
+use crate::dpnet::{DpNetHead, DpNetShape};
+use crate::heads::MethodHead;
 use crate::optim::Sgd;
 use crate::panet::{self, EpisodeTensors, IGNORE};
+use crate::sgone::{SgOneHead, SgOneShape, SgOneVariant};
 use crate::smcp::{self, SemanticLabels, SmcpHead, SmcpShape, SmcpVariant};
 use anyhow::{anyhow, bail, Context, Result};
 use edge::data::coco::{CocoMaskDataset, FoldSplit};
@@ -58,9 +61,28 @@ pub struct TrainConfig {
     /// The backbone stays at its initial weights; only the head trains.
     #[serde(default)]
     pub freeze_backbone: bool,
-    /// SMCP's head (absent for PANet).
+    /// SMCP's head (absent for other methods).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub smcp: Option<SmcpConfig>,
+    /// SG-One's head.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sgone: Option<SgOneConfig>,
+    /// DPNet's head.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpnet: Option<DpNetConfig>,
+}
+
+/// The SG-One head of a run.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct SgOneConfig {
+    pub width: i64,
+    pub variant: SgOneVariant,
+}
+
+/// The DPNet head of a run.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct DpNetConfig {
+    pub width: i64,
 }
 
 /// Learning-rate schedules.
@@ -98,6 +120,9 @@ pub struct LossPoint {
     /// SMCP's multi-class loss (before its 0.1 weight).
     #[serde(default)]
     pub multi_class: f64,
+    /// DPNet's auxiliary loss (mean over scales, before its weight).
+    #[serde(default)]
+    pub aux: f64,
     pub lr: f64,
 }
 
@@ -268,12 +293,13 @@ fn episode_tensors(
 }
 
 fn write_csv(history: &[LossPoint], path: &Path) -> Result<()> {
-    let mut s =
-        String::from("iteration,loss,query_loss,align_loss,support_loss,multiclass_loss,lr\n");
+    let mut s = String::from(
+        "iteration,loss,query_loss,align_loss,support_loss,multiclass_loss,aux_loss,lr\n",
+    );
     for p in history {
         s.push_str(&format!(
-            "{},{:.6},{:.6},{:.6},{:.6},{:.6},{:e}\n",
-            p.iteration, p.loss, p.query, p.align, p.support, p.multi_class, p.lr
+            "{},{:.6},{:.6},{:.6},{:.6},{:.6},{:.6},{:e}\n",
+            p.iteration, p.loss, p.query, p.align, p.support, p.multi_class, p.aux, p.lr
         ));
     }
     edge::fsutil::write_atomic(path, s.as_bytes())?;
@@ -330,12 +356,30 @@ fn config_from_args(args: &TrainArgs, weights: &Option<PathBuf>) -> Result<Train
         .clone()
         .unwrap_or_else(|| vec![args.iterations / 3, 2 * args.iterations / 3]);
     let split = FoldSplit::Interleaved;
+    if args.method != Method::Panet && args.head_width < 8 {
+        bail!("--head-width must be at least 8");
+    }
+    let (sgone, dpnet) = match args.method {
+        Method::SgOne => (
+            Some(SgOneConfig {
+                width: args.head_width,
+                variant: args.sgone_variant,
+            }),
+            None,
+        ),
+        Method::DpNet => (
+            None,
+            Some(DpNetConfig {
+                width: args.head_width,
+            }),
+        ),
+        _ => (None, None),
+    };
     let (weight_decay, lr_schedule, smcp) = match args.method {
-        Method::Panet => (args.weight_decay.unwrap_or(5e-4), LrSchedule::Step, None),
+        Method::Panet | Method::SgOne | Method::DpNet => {
+            (args.weight_decay.unwrap_or(5e-4), LrSchedule::Step, None)
+        }
         Method::Smcp => {
-            if args.head_width < 8 {
-                bail!("--head-width must be at least 8");
-            }
             let (wd, schedule) = match args.smcp_variant {
                 SmcpVariant::Paper => (1e-4, LrSchedule::Poly { power: 0.9 }),
                 SmcpVariant::Code => (5e-4, LrSchedule::Constant),
@@ -378,6 +422,8 @@ fn config_from_args(args: &TrainArgs, weights: &Option<PathBuf>) -> Result<Train
         checkpoint_every: args.checkpoint_every,
         lr_schedule,
         smcp,
+        sgone,
+        dpnet,
         freeze_backbone: args.freeze_backbone,
     })
 }
@@ -422,7 +468,7 @@ pub fn train(
     resume: Option<RunRecord>,
     stop_after: Option<usize>,
 ) -> Result<()> {
-    if cfg.freeze_backbone && cfg.smcp.is_none() {
+    if cfg.freeze_backbone && cfg.method == Method::Panet {
         bail!(
             "--freeze-backbone: method {} has nothing to train besides the backbone",
             cfg.method
@@ -445,7 +491,7 @@ pub fn train(
         },
     )?;
     backbone.set_bn_frozen(!cfg.train_bn);
-    let head = smcp_head(&vs, &backbone, cfg)?;
+    let head = method_head(&vs, &backbone, cfg)?;
     let semantic_lut = semantic_lut(&edge::data::coco::base_classes(cfg.split, cfg.fold));
     if cfg.freeze_backbone {
         for (_, t) in backbone.named_parameters() {
@@ -537,31 +583,55 @@ pub fn train(
             backbone.forward_to(&images, cfg.feature_stride, true)?
         };
         let (support_f, query_f) = (feats.narrow(0, 0, k), feats.narrow(0, k, 1));
+        let zero = LossPoint {
+            iteration: it + 1,
+            loss: 0.0,
+            query: 0.0,
+            align: 0.0,
+            support: 0.0,
+            multi_class: 0.0,
+            aux: 0.0,
+            lr,
+        };
         let (total, mut point) = match &head {
             None => {
                 let l = panet::losses(&support_f, &query_f, &t, cfg.align);
                 let point = LossPoint {
-                    iteration: it + 1,
                     loss: l.query + l.align,
                     query: l.query,
                     align: l.align,
-                    support: 0.0,
-                    multi_class: 0.0,
-                    lr,
+                    ..zero
                 };
                 (l.total, point)
             }
-            Some(h) => {
+            Some(MethodHead::Smcp(h)) => {
                 let labels = semantic_labels(&dataset, &mut cache, &ep, &semantic_lut, device)?;
                 let l = smcp::losses(h, &support_f, &query_f, &t, &labels);
                 let point = LossPoint {
-                    iteration: it + 1,
                     loss: l.total.double_value(&[]),
                     query: l.query,
-                    align: 0.0,
                     support: l.support,
                     multi_class: l.multi_class,
-                    lr,
+                    ..zero
+                };
+                (l.total, point)
+            }
+            Some(MethodHead::SgOne(h)) => {
+                let l = crate::sgone::losses(h, &support_f, &query_f, &t);
+                let point = LossPoint {
+                    loss: l.query,
+                    query: l.query,
+                    ..zero
+                };
+                (l.total, point)
+            }
+            Some(MethodHead::DpNet(h)) => {
+                let l = crate::dpnet::losses(h, &support_f, &query_f, &t);
+                let point = LossPoint {
+                    loss: l.total.double_value(&[]),
+                    query: l.query,
+                    aux: l.aux,
+                    ..zero
                 };
                 (l.total, point)
             }
@@ -610,14 +680,24 @@ pub fn describe(cfg: &TrainConfig, iterations: usize) -> String {
         LrSchedule::Poly { power } => format!("lr {:e} poly {power}", cfg.lr),
         LrSchedule::Constant => format!("lr {:e} constant", cfg.lr),
     };
-    let method = match &cfg.smcp {
-        Some(s) => format!(
+    let method = match (&cfg.smcp, &cfg.sgone, &cfg.dpnet) {
+        (Some(s), _, _) => format!(
             "smcp ({} variant, head width {}, losses query + support + 0.1 x multi-class over {} classes)",
             s.variant.name(),
             s.width,
             s.classes
         ),
-        None => format!("{}{}", cfg.method, if cfg.align { " with PAR" } else { "" }),
+        (_, Some(s), _) => format!(
+            "sgone ({} variant, head width {}, loss query cross-entropy)",
+            s.variant.name(),
+            s.width
+        ),
+        (_, _, Some(d)) => format!(
+            "dpnet (reconstruction, head width {}, losses query + {} x auxiliary)",
+            d.width,
+            crate::dpnet::AUX_WEIGHT
+        ),
+        _ => format!("{}{}", cfg.method, if cfg.align { " with PAR" } else { "" }),
     };
     format!(
         "{method}; {}; {iterations} iterations of 1-way {}-shot episodes at {}x{} (flips) on {}, base classes of fold {} ({:?} split), SGD momentum {}, {schedule}, weight decay {:e}, seed {}",
@@ -634,35 +714,55 @@ pub fn describe(cfg: &TrainConfig, iterations: usize) -> String {
     )
 }
 
-/// The SMCP head of a run (None for PANet), created in `vs` next to the backbone.
-pub fn smcp_head(
+/// The head of a run's method (None for PANet), created in `vs` next to the backbone.
+pub fn method_head(
     vs: &VarStore,
     backbone: &Backbone,
     cfg: &TrainConfig,
-) -> Result<Option<SmcpHead>> {
-    match (cfg.method, &cfg.smcp) {
-        (Method::Panet, _) => Ok(None),
-        (Method::Smcp, None) => bail!("an SMCP run without its head configuration in run.json"),
-        (Method::Smcp, Some(s)) => {
-            let channels = backbone
-                .feature_channels(cfg.feature_stride)
-                .ok_or_else(|| {
-                    anyhow!(
-                        "{} has no feature level at stride {}",
-                        backbone.kind(),
-                        cfg.feature_stride
-                    )
-                })?;
+) -> Result<Option<MethodHead>> {
+    let channels = || {
+        backbone
+            .feature_channels(cfg.feature_stride)
+            .ok_or_else(|| {
+                anyhow!(
+                    "{} has no feature level at stride {}",
+                    backbone.kind(),
+                    cfg.feature_stride
+                )
+            })
+    };
+    let missing = |m: &str| anyhow!("a {m} run without its head configuration in run.json");
+    Ok(match cfg.method {
+        Method::Panet => None,
+        Method::Smcp => {
+            let s = cfg.smcp.as_ref().ok_or_else(|| missing("SMCP"))?;
             let shape = SmcpShape {
-                feature_channels: channels,
+                feature_channels: channels()?,
                 width: s.width,
                 dilations: SmcpShape::dilations_for_stride(cfg.feature_stride),
                 classes: s.classes,
                 variant: s.variant,
             };
-            Ok(Some(SmcpHead::new(&vs.root(), shape)))
+            Some(MethodHead::Smcp(SmcpHead::new(&vs.root(), shape)))
         }
-    }
+        Method::SgOne => {
+            let s = cfg.sgone.as_ref().ok_or_else(|| missing("SG-One"))?;
+            let shape = SgOneShape {
+                feature_channels: channels()?,
+                width: s.width,
+                variant: s.variant,
+            };
+            Some(MethodHead::SgOne(SgOneHead::new(&vs.root(), shape)))
+        }
+        Method::DpNet => {
+            let d = cfg.dpnet.as_ref().ok_or_else(|| missing("DPNet"))?;
+            let shape = DpNetShape {
+                feature_channels: channels()?,
+                width: d.width,
+            };
+            Some(MethodHead::DpNet(DpNetHead::new(&vs.root(), shape)))
+        }
+    })
 }
 
 /// Class index -> SMCP multi-class target: 0 background, `i + 1` for the i-th base class,

@@ -254,6 +254,7 @@ fn two_pass_logits_agree(
         let protos = Prototypes {
             background: vec![0.0; c],
             foreground: vec![p.clone()],
+            ..Prototypes::default()
         };
         let a = tch_model.head_logits(&protos, &features, size).unwrap();
         let b = FeatureEncoder::head_logits(tract_model, &protos, &features, size).unwrap();
@@ -263,8 +264,11 @@ fn two_pass_logits_agree(
             diff <= 1e-4 * scale,
             "cell {cell}: logits differ by {diff} (scale {scale})"
         );
+        let Some(host::heads::MethodHead::Smcp(smcp_head)) = &tch_model.head else {
+            panic!("an SMCP model")
+        };
         let mut head = host::smcp::TchPrototypeHead {
-            head: tch_model.smcp.as_ref().unwrap(),
+            head: smcp_head,
             device: tch::Device::Cpu,
         };
         let t = edge::smcp::two_pass(&mut head, &p, &features, size, Default::default()).unwrap();
@@ -324,8 +328,9 @@ fn two_pass_inference_agrees_between_tch_and_tract() {
         size,
         edge::bundle::Provenance::default(),
     );
+    let head = host::heads::MethodHead::Smcp(head);
     host::export::export_bundle_with_head(&model.backbone, Some(&head), &opts, dir.path()).unwrap();
-    model.smcp = Some(head);
+    model.head = Some(head);
     let mut bundle = edge::runtime::BundleEncoder::open(dir.path()).unwrap();
     let second = two_pass_logits_agree(&mut model, &mut bundle, size);
     assert!(

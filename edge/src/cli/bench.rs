@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use edge::overlay::overlay_in_place;
 use edge::preprocess::{prepare_input, resize_mask_nearest, InputSize};
-use edge::prototype::{logits_to_labels, panet_prototypes, SupportShot};
+use edge::prototype::{logits_to_labels, SupportShot};
 use edge::report::{BenchReport, OrtBench, OrtRatios, StageMs};
 use edge::runtime::BundleEncoder;
 use edge::tensor::{FeatureMap, Mask};
@@ -201,7 +201,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let support_input = prepare_input(&frame, size, &norm);
     let support_features = encoder.encode(&support_input, size)?;
     let mask = resize_mask_nearest(&centre_mask(fh, fw), size.height, size.width);
-    let protos = panet_prototypes(&[vec![SupportShot::from_foreground(support_features, mask)]])?;
+    let protos =
+        encoder.prototypes(&[vec![SupportShot::from_foreground(support_features, mask)]])?;
 
     let mut s = Samples::default();
     let mut last_input = Vec::new();

@@ -10,7 +10,7 @@ use edge::data::davis::{DavisDataset, DavisKind};
 use edge::metrics::VideoJAccumulator;
 use edge::overlay::{overlay_in_place, write_rgb_png};
 use edge::preprocess::{resize_mask_nearest, InputSize};
-use edge::prototype::{logits_to_labels, panet_prototypes, SupportShot};
+use edge::prototype::{logits_to_labels, SupportShot};
 use edge::runtime::BundleEncoder;
 use edge::tensor::Mask;
 use std::path::PathBuf;
@@ -125,7 +125,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
                 background: background.clone(),
             }]);
         }
-        let protos = panet_prototypes(&ways)?;
+        let protos = encoder.prototypes(&ways)?;
         let out_dir = args.out.join(&seq.name);
         let seq_start_frames = processed;
         let seq_start_ms = pipeline_ms;

@@ -37,6 +37,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let mut encoder = BundleEncoder::open(&args.bundle)?;
     encoder.bundle().require_supported_method()?;
     encoder.set_smcp_guidance(args.eval.smcp_guidance);
+    encoder.set_sgone_kshot(args.eval.sgone_kshot);
     let harness = args.eval.preset_harness();
     let original_size = harness.as_ref().is_some_and(|h| h.size().is_none());
     if original_size && args.size.is_some() {
@@ -61,7 +62,12 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let base = EvalReport::new(
         "",
         args.eval.data.display().to_string(),
-        edge::smcp::method_label(&m.method, args.eval.smcp_guidance),
+        edge::smcp::report_label(
+            &m.method,
+            args.eval.smcp_guidance,
+            args.eval.sgone_kshot,
+            args.eval.shots,
+        ),
         m.backbone.clone(),
         [size.height, size.width],
         m.precision.clone(),
@@ -85,6 +91,7 @@ fn agreement(
     let mut b = BundleEncoder::open(other)?;
     b.bundle().require_supported_method()?;
     b.set_smcp_guidance(args.eval.smcp_guidance);
+    b.set_sgone_kshot(args.eval.sgone_kshot);
     if b.scoring_input(input.size).normalization != input.normalization {
         bail!(
             "--agree-with {}: the two bundles normalise their input differently",

@@ -284,6 +284,7 @@ pub fn shot_prototypes(
         ));
     }
     let features = encoder.encode_image(image, size)?;
+    let features = encoder.support_features(features)?;
     if is_box {
         let (fh, fw) = (features.height, features.width);
         let (inside, _) = pooling_weights(&fg, fh, fw);
@@ -451,6 +452,7 @@ impl TargetStore {
                 .map(|v| (v / n as f64) as f32)
                 .collect(),
             foreground,
+            ..Prototypes::default()
         })
     }
 

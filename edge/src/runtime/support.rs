@@ -13,7 +13,7 @@ use crate::data::davis::check_same_size;
 use crate::data::image_io::{load_label_png, load_rgb};
 use crate::error::{EdgeError, Result};
 use crate::preprocess::{resize_mask_nearest, InputSize};
-use crate::prototype::{panet_prototypes, Prototypes, SupportShot};
+use crate::prototype::{Prototypes, SupportShot};
 use crate::tensor::{FeatureMap, Mask};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -181,5 +181,5 @@ pub fn compute_prototypes(
         }
         ways.push(shots);
     }
-    panet_prototypes(&ways)
+    encoder.prototypes(&ways)
 }

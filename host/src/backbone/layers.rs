@@ -110,15 +110,21 @@ pub enum ConvInit {
     /// PyTorch's `nn.Conv2d` default: weight and bias uniform in ±1/sqrt(fan_in) (the SMCP
     /// code's heads use it).
     TorchDefault,
+    /// Xavier (Glorot) uniform, bias zero (the SG-One code's heads).
+    XavierUniform,
 }
 
 impl ConvInit {
-    fn init(self, fan_in: i64) -> Init {
+    fn init(self, fan_in: i64, fan_out: i64) -> Init {
         let fan = match self {
             ConvInit::KaimingNormalFanOut => nn::init::FanInOut::FanOut,
             ConvInit::KaimingNormalFanIn => nn::init::FanInOut::FanIn,
             ConvInit::TorchDefault => {
                 let b = 1.0 / (fan_in.max(1) as f64).sqrt();
+                return Init::Uniform { lo: -b, up: b };
+            }
+            ConvInit::XavierUniform => {
+                let b = (6.0 / ((fan_in + fan_out).max(1) as f64)).sqrt();
                 return Init::Uniform { lo: -b, up: b };
             }
         };
@@ -215,13 +221,16 @@ impl Conv2d {
         );
         let p = scope.path();
         let fan_in = c.in_channels / c.groups * c.kernel * c.kernel;
+        let fan_out = c.out_channels * c.kernel * c.kernel;
         let weight = p.var(
             "weight",
             &[c.out_channels, c.in_channels / c.groups, c.kernel, c.kernel],
-            c.init.init(fan_in),
+            c.init.init(fan_in, fan_out),
         );
         let bias = c.bias.then(|| match c.init {
-            ConvInit::TorchDefault => p.var("bias", &[c.out_channels], c.init.init(fan_in)),
+            ConvInit::TorchDefault => {
+                p.var("bias", &[c.out_channels], c.init.init(fan_in, fan_out))
+            }
             _ => p.zeros("bias", &[c.out_channels]),
         });
         Conv2d {

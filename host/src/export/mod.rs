@@ -48,7 +48,7 @@ use tract_onnx::pb::ModelProto;
 
 use crate::backbone::{default_weights_path, Backbone, BackboneKind, BackboneOptions};
 use crate::cli::{ExportArgs, Method};
-use crate::smcp::SmcpHead;
+use crate::heads::MethodHead;
 use crate::train::RunRecord;
 
 /// File name of the encoder graph inside a bundle.
@@ -332,22 +332,33 @@ pub fn export_bundle(backbone: &Backbone, opts: &BundleOptions, out: &Path) -> R
     export_bundle_with_head(backbone, None, opts, out)
 }
 
-/// [`export_bundle`] for a method with a head graph (SMCP: `head.onnx`, checked against the
-/// tch head like the encoder, before the manifest is written).
+/// [`export_bundle`] for a method with a head graph (SMCP, SG-One, DPNet: `head.onnx`, checked
+/// against the tch head like the encoder, before the manifest is written).
 pub fn export_bundle_with_head(
     backbone: &Backbone,
-    smcp: Option<&SmcpHead>,
+    method_head: Option<&MethodHead>,
     opts: &BundleOptions,
     out: &Path,
 ) -> Result<Manifest> {
     if out.exists() && !out.is_dir() {
         bail!("{}: is a file, not a bundle folder", out.display());
     }
-    match (opts.method, smcp) {
-        (Method::Panet, None) | (Method::Smcp, Some(_)) => {}
+    match (opts.method, method_head) {
+        (Method::Panet, None) => {}
         (Method::Panet, Some(_)) => bail!("a PANet bundle has no head graph"),
-        (Method::Smcp, None) => {
-            bail!("an SMCP bundle needs its trained head (export a --checkpoint of an SMCP run)")
+        (m, None) => {
+            bail!("a {m} bundle needs its trained head (export a --checkpoint of a {m} run)")
+        }
+        (m, Some(h)) if h.method_name() != m.name() => {
+            bail!("a {m} bundle cannot carry a {} head", h.method_name())
+        }
+        _ => {}
+    }
+    if let Some(MethodHead::SgOne(h)) = method_head {
+        if h.shape.variant == crate::sgone::SgOneVariant::Code {
+            bail!(
+                "an SG-One model of the `code` variant cannot be exported: its padding-1 exit conv gives (h + 2) x (w + 2) logits, off the feature grid the edge head contract needs (train with --sgone-variant paper)"
+            );
         }
     }
     std::fs::create_dir_all(out).map_err(|e| anyhow!("{}: cannot create: {e}", out.display()))?;
@@ -393,7 +404,7 @@ pub fn export_bundle_with_head(
     let encoder = graph_spec(backbone, opts.stride, &path)?;
     let fh = opts.size.height.div_ceil(opts.stride as usize);
     let fw = opts.size.width.div_ceil(opts.stride as usize);
-    let (head_graph, head_info, head_parity) = match smcp {
+    let (head_graph, head_info, head_parity) = match method_head {
         None => (None, None, None),
         Some(h) => {
             let spec = head::export_head(h, out)?;
@@ -409,14 +420,41 @@ pub fn export_bundle_with_head(
                     hp.display()
                 );
             }
+            let (fh, fw) = (fh as i64, fw as i64);
+            let (width, dilations, variant, macs, passes) = match h {
+                MethodHead::Smcp(s) => (
+                    s.shape.width,
+                    s.shape.dilations.iter().map(|&d| d as usize).collect(),
+                    s.shape.variant.name(),
+                    s.macs_per_pass(fh, fw),
+                    2,
+                ),
+                MethodHead::SgOne(s) => (
+                    s.shape.width,
+                    vec![],
+                    s.shape.variant.name(),
+                    s.macs_per_pass(fh, fw),
+                    1,
+                ),
+                MethodHead::DpNet(d) => {
+                    let n = (edge::dpnet::MEMORY_GRID * edge::dpnet::MEMORY_GRID) as i64;
+                    (
+                        d.shape.width,
+                        vec![],
+                        "reconstruction",
+                        d.macs_per_pass(fh, fw, n),
+                        1,
+                    )
+                }
+            };
             let info = HeadInfo {
-                kind: "smcp".into(),
-                width: h.shape.width as usize,
-                dilations: h.shape.dilations.iter().map(|&d| d as usize).collect(),
-                variant: h.shape.variant.name().into(),
+                kind: h.method_name().into(),
+                width: width as usize,
+                dilations,
+                variant: variant.into(),
                 parameters: h.inference_parameters() as u64,
-                macs_per_pass: h.macs_per_pass(fh as i64, fw as i64) as u64,
-                passes: 2,
+                macs_per_pass: macs as u64,
+                passes,
                 encoder_parameters: encoder_parameters(backbone, opts.stride)?,
                 encoder_macs: encoder_macs(backbone, opts.stride, opts.size)?,
             };
@@ -454,7 +492,7 @@ pub fn export_bundle_with_head(
             eps: crate::panet::MAP_EPS as f32,
             scale: match opts.method {
                 Method::Panet => crate::panet::SCALE as f32,
-                Method::Smcp => 0.0,
+                _ => 0.0,
             },
         },
         threshold: None,
@@ -835,7 +873,7 @@ pub fn run(args: &ExportArgs) -> Result<()> {
     let backbone = Backbone::new(&vs.root(), src.kind, BackboneOptions::default())?;
     backbone.load_weights(&src.weights)?;
     let head = match &src.config {
-        Some(cfg) => crate::train::smcp_head(&vs, &backbone, cfg)?,
+        Some(cfg) => crate::train::method_head(&vs, &backbone, cfg)?,
         None => None,
     };
     if let Some(h) = &head {
