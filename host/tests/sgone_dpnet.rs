@@ -318,4 +318,18 @@ fn dpnet_trains_resumes_exports_and_runs_in_edge_with_the_hosts_results() {
     let bundle = export(&run, runs.path(), "dpnet", 4, 1);
     same_features_agree(&run, &bundle);
     host_and_edge_agree(&run, &bundle, d, "dpnet");
+    // The live runtime does not keep support memories yet: it says so instead of running.
+    let state = runs.path().join("state");
+    let out = edge(&[
+        "run",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--source",
+        "synthetic:96x64",
+        "--frames",
+        "2",
+        "--state",
+        state.to_str().unwrap(),
+    ]);
+    assert_clean_error(&out, &["DPNet", "live runtime"]);
 }

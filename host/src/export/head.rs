@@ -638,7 +638,7 @@ pub fn head_parity(
     }
     let plan = model
         .into_optimized()
-        .map_err(|e| anyhow!("{}: tract cannot optimize it: {e:?}", path.display()))?
+        .map_err(|e| anyhow!("{}: tract cannot optimize it: {e}", path.display()))?
         .into_runnable()?;
     let tensors: TVec<TValue> = inputs
         .iter()
