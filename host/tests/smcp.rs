@@ -361,8 +361,18 @@ fn smcp_bad_arguments_are_one_clear_line() {
         ".",
     ]);
     assert_clean_error(&out, &["needs a trained --checkpoint"]);
-    let out = host(&["train", "--method", "dpnet", "--out", "/tmp/never"]);
-    assert_clean_error(&out, &["not implemented yet"]);
+    let out = host(&["train", "--method", "unet", "--out", "/tmp/never"]);
+    assert_clean_error(&out, &["unknown method 'unet'", "sgone, dpnet"]);
+    let out = host(&[
+        "train",
+        "--method",
+        "sgone",
+        "--head-width",
+        "4",
+        "--out",
+        "/tmp/never",
+    ]);
+    assert_clean_error(&out, &["--head-width must be at least 8"]);
     let out = host(&[
         "train",
         "--method",
