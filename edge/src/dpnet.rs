@@ -81,28 +81,45 @@ pub fn mask_fractions(mask: &Mask, n: usize) -> Vec<f32> {
     adaptive_average_pool(&f, n).data
 }
 
-/// The support memory of one target's shots (module doc).
-pub fn support_memory(shots: &[SupportShot]) -> Result<SupportMemory> {
-    let first = shots
+/// The support memory of one shot: encoder features and the foreground mask at the model
+/// input.
+pub fn shot_memory(features: &FeatureMap, foreground: &Mask) -> SupportMemory {
+    let pooled = adaptive_average_pool(features, MEMORY_GRID);
+    SupportMemory {
+        channels: features.channels,
+        locations: MEMORY_GRID * MEMORY_GRID,
+        features: pooled.data,
+        mask: mask_fractions(foreground, MEMORY_GRID),
+    }
+}
+
+/// Memories concatenated along the location axis (per channel: the first memory's
+/// locations, then the second's, ...).
+pub fn concat_memories(parts: &[&SupportMemory]) -> Result<SupportMemory> {
+    let first = parts
         .first()
         .ok_or_else(|| EdgeError::input("a DPNet target needs at least one support shot"))?;
-    let c = first.features.channels;
-    let per = MEMORY_GRID * MEMORY_GRID;
-    let n = per * shots.len();
+    let c = first.channels;
+    let n: usize = parts.iter().map(|m| m.locations).sum();
     let mut features = vec![0f32; c * n];
     let mut mask = Vec::with_capacity(n);
-    for (k, shot) in shots.iter().enumerate() {
-        if shot.features.channels != c {
+    let mut offset = 0;
+    for (k, m) in parts.iter().enumerate() {
+        if m.channels != c || m.features.len() != c * m.locations || m.mask.len() != m.locations {
             return Err(EdgeError::input(format!(
-                "support shot {k} has {} channels, expected {c}",
-                shot.features.channels
+                "support memory {k} is {} channels x {} locations ({} values, {} mask cells); expected {c} channels",
+                m.channels,
+                m.locations,
+                m.features.len(),
+                m.mask.len()
             )));
         }
-        let pooled = adaptive_average_pool(&shot.features, MEMORY_GRID);
         for ch in 0..c {
-            features[ch * n + k * per..ch * n + (k + 1) * per].copy_from_slice(pooled.plane(ch));
+            features[ch * n + offset..ch * n + offset + m.locations]
+                .copy_from_slice(&m.features[ch * m.locations..(ch + 1) * m.locations]);
         }
-        mask.extend(mask_fractions(&shot.foreground, MEMORY_GRID));
+        mask.extend_from_slice(&m.mask);
+        offset += m.locations;
     }
     Ok(SupportMemory {
         channels: c,
@@ -110,6 +127,15 @@ pub fn support_memory(shots: &[SupportShot]) -> Result<SupportMemory> {
         features,
         mask,
     })
+}
+
+/// The support memory of one target's shots (module doc).
+pub fn support_memory(shots: &[SupportShot]) -> Result<SupportMemory> {
+    let parts: Vec<SupportMemory> = shots
+        .iter()
+        .map(|s| shot_memory(&s.features, &s.foreground))
+        .collect();
+    concat_memories(&parts.iter().collect::<Vec<_>>())
 }
 
 /// PANet-style prototypes (the foreground ones are DPNet's `P`) plus each target's memory.

@@ -232,18 +232,6 @@ impl Bundle {
         self.method().map(|_| ())
     }
 
-    /// Errors unless the live runtime (`edge run`) can keep this bundle's targets: DPNet's
-    /// support memories are not kept by the live target store yet.
-    pub fn require_live_support(&self) -> Result<()> {
-        if self.method()? == BundleMethod::DpNet {
-            return Err(EdgeError::invalid(
-                &self.manifest_path(),
-                "DPNet bundles run in `edge eval`, `edge segment`, `edge demo` and `edge bench`; the live runtime does not keep DPNet's support memories yet",
-            ));
-        }
-        Ok(())
-    }
-
     pub fn head_path(&self) -> Option<PathBuf> {
         self.manifest
             .graphs
@@ -797,10 +785,9 @@ impl BundleEncoder {
         }
     }
 
-    /// Whether the live runtime can pool this bundle's targets the way its method needs
-    /// (DPNet's support memories are not kept by the live target store).
-    pub fn live_supported(&self) -> Result<()> {
-        self.bundle.require_live_support()
+    /// Whether a support shot also keeps a support memory (DPNet).
+    pub fn keeps_support_memory(&self) -> bool {
+        matches!(self.head, MethodHead::DpNet { .. })
     }
 
     /// The method's logits `[N + 1, h, w]` at feature resolution for query `features` encoded

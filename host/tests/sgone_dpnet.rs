@@ -2,7 +2,8 @@
 //! and resumes the same curve after a stop; `host export` writes the head graph; the head's
 //! prototypes and logits agree between tch and tract on the same features; `edge eval` on the
 //! bundle gives the host's numbers (DAVIS one-shot, COCO two-shot); a damaged head graph is a
-//! one-line error. SG-One's `code` variant trains and is refused by export with a reason.
+//! one-line error. SG-One's `code` variant trains and is refused by export with a reason; a
+//! DPNet target added for `edge run` keeps its support memory and live frames are segmented.
 
 use edge::eval::FeatureEncoder;
 use edge::prototype::SupportShot;
@@ -318,18 +319,53 @@ fn dpnet_trains_resumes_exports_and_runs_in_edge_with_the_hosts_results() {
     let bundle = export(&run, runs.path(), "dpnet", 4, 1);
     same_features_agree(&run, &bundle);
     host_and_edge_agree(&run, &bundle, d, "dpnet");
-    // The live runtime does not keep support memories yet: it says so instead of running.
+    // Live: a target added from a file keeps its support memory, and `edge run` segments
+    // frames with it.
+    let (img, label) = fss_tests::scene(96, 64, 7, &[(1, 0.4, 0.45, 0.18)]);
+    let (i, m) = (
+        runs.path().join("shot.png"),
+        runs.path().join("shot_mask.png"),
+    );
+    img.save(&i).unwrap();
+    label.save(&m).unwrap();
     let state = runs.path().join("state");
-    let out = edge(&[
+    let (s, b) = (state.to_str().unwrap(), bundle.to_str().unwrap());
+    ok(&edge(&[
+        "support",
+        "add",
+        "--state",
+        s,
+        "--bundle",
+        b,
+        "--name",
+        "disk",
+        "--image",
+        i.to_str().unwrap(),
+        "--mask",
+        m.to_str().unwrap(),
+    ]));
+    let targets: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.join("targets.json")).unwrap()).unwrap();
+    let memory = &targets["targets"][0]["shots"][0]["memory"];
+    let cells = edge::dpnet::MEMORY_GRID * edge::dpnet::MEMORY_GRID;
+    assert_eq!(memory["locations"], cells, "{memory}");
+    let summary = runs.path().join("summary.json");
+    ok(&edge(&[
         "run",
         "--bundle",
-        bundle.to_str().unwrap(),
+        b,
         "--source",
         "synthetic:96x64",
         "--frames",
-        "2",
+        "3",
         "--state",
-        state.to_str().unwrap(),
-    ]);
-    assert_clean_error(&out, &["DPNet", "live runtime"]);
+        s,
+        "--summary",
+        summary.to_str().unwrap(),
+    ]));
+    let sum: serde_json::Value = serde_json::from_slice(&std::fs::read(&summary).unwrap()).unwrap();
+    assert!(
+        sum["stats"]["frames_processed"].as_u64().unwrap() >= 1,
+        "{sum}"
+    );
 }

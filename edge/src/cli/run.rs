@@ -187,7 +187,6 @@ pub fn run(args: &RunArgs) -> Result<()> {
     if args.check_config {
         let b = edge::runtime::Bundle::open(&bundle)?;
         b.require_supported_method()?;
-        b.require_live_support()?;
         println!("config ok");
         println!(
             "  bundle   {} ({}, {})",
@@ -218,7 +217,6 @@ pub fn run(args: &RunArgs) -> Result<()> {
         return Ok(());
     }
     let encoder = BundleEncoder::open(&bundle)?;
-    encoder.live_supported()?;
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();

@@ -548,7 +548,6 @@ impl Pipeline {
         let shared = self.shared.clone();
         let rss_start = super::stats::resident_kib();
         encoder.bundle().require_supported_method()?;
-        encoder.live_supported()?;
         let size = opts.size.unwrap_or_else(|| encoder.default_size());
         encoder.prepare(size)?;
         let norm = encoder.bundle().normalization();

@@ -16,6 +16,7 @@
 //! one background prototype is the mean over all shots of all targets.
 
 use crate::cache::CacheKey;
+use crate::dpnet::SupportMemory;
 use crate::error::{EdgeError, Result};
 use crate::fsutil::write_atomic;
 use crate::overlay::{save_png_atomic, target_colour};
@@ -106,6 +107,9 @@ pub struct StoredShot {
     pub created_ms: u64,
     pub foreground: Vec<f32>,
     pub background: Vec<f32>,
+    /// DPNet: the shot's support memory ([`crate::dpnet`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<SupportMemory>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -257,16 +261,25 @@ pub fn box_scaled(mask: &Mask, factor: f64) -> Mask {
     }
 }
 
-/// The foreground and background prototypes of one shot: the frame encoded at `size`, the
-/// mask resized (nearest) to `size`, masked average pooling of each; a box support (`is_box`)
-/// is refined by [`refined_box_prototypes`].
+/// What one shot leaves for scoring: foreground and background prototypes, and DPNet's support
+/// memory.
+pub struct ShotPrototypes {
+    pub foreground: Vec<f32>,
+    pub background: Vec<f32>,
+    pub memory: Option<SupportMemory>,
+}
+
+/// The prototypes of one shot: the frame encoded at `size`, the mask resized (nearest) to
+/// `size`, masked average pooling of each (of the bundle's support features: SG-One's guidance
+/// features); a box support (`is_box`) is refined by [`refined_box_prototypes`]. A DPNet bundle
+/// also gets the shot's support memory (of the box itself for a box).
 pub fn shot_prototypes(
     encoder: &mut BundleEncoder,
     image: &RgbImage,
     mask: &Mask,
     size: InputSize,
     is_box: bool,
-) -> Result<(Vec<f32>, Vec<f32>)> {
+) -> Result<ShotPrototypes> {
     let fg = resize_mask_nearest(mask, size.height, size.width);
     if fg.count_nonzero() == 0 {
         return Err(EdgeError::input(format!(
@@ -285,17 +298,26 @@ pub fn shot_prototypes(
     }
     let features = encoder.encode_image(image, size)?;
     let features = encoder.support_features(features)?;
-    if is_box {
+    let memory = encoder
+        .keeps_support_memory()
+        .then(|| crate::dpnet::shot_memory(&features, &fg));
+    let (foreground, background) = if is_box {
         let (fh, fw) = (features.height, features.width);
         let (inside, _) = pooling_weights(&fg, fh, fw);
         let (seed, _) = pooling_weights(&box_scaled(&fg, 0.5), fh, fw);
         let (outside, _) = pooling_weights(&bg, fh, fw);
-        return refined_box_prototypes(&features, &inside, &seed, &outside);
-    }
-    Ok((
-        masked_average_pool(&features, &fg),
-        masked_average_pool(&features, &bg),
-    ))
+        refined_box_prototypes(&features, &inside, &seed, &outside)?
+    } else {
+        (
+            masked_average_pool(&features, &fg),
+            masked_average_pool(&features, &bg),
+        )
+    };
+    Ok(ShotPrototypes {
+        foreground,
+        background,
+        memory,
+    })
 }
 
 fn mask_to_png_image(mask: &Mask) -> GrayImage {
@@ -446,12 +468,24 @@ impl TargetStore {
             let k = t.shots.len() as f64;
             foreground.push(fg.into_iter().map(|v| (v / k) as f32).collect());
         }
+        // DPNet: every target's shots' memories, concatenated (none if any shot lacks one).
+        let memories = self
+            .targets
+            .iter()
+            .map(|t| {
+                let parts: Option<Vec<&SupportMemory>> =
+                    t.shots.iter().map(|s| s.memory.as_ref()).collect();
+                parts.and_then(|p| crate::dpnet::concat_memories(&p).ok())
+            })
+            .collect::<Option<Vec<_>>>()
+            .unwrap_or_default();
         Some(Prototypes {
             background: background
                 .into_iter()
                 .map(|v| (v / n as f64) as f32)
                 .collect(),
             foreground,
+            memories,
             ..Prototypes::default()
         })
     }
@@ -478,7 +512,11 @@ impl TargetStore {
         }
         let mask = region.to_mask(image.width(), image.height())?;
         let is_box = matches!(region, Region::Box(_));
-        let (foreground, background) = shot_prototypes(encoder, image, &mask, size, is_box)?;
+        let ShotPrototypes {
+            foreground,
+            background,
+            memory,
+        } = shot_prototypes(encoder, image, &mask, size, is_box)?;
         let id = format!("{:06}", self.next_id);
         let image_rel = format!("shots/{id}.png");
         let mask_rel = format!("shots/{id}_mask.png");
@@ -499,6 +537,7 @@ impl TargetStore {
             created_ms: super::source::now_ms(),
             foreground,
             background,
+            memory,
         };
         let mut previous = Vec::new();
         match self.targets.iter_mut().find(|t| t.name == name) {
@@ -552,9 +591,10 @@ impl TargetStore {
                 let image = crate::data::image_io::load_rgb(&img_path)?;
                 let mask = crate::data::image_io::load_label_png(&self.dir.join(&s.mask))?;
                 let mask = Region::Mask(mask).to_mask(image.width(), image.height())?;
-                let (fg, bg) = shot_prototypes(encoder, &image, &mask, size, s.is_box)?;
-                s.foreground = fg;
-                s.background = bg;
+                let p = shot_prototypes(encoder, &image, &mask, size, s.is_box)?;
+                s.foreground = p.foreground;
+                s.background = p.background;
+                s.memory = p.memory;
             }
         }
         self.stale = false;
