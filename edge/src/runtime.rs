@@ -785,6 +785,14 @@ impl BundleEncoder {
         }
     }
 
+    /// Length of the method's prototypes: the feature channels, or SG-One's guidance width.
+    pub fn prototype_dim(&self) -> usize {
+        match &self.head {
+            MethodHead::SgOne { graph, .. } => graph.prototype_dim,
+            _ => self.bundle.manifest.feature.channels,
+        }
+    }
+
     /// Whether a support shot also keeps a support memory (DPNet).
     pub fn keeps_support_memory(&self) -> bool {
         matches!(self.head, MethodHead::DpNet { .. })

@@ -280,6 +280,45 @@ fn host_and_edge_agree(run: &Path, bundle: &Path, coco: &str, method: &str) {
     std::fs::write(&head_path, &bytes).unwrap();
 }
 
+/// `edge segment` with a support image and mask, twice: computed, then from the prototype
+/// cache, with the same mask.
+fn segment_with_cache(bundle: &Path, scratch: &Path) {
+    let (img, label) = fss_tests::scene(96, 64, 5, &[(1, 0.4, 0.45, 0.18)]);
+    let (query, _) = fss_tests::scene(96, 64, 6, &[(1, 0.6, 0.5, 0.2)]);
+    let (i, m, q) = (
+        scratch.join("seg_support.png"),
+        scratch.join("seg_support_mask.png"),
+        scratch.join("seg_query.png"),
+    );
+    img.save(&i).unwrap();
+    label.save(&m).unwrap();
+    query.save(&q).unwrap();
+    let cache = scratch.join("seg.cache");
+    let mut pixels = Vec::new();
+    for _ in 0..2 {
+        let out = edge(&[
+            "segment",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--support",
+            i.to_str().unwrap(),
+            "--support-mask",
+            m.to_str().unwrap(),
+            "--query",
+            q.to_str().unwrap(),
+            "--out",
+            scratch.join("seg").to_str().unwrap(),
+            "--cache",
+            cache.to_str().unwrap(),
+            "--json",
+        ]);
+        ok(&out);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        pixels.push(v["pixels"].clone());
+    }
+    assert_eq!(pixels[0], pixels[1]);
+}
+
 #[test]
 fn sgone_trains_resumes_exports_and_runs_in_edge_with_the_hosts_results() {
     let data = TempDir::new("sgone-data");
@@ -290,6 +329,7 @@ fn sgone_trains_resumes_exports_and_runs_in_edge_with_the_hosts_results() {
     let bundle = export(&run, runs.path(), "sgone", 2, 2);
     same_features_agree(&run, &bundle);
     host_and_edge_agree(&run, &bundle, d, "sgone");
+    segment_with_cache(&bundle, runs.path());
 
     // The code variant trains (logits on a grown grid) and export refuses it with the reason.
     let code = runs.path().join("code");
@@ -368,4 +408,5 @@ fn dpnet_trains_resumes_exports_and_runs_in_edge_with_the_hosts_results() {
         sum["stats"]["frames_processed"].as_u64().unwrap() >= 1,
         "{sum}"
     );
+    segment_with_cache(&bundle, runs.path());
 }

@@ -275,11 +275,11 @@ pub fn run(args: &SegmentArgs, matches: &ArgMatches) -> Result<()> {
     let size = args.size.unwrap_or_else(|| encoder.default_size());
     encoder.prepare(size)?;
     let (protos, names) = prototypes(&mut encoder, &targets, size, args.cache.as_deref())?;
-    if protos.dim() != encoder.manifest().feature.channels {
+    if protos.dim() != encoder.prototype_dim() {
         bail!(
-            "prototypes have {} channels, the bundle's features {}",
+            "prototypes have {} values, the bundle's method needs {}",
             protos.dim(),
-            encoder.manifest().feature.channels
+            encoder.prototype_dim()
         );
     }
     std::fs::create_dir_all(&args.out).map_err(|e| edge::EdgeError::io(&args.out, e))?;
