@@ -21,6 +21,7 @@
 
 use crate::error::{EdgeError, Result};
 use crate::prototype::{panet_prototypes, Prototypes, SupportShot};
+use crate::smcp::foreground_margins;
 use crate::tensor::{FeatureMap, Mask};
 use serde::{Deserialize, Serialize};
 
@@ -172,7 +173,6 @@ pub fn dpnet_logits(
             prototypes.memories.len()
         )));
     }
-    let hw = query.height * query.width;
     let mut out = FeatureMap::zeros(prototypes.foreground.len() + 1, query.height, query.width);
     for (i, (p, m)) in prototypes
         .foreground
@@ -187,9 +187,12 @@ pub fn dpnet_logits(
                 logits.channels, logits.height, logits.width, query.height, query.width
             )));
         }
-        let (bg, fg) = logits.data.split_at(hw);
-        for ((d, f), b) in out.plane_mut(i + 1).iter_mut().zip(fg).zip(bg) {
-            *d = f - b;
+        for (d, m) in out
+            .plane_mut(i + 1)
+            .iter_mut()
+            .zip(foreground_margins(&logits))
+        {
+            *d = m;
         }
     }
     Ok(out)

@@ -21,6 +21,7 @@
 
 use crate::error::{EdgeError, Result};
 use crate::prototype::{masked_average_pool, panet_prototypes, Prototypes, SupportShot};
+use crate::smcp::foreground_margins;
 use crate::tensor::FeatureMap;
 
 /// SG-One's head: guidance features of encoder features, and one guided pass.
@@ -122,10 +123,12 @@ pub fn sgone_logits(
                     logits.height, logits.width, o.height, o.width
                 )));
             }
-            let hw = logits.height * logits.width;
-            let (bg, fg) = logits.data.split_at(hw);
-            for ((d, f), b) in o.plane_mut(i + 1).iter_mut().zip(fg).zip(bg) {
-                *d = d.max(f - b);
+            for (d, m) in o
+                .plane_mut(i + 1)
+                .iter_mut()
+                .zip(foreground_margins(&logits))
+            {
+                *d = d.max(m);
             }
         }
     }

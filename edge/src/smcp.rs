@@ -161,6 +161,13 @@ fn check_logits(logits: &FeatureMap, query: &FeatureMap) -> Result<()> {
     Ok(())
 }
 
+/// A 1-way head's foreground margins `fg - bg` per location of its logits `[2, h, w]` (the
+/// N-way rule of the module doc; SG-One and DPNet use it too).
+pub fn foreground_margins(logits: &FeatureMap) -> impl Iterator<Item = f32> + '_ {
+    let (bg, fg) = logits.data.split_at(logits.height * logits.width);
+    fg.iter().zip(bg).map(|(f, b)| f - b)
+}
+
 /// N-way logits `[N + 1, h, w]` for the targets of `prototypes` (their foreground prototypes;
 /// SMCP has no background prototype): channel 0 is 0, channel i target i's foreground margin
 /// after its two passes (module doc).
@@ -171,13 +178,15 @@ pub fn smcp_logits(
     input: InputSize,
     guidance: SmcpGuidance,
 ) -> Result<FeatureMap> {
-    let hw = query.height * query.width;
     let mut out = FeatureMap::zeros(prototypes.foreground.len() + 1, query.height, query.width);
     for (i, p) in prototypes.foreground.iter().enumerate() {
         let t = two_pass(head, p, query, input, guidance)?;
-        let (bg, fg) = t.logits.data.split_at(hw);
-        for ((d, f), b) in out.plane_mut(i + 1).iter_mut().zip(fg).zip(bg) {
-            *d = f - b;
+        for (d, m) in out
+            .plane_mut(i + 1)
+            .iter_mut()
+            .zip(foreground_margins(&t.logits))
+        {
+            *d = m;
         }
     }
     Ok(out)

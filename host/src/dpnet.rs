@@ -264,15 +264,11 @@ impl DpNetHead {
         out
     }
 
-    pub fn load_weights(&self, path: &std::path::Path) -> anyhow::Result<()> {
-        crate::backbone::load_named(&self.named_parameters(), path, "DPNet head")
-    }
-
     /// Parameters of the exported head (the auxiliary classifiers excluded).
     pub fn inference_parameters(&self) -> i64 {
         self.inference_convs()
-            .iter()
-            .map(|c| c.weight.numel() as i64 + c.bias.as_ref().map_or(0, |b| b.numel() as i64))
+            .into_iter()
+            .map(Conv2d::parameter_count)
             .sum()
     }
 

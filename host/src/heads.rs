@@ -25,11 +25,12 @@ impl MethodHead {
 
     /// Loads the head's parameters from a checkpoint's `model.safetensors`.
     pub fn load_weights(&self, path: &std::path::Path) -> anyhow::Result<()> {
-        match self {
-            MethodHead::Smcp(h) => h.load_weights(path),
-            MethodHead::SgOne(h) => h.load_weights(path),
-            MethodHead::DpNet(h) => h.load_weights(path),
-        }
+        let what = match self {
+            MethodHead::Smcp(_) => "SMCP head",
+            MethodHead::SgOne(_) => "SG-One head",
+            MethodHead::DpNet(_) => "DPNet head",
+        };
+        crate::backbone::load_named(&self.named_parameters(), path, what)
     }
 
     /// Parameters of the exported (inference) head.

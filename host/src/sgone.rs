@@ -30,6 +30,7 @@
 //! Cosine: `dot / (|G| |v| + 1e-8)`, written the same way in the exported graph.
 
 use crate::backbone::layers::{Conv2d, Conv2dConfig, ConvInit, Padding, Scope};
+use crate::eval::{feature_tensor, first_map};
 use crate::panet::{masked_average_pool, IGNORE};
 use tch::{nn, Kind, Reduction, Tensor};
 
@@ -191,15 +192,8 @@ impl SgOneHead {
         out
     }
 
-    pub fn load_weights(&self, path: &std::path::Path) -> anyhow::Result<()> {
-        crate::backbone::load_named(&self.named_parameters(), path, "SG-One head")
-    }
-
     pub fn inference_parameters(&self) -> i64 {
-        self.named_parameters()
-            .iter()
-            .map(|(_, t)| t.numel() as i64)
-            .sum()
+        self.convs().into_iter().map(Conv2d::parameter_count).sum()
     }
 
     /// Multiply-accumulates of one pass on an `h` x `w` feature map (convolutions).
@@ -278,16 +272,14 @@ pub struct TchGuidedHead<'a> {
     pub device: tch::Device,
 }
 
-use crate::eval::{feature_tensor as to_tensor, first_map};
-
 impl edge::sgone::GuidedHead for TchGuidedHead<'_> {
     fn guidance(&mut self, features: &edge::FeatureMap) -> edge::Result<edge::FeatureMap> {
-        let f = to_tensor(features, self.device);
+        let f = feature_tensor(features, self.device);
         first_map(&tch::no_grad(|| self.head.guidance(&f)), "SG-One guidance")
     }
 
     fn pass(&mut self, query: &edge::FeatureMap, vector: &[f32]) -> edge::Result<edge::FeatureMap> {
-        let f = to_tensor(query, self.device);
+        let f = feature_tensor(query, self.device);
         let v = Tensor::from_slice(vector)
             .view([1, vector.len() as i64])
             .to_device(self.device);

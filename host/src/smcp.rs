@@ -253,24 +253,19 @@ impl SmcpHead {
         out
     }
 
-    /// Loads the head's parameters from a checkpoint's `model.safetensors`.
-    pub fn load_weights(&self, path: &std::path::Path) -> anyhow::Result<()> {
-        crate::backbone::load_named(&self.named_parameters(), path, "SMCP head")
-    }
-
     /// Parameters of the inference head (`feat_rd`, PFF, binary ASPP; not the multi-class head).
     pub fn inference_parameters(&self) -> i64 {
-        let multi: i64 = self
+        let all: i64 = self
+            .named_parameters()
+            .iter()
+            .map(|(_, t)| t.numel() as i64)
+            .sum();
+        all - self
             .multi
             .branches
             .iter()
-            .map(|c| c.weight.numel() as i64 + c.bias.as_ref().map_or(0, |b| b.numel() as i64))
-            .sum();
-        self.named_parameters()
-            .iter()
-            .map(|(_, t)| t.numel() as i64)
+            .map(Conv2d::parameter_count)
             .sum::<i64>()
-            - multi
     }
 
     /// Multiply-accumulates of one inference pass on an `h` x `w` feature map (convolutions

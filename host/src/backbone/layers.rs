@@ -289,6 +289,11 @@ impl Conv2d {
         }
     }
 
+    /// Weights plus bias values.
+    pub fn parameter_count(&self) -> i64 {
+        self.weight.numel() as i64 + self.bias.as_ref().map_or(0, |b| b.numel() as i64)
+    }
+
     pub fn named_parameters(&self, out: &mut Vec<(String, Tensor)>) {
         out.push((format!("{}.weight", self.name), self.weight.shallow_clone()));
         if let Some(b) = &self.bias {
@@ -503,6 +508,11 @@ impl Linear {
             x.shallow_clone()
         };
         x.linear(&self.weight, self.bias.as_ref())
+    }
+
+    /// Weights plus bias values.
+    pub fn parameter_count(&self) -> i64 {
+        self.weight.numel() as i64 + self.bias.as_ref().map_or(0, |b| b.numel() as i64)
     }
 
     pub fn named_parameters(&self, out: &mut Vec<(String, Tensor)>) {
