@@ -278,6 +278,15 @@ fn host_and_edge_agree(run: &Path, bundle: &Path, coco: &str, method: &str) {
     let out = edge(&["eval", "--bundle", b, "--protocol", "davis", "--data", dv]);
     assert_clean_error(&out, &["head.onnx"]);
     std::fs::write(&head_path, &bytes).unwrap();
+    // A manifest that lists fewer head inputs than the method needs: one line naming the graph.
+    let manifest_path = bundle.join("bundle.json");
+    let original = std::fs::read(&manifest_path).unwrap();
+    let mut v: serde_json::Value = serde_json::from_slice(&original).unwrap();
+    v["graphs"]["head"]["inputs"].as_array_mut().unwrap().pop();
+    std::fs::write(&manifest_path, serde_json::to_vec(&v).unwrap()).unwrap();
+    let out = edge(&["eval", "--bundle", b, "--protocol", "davis", "--data", dv]);
+    assert_clean_error(&out, &["head.onnx", "must name"]);
+    std::fs::write(&manifest_path, &original).unwrap();
 }
 
 /// `edge segment` with a support image and mask, twice: computed, then from the prototype

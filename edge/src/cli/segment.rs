@@ -82,7 +82,7 @@ pub struct SegmentArgs {
     #[arg(long)]
     pub json: bool,
     /// Debug: also write <stem>_features.npy (encoder output, [C, h, w]) and <stem>_logits.npy
-    /// (the method head's logits at feature resolution: PANet cosine x20, SMCP foreground margins, [1 + N, h, w]) per query into DIR, as
+    /// (the method head's logits at feature resolution: PANet cosine x20, SMCP / SG-One / DPNet foreground margins, [1 + N, h, w]) per query into DIR, as
     /// little-endian f32 (used by the x86 vs aarch64 parity test, edge/tests/arm_parity.rs).
     #[arg(long, value_name = "DIR", hide = true)]
     pub dump_npy: Option<PathBuf>,
