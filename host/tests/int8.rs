@@ -4,7 +4,7 @@
 //! bundle, the int8 features stay close to fp32 and PANet masks from them agree with fp32's.
 //!
 //! Needs `weights/mobilenetv2.safetensors` and the venv's python (`scripts/setup.sh`), the
-//! repo's `calibration/` folder and `/work/shared/data/davis2016` (`blackswan`); missing ones
+//! repo's `calibration/` folder and `../shared/data/davis2016` beside the checkout (`blackswan`); missing ones
 //! fail the test with the fix.
 
 use std::path::{Path, PathBuf};
@@ -136,7 +136,8 @@ fn last_dequantize_scale(path: &Path) -> f32 {
 }
 
 fn davis_frame(bb: &Backbone, i: usize, size: InputSize) -> (Vec<f32>, Mask) {
-    let root = Path::new("/work/shared/data/davis2016");
+    // The shared data folder beside the checkout (`../shared/data`), as on every machine.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/davis2016");
     let img = root.join(format!("JPEGImages/480p/blackswan/{i:05}.jpg"));
     let ann = root.join(format!("Annotations/480p/blackswan/{i:05}.png"));
     assert!(
@@ -277,9 +278,13 @@ fn int8_mobilenetv2_bundle_matches_fp32() {
          session {} (one output step = {step:.4e})",
         ort["max_abs_diff"]
     );
+    // One output step plus the f32 rounding of the two dequantized values compared (each within
+    // half an ulp of `max|value|`): a rounding difference of the CPU's kernels, not a bug.
+    let max_abs = q_tract.1.iter().chain(&exact.1).fold(0f64, |m, v| m.max(v.abs() as f64));
+    let gate = step + f32::EPSILON as f64 * max_abs;
     assert!(
-        d_exact <= step,
-        "tract vs ORT (no graph optimization): {d_exact} > {step}"
+        d_exact <= gate,
+        "tract vs ORT (no graph optimization): {d_exact} > one step {step} + f32 rounding (gate {gate})"
     );
     let err = quant::feature_error(&want, &q_tract).unwrap();
     eprintln!(
