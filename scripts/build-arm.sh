@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One command for the aarch64 edge: set-up (idempotent), cross build (with the `camera` feature),
+# One command for the aarch64 edge: set-up (idempotent), cross build of the device binary
+# (features `camera` and `gpio`; the `lab` feature with `edge eval` stays out of the device),
 # a check that tract-linalg's arm64 NEON kernels were assembled and linked in, then the .deb and
 # the tarball (scripts/package-arm.sh).
 #   scripts/build-arm.sh [--no-package]                 Debian's cross gcc: glibc floor 2.35
@@ -28,7 +29,7 @@ scripts/setup-arm.sh
 start=$(date +%s)
 if [ -z "$GLIBC_TARGET" ]; then
   TARGET_DIR=target
-  cargo build --release -p edge --features camera --target "$TARGET"
+  cargo build --release -p edge --no-default-features --features camera,gpio --target "$TARGET"
 else
   scripts/setup-arm.sh --zig
   TARGET_DIR=target/zig
@@ -38,7 +39,7 @@ else
   # tract-linalg's assembly, which includes no libc header). zig links against its glibc
   # $GLIBC_TARGET stubs; the floor check below reads the symbol versions actually needed.
   C_INCLUDE_PATH=/usr/aarch64-linux-gnu/include PATH="$(pwd)/.venv-zig/bin:$PATH" CARGO_TARGET_DIR=$TARGET_DIR \
-    cargo zigbuild --release -p edge --features camera --target "$TARGET.$GLIBC_TARGET"
+    cargo zigbuild --release -p edge --no-default-features --features camera,gpio --target "$TARGET.$GLIBC_TARGET"
 fi
 BIN="$TARGET_DIR/$TARGET/release/edge"
 log "cargo build: $(( $(date +%s) - start )) s"

@@ -17,7 +17,7 @@ fn error_line(e: &anyhow::Error) -> String {
         }
         line.push_str(&text);
     }
-    edge::runtime::one_line(&line)
+    fss_runtime::one_line(&line)
 }
 
 fn main() -> ExitCode {

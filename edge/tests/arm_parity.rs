@@ -8,11 +8,11 @@
 //! cortex-a76") picks the qemu CPU models, `EDGE_ARM_QEMU` (default "qemu-aarch64 -L
 //! /usr/aarch64-linux-gnu") the emulator command.
 //!
-//! Cases: the 2-conv test bundle (`edge::testkit`) on synthetic scenes, and the shipped
+//! Cases: the 2-conv test bundle (`fss_tests::testkit`) on synthetic scenes, and the shipped
 //! `models/default` (EfficientNet-Lite0) on two sample frames at 64x64 and at its own 320x576
 //! (qemu runs this encoder ~100x slower than native: ~7 s per 320x576 frame).
 
-use edge::testkit::write_test_bundle;
+use fss_tests::testkit::write_test_bundle;
 use fss_tests::{scene, TempDir};
 use std::path::{Path, PathBuf};
 use std::process::Command;

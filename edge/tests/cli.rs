@@ -1,6 +1,6 @@
-//! The `edge` binary end to end on test bundles (`edge::testkit`) and synthetic fixtures.
+//! The `edge` binary end to end on test bundles (`fss_tests::testkit`) and synthetic fixtures.
 
-use edge::testkit::write_test_bundle;
+use fss_tests::testkit::write_test_bundle;
 use fss_tests::{scene, write_davis_like, TempDir};
 use image::{GrayImage, Luma};
 use std::path::{Path, PathBuf};
@@ -665,7 +665,7 @@ fn eval_agree_with_compares_two_bundles_mask_by_mask() {
     write_test_bundle(&same, 48, 64);
     // Another graph (8 output channels): other features, other masks.
     let other = tmp.path().join("other");
-    edge::testkit::write_test_bundle_with_channels(&other, 48, 64, 8, 8);
+    fss_tests::testkit::write_test_bundle_with_channels(&other, 48, 64, 8, 8);
     let data = tmp.path().join("davis");
     write_davis_like(&data, 2, 4, 64, 48);
     let agree = |b: &Path| -> serde_json::Value {

@@ -4,21 +4,22 @@
 
 use std::path::{Path, PathBuf};
 
-use edge::data::check::{check_dataset, DataFormat};
-use edge::data::coco::CocoMaskDataset;
-use edge::data::coco_json::{ClassMaskOptions, CocoInstances};
-use edge::data::davis::{DavisDataset, DavisKind};
-use edge::data::load_label_png;
-use edge::data::pascal::{pascal_fold_classes, PascalDataset, PascalOptions, VoidLabel, VOID};
-use edge::eval::{
-    pascal_episodes, run_protocol, FeatureEncoder, PascalEpisode, PascalEpisodes, Protocol,
-    ProtocolRequest, ScoringInput, PASCAL_MIN_PIXELS,
+use fss_core::davis::{DavisDataset, DavisKind};
+use fss_core::image_io::load_label_png;
+use fss_core::model::{FeatureEncoder, ScoringInput};
+use fss_core::preprocess::{InputSize, Normalization};
+use fss_core::report::EvalReport;
+use fss_core::FeatureMap;
+use fss_lab::data::check::{check_dataset, DataFormat};
+use fss_lab::data::coco::CocoMaskDataset;
+use fss_lab::data::coco_json::{ClassMaskOptions, CocoInstances};
+use fss_lab::data::pascal::{pascal_fold_classes, PascalDataset, PascalOptions, VoidLabel, VOID};
+use fss_lab::eval::{
+    pascal_episodes, run_protocol, PascalEpisode, PascalEpisodes, Protocol, ProtocolRequest,
+    PASCAL_MIN_PIXELS,
 };
-use edge::preprocess::{InputSize, Normalization};
-use edge::presets::{Benchmark, Preset};
-use edge::report::EvalReport;
-use edge::testkit::write_test_bundle;
-use edge::FeatureMap;
+use fss_lab::presets::{Benchmark, Preset};
+use fss_tests::testkit::write_test_bundle;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/datasets")
@@ -194,7 +195,7 @@ impl FeatureEncoder for IdentityEncoder {
         &mut self,
         inputs: &[Vec<f32>],
         size: InputSize,
-    ) -> edge::Result<Vec<FeatureMap>> {
+    ) -> fss_core::Result<Vec<FeatureMap>> {
         inputs
             .iter()
             .map(|x| FeatureMap::new(3, size.height, size.width, x.clone()))
@@ -211,7 +212,7 @@ fn scoring_input() -> ScoringInput {
 
 fn pascal_request(folds: Option<Vec<usize>>) -> ProtocolRequest {
     ProtocolRequest {
-        pascal: edge::data::pascal::PascalOptions::val(),
+        pascal: fss_lab::data::pascal::PascalOptions::val(),
         protocol: Protocol::Pascal,
         data: fixtures().join("voc2012"),
         shots: 1,
@@ -226,7 +227,7 @@ fn pascal_request(folds: Option<Vec<usize>>) -> ProtocolRequest {
     }
 }
 
-fn run_pascal(request: &ProtocolRequest) -> edge::Result<EvalReport> {
+fn run_pascal(request: &ProtocolRequest) -> fss_core::Result<EvalReport> {
     let base = EvalReport::new(
         "",
         "voc",
@@ -276,7 +277,7 @@ fn pascal_protocol_on_the_voc_fixture() {
     );
 
     // Episodes: 2 runs x 12, support and query distinct, same class, in the val list.
-    let records = edge::sampler::read_jsonl(&eps).unwrap();
+    let records = fss_lab::sampler::read_jsonl(&eps).unwrap();
     assert_eq!(records.len(), 24);
     for r in &records {
         assert!(r.class_id == 12 || r.class_id == 15, "{r:?}");
@@ -375,7 +376,7 @@ fn every_preset_runs(protocol: Protocol, data: &Path, folds: Vec<usize>, tag: &s
         );
         let miou = report.miou.unwrap();
         assert!((0.0..=100.0).contains(&miou), "{name}: {miou}");
-        let records = edge::sampler::read_jsonl(&dir.join(format!("{name}-0.jsonl"))).unwrap();
+        let records = fss_lab::sampler::read_jsonl(&dir.join(format!("{name}-0.jsonl"))).unwrap();
         assert_eq!(records.len(), 4 * folds.len() * h.runs, "{name}");
         let (again, episodes_again) = run(1);
         assert_eq!(episodes, episodes_again, "{name}: episode lists differ");
@@ -456,7 +457,7 @@ impl FeatureEncoder for RecordingEncoder {
         &mut self,
         inputs: &[Vec<f32>],
         size: InputSize,
-    ) -> edge::Result<Vec<FeatureMap>> {
+    ) -> fss_core::Result<Vec<FeatureMap>> {
         self.0.push(size);
         IdentityEncoder.encode_batch(inputs, size)
     }

@@ -3,7 +3,7 @@
 //! frame dropping, clean shutdown on SIGTERM, and the error paths.
 
 use edge::live::source::SyntheticSource;
-use edge::testkit::write_test_bundle;
+use fss_tests::testkit::write_test_bundle;
 use fss_tests::{bbox_where, box_iou, http_request, TempDir};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};

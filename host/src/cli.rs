@@ -2,7 +2,7 @@
 
 use crate::backbone::BackboneKind;
 use clap::Args;
-use edge::preprocess::InputSize;
+use fss_core::preprocess::InputSize;
 use std::path::PathBuf;
 
 /// The few-shot methods of the project. Only those implemented are accepted.
@@ -172,7 +172,7 @@ pub struct TrainArgs {
 #[derive(Debug, Clone, Args)]
 pub struct EvalArgs {
     #[command(flatten)]
-    pub eval: edge::eval::ProtocolArgs,
+    pub eval: fss_lab::cli::ProtocolArgs,
     #[arg(long, default_value = "panet")]
     pub method: Method,
     /// Backbone (ignored with --checkpoint, which records its own).
@@ -267,7 +267,7 @@ impl CalibrationMethodArg {
     pub const DEFAULT: CalibrationMethodArg = CalibrationMethodArg::Percentile;
 }
 
-pub use edge::data::check::DataFormat;
+pub use fss_lab::data::check::DataFormat;
 
 /// `host data`: dataset tools.
 #[derive(Debug, Clone, Args)]

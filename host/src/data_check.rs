@@ -1,10 +1,10 @@
 //! `host data check PATH --format davis|coco|folder`: every problem of a dataset folder, one
 //! line each on stdout, then a summary line; exit status 1 when there is any problem. The
-//! checks themselves are `edge::data::check` (shared with the edge side).
+//! checks themselves are `fss_lab::data::check` (shared with the edge side).
 
 use crate::cli::{DataArgs, DataCheckArgs, DataCommand};
 use anyhow::{bail, Result};
-use edge::data::check::check_dataset;
+use fss_lab::data::check::check_dataset;
 
 /// Runs a `host data` subcommand.
 pub fn run(args: &DataArgs) -> Result<()> {

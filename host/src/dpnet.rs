@@ -1,6 +1,6 @@
 //! DPNet (dual prototype network; Mao et al., AAAI 2022; methods.md §6) in tch: the head on top
 //! of any backbone of the project, its losses, and the pass the shared inference
-//! ([`edge::dpnet`]) runs.
+//! ([`fss_core::dpnet`]) runs.
 //!
 //! **Reconstructed from the abstract.** Neither the paper's equations nor code are available
 //! to this project (the PDF could not be fetched from this machine; no official code exists).
@@ -10,7 +10,7 @@
 //! Inputs of one pass: query encoder features `F_q` `[B, C, h, w]`, the support prototype `P`
 //! `[B, C]` (mean over shots of the masked average pool, as PANet), and the support memory
 //! (support features average-pooled to 12 x 12 per shot, `[B, C, n]`, and the fraction of
-//! each cell inside the support mask, `[B, n]`; see `edge::dpnet`).
+//! each cell inside the support mask, `[B, n]`; see `fss_core::dpnet`).
 //!
 //! 1. **Cycle comparison (CCM)** -> the pseudo-prototype `P_q`. A query location `x` is a
 //!    reliable foreground location when
@@ -292,9 +292,9 @@ impl DpNetHead {
 }
 
 /// The support memory of K shots in training: features `[K, C, h, w]` and masks `[K, H, W]`
-/// -> `([1, C, K*G*G], [1, K*G*G])`, laid out like `edge::dpnet::support_memory`.
+/// -> `([1, C, K*G*G], [1, K*G*G])`, laid out like `fss_core::dpnet::support_memory`.
 pub fn support_memory(support_features: &Tensor, support_fg: &Tensor) -> (Tensor, Tensor) {
-    let g = edge::dpnet::MEMORY_GRID as i64;
+    let g = fss_core::dpnet::MEMORY_GRID as i64;
     let (k, c) = (support_features.size()[0], support_features.size()[1]);
     let f = support_features
         .adaptive_avg_pool2d([g, g])
@@ -346,21 +346,21 @@ pub fn losses(
     }
 }
 
-/// The head in tch as the shared inference's [`edge::dpnet::DualPrototypeHead`].
+/// The head in tch as the shared inference's [`fss_core::dpnet::DualPrototypeHead`].
 pub struct TchDualHead<'a> {
     pub head: &'a DpNetHead,
     pub device: tch::Device,
 }
 
-impl edge::dpnet::DualPrototypeHead for TchDualHead<'_> {
+impl fss_core::dpnet::DualPrototypeHead for TchDualHead<'_> {
     fn pass(
         &mut self,
-        query: &edge::FeatureMap,
+        query: &fss_core::FeatureMap,
         prototype: &[f32],
-        memory: &edge::dpnet::SupportMemory,
-    ) -> edge::Result<edge::FeatureMap> {
+        memory: &fss_core::dpnet::SupportMemory,
+    ) -> fss_core::Result<fss_core::FeatureMap> {
         let d = self.device;
-        let f = crate::eval::feature_tensor(query, d);
+        let f = crate::tensors::feature_tensor(query, d);
         let p = Tensor::from_slice(prototype)
             .view([1, query.channels as i64])
             .to_device(d);
@@ -370,7 +370,7 @@ impl edge::dpnet::DualPrototypeHead for TchDualHead<'_> {
             .to_device(d);
         let mm = Tensor::from_slice(&memory.mask).view([1, n]).to_device(d);
         let logits = tch::no_grad(|| self.head.pass(&f, &p, &mf, &mm, false).logits);
-        crate::eval::first_map(&logits, "DPNet head")
+        crate::tensors::first_map(&logits, "DPNet head")
     }
 }
 
@@ -438,7 +438,7 @@ mod tests {
         let qf = Tensor::rand([1, 8, 5, 7], opts);
         let fg = Tensor::rand([2, 40, 56], opts).gt(0.5).to_kind(Kind::Float);
         let (mf, mm) = support_memory(&sf, &fg);
-        let g = edge::dpnet::MEMORY_GRID as i64;
+        let g = fss_core::dpnet::MEMORY_GRID as i64;
         assert_eq!(mf.size(), [1, 8, 2 * g * g]);
         assert_eq!(mm.size(), [1, 2 * g * g]);
         let p = Tensor::rand([1, 8], opts);

@@ -5,24 +5,25 @@ use crate::backbone::{Backbone, BackboneKind, BackboneOptions};
 use crate::cli::{EvalArgs, Method};
 use crate::dpnet::TchDualHead;
 use crate::heads::MethodHead;
+use crate::run::{initial_weights, method_head, RunRecord, FEATURE_STRIDE};
 use crate::sgone::TchGuidedHead;
 use crate::smcp::TchPrototypeHead;
-use crate::train::{initial_weights, method_head, RunRecord, FEATURE_STRIDE};
-use anyhow::{anyhow, bail, Result};
-use edge::dpnet::{dpnet_logits, dpnet_prototypes};
-use edge::eval::{FeatureEncoder, ScoringInput};
-use edge::preprocess::{InputSize, Normalization};
-use edge::prototype::{cosine_logits, panet_prototypes, Prototypes, SupportShot, PANET_SCALE};
-use edge::report::EvalReport;
-use edge::sgone::{sgone_logits, sgone_prototypes, SgOneKShot};
-use edge::smcp::{smcp_logits, SmcpGuidance};
-use edge::tensor::FeatureMap;
+use crate::tensors::tensor_to_maps;
+use anyhow::{bail, Result};
+use fss_core::dpnet::{dpnet_logits, dpnet_prototypes};
+use fss_core::model::{FeatureEncoder, ScoringInput};
+use fss_core::preprocess::{InputSize, Normalization};
+use fss_core::prototype::{cosine_logits, panet_prototypes, Prototypes, SupportShot, PANET_SCALE};
+use fss_core::report::EvalReport;
+use fss_core::sgone::{sgone_logits, sgone_prototypes, SgOneKShot};
+use fss_core::smcp::{smcp_logits, SmcpGuidance};
+use fss_core::tensor::FeatureMap;
 use std::path::Path;
-use tch::{nn::VarStore, Device, Kind, Tensor};
+use tch::{nn::VarStore, Device, Tensor};
 
 /// The backbone in tch as a [`FeatureEncoder`] for the shared harness, with the method's head
 /// (PANet: the shared cosine scoring; SMCP, SG-One, DPNet: their heads in tch under the shared
-/// inference of `edge::smcp`, `edge::sgone`, `edge::dpnet`).
+/// inference of `fss_core::smcp`, `fss_core::sgone`, `fss_core::dpnet`).
 pub struct TchEncoder {
     pub backbone: Backbone,
     pub stride: i64,
@@ -84,53 +85,20 @@ impl TchEncoder {
     }
 }
 
-/// `[N, C, h, w]` float tensor -> feature maps.
-pub fn tensor_to_maps(t: &Tensor) -> Result<Vec<FeatureMap>> {
-    let s = t.size();
-    if s.len() != 4 {
-        bail!("expected a 4-d feature tensor, got shape {s:?}");
-    }
-    let t = t.to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
-    let all: Vec<f32> =
-        Vec::try_from(&t.flatten(0, -1)).map_err(|e| anyhow!("feature tensor: {e}"))?;
-    let per = (s[1] * s[2] * s[3]) as usize;
-    all.chunks(per)
-        .map(|c| {
-            FeatureMap::new(s[1] as usize, s[2] as usize, s[3] as usize, c.to_vec())
-                .map_err(Into::into)
-        })
-        .collect()
-}
-
-/// A feature map as a `[1, C, h, w]` tensor on `device`.
-pub fn feature_tensor(f: &FeatureMap, device: Device) -> Tensor {
-    Tensor::from_slice(&f.data)
-        .view([1, f.channels as i64, f.height as i64, f.width as i64])
-        .to_device(device)
-}
-
-/// The first map of a `[N, C, h, w]` tensor (a head's output), errors naming `what`.
-pub fn first_map(t: &Tensor, what: &str) -> edge::Result<FeatureMap> {
-    let maps = tensor_to_maps(t).map_err(|e| edge::EdgeError::input(format!("{what}: {e}")))?;
-    maps.into_iter()
-        .next()
-        .ok_or_else(|| edge::EdgeError::input(format!("{what}: no output")))
-}
-
 impl FeatureEncoder for TchEncoder {
     fn encode_batch(
         &mut self,
         inputs: &[Vec<f32>],
         size: InputSize,
-    ) -> edge::Result<Vec<FeatureMap>> {
+    ) -> fss_core::Result<Vec<FeatureMap>> {
         let (h, w) = (size.height as i64, size.width as i64);
         let flat: Vec<f32> = inputs.iter().flat_map(|v| v.iter().copied()).collect();
         let x = Tensor::from_slice(&flat)
             .view([inputs.len() as i64, 3, h, w])
             .to_device(self.backbone.device());
         let feats = tch::no_grad(|| self.backbone.forward_to(&x, self.stride, false))
-            .map_err(|e| edge::EdgeError::input(format!("encoder: {e}")))?;
-        tensor_to_maps(&feats).map_err(|e| edge::EdgeError::input(e.to_string()))
+            .map_err(|e| fss_core::EdgeError::input(format!("encoder: {e}")))?;
+        tensor_to_maps(&feats).map_err(|e| fss_core::EdgeError::input(e.to_string()))
     }
 
     fn batch_size(&self) -> usize {
@@ -142,7 +110,7 @@ impl FeatureEncoder for TchEncoder {
         prototypes: &Prototypes,
         query: &FeatureMap,
         input: InputSize,
-    ) -> edge::Result<FeatureMap> {
+    ) -> fss_core::Result<FeatureMap> {
         let device = self.backbone.device();
         match &self.head {
             None => cosine_logits(query, &prototypes.ordered(), PANET_SCALE),
@@ -161,7 +129,7 @@ impl FeatureEncoder for TchEncoder {
         }
     }
 
-    fn prototypes(&mut self, ways: &[Vec<SupportShot>]) -> edge::Result<Prototypes> {
+    fn prototypes(&mut self, ways: &[Vec<SupportShot>]) -> fss_core::Result<Prototypes> {
         let device = self.backbone.device();
         match &self.head {
             None | Some(MethodHead::Smcp(_)) => panet_prototypes(ways),
@@ -213,7 +181,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let base = EvalReport::new(
         "",
         args.eval.data.display().to_string(),
-        edge::smcp::report_label(
+        fss_core::smcp::report_label(
             method.name(),
             args.eval.smcp_guidance,
             args.eval.sgone_kshot,

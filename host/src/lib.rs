@@ -13,6 +13,8 @@ pub mod npy;
 pub mod optim;
 pub mod panet;
 pub mod plot;
+pub mod run;
 pub mod sgone;
 pub mod smcp;
+pub mod tensors;
 pub mod train;

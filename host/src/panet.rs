@@ -1,6 +1,6 @@
 //! PANet (Wang et al., ICCV 2019; methods.md §3) in tch, for training: masked average pooling at
 //! image resolution, cosine x20 scoring, the query loss and the prototype alignment loss (PAR).
-//! Inference and evaluation use the canonical scoring of the shared library (`edge::prototype`),
+//! Inference and evaluation use the canonical scoring of the shared library (`fss_core::prototype`),
 //! which a test checks against this implementation.
 
 use tch::{Kind, Reduction, Tensor};
@@ -135,8 +135,8 @@ pub fn losses(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use edge::prototype::{panet_prototypes, SupportShot};
-    use edge::tensor::{FeatureMap, Mask};
+    use fss_core::prototype::{panet_prototypes, SupportShot};
+    use fss_core::tensor::{FeatureMap, Mask};
     use tch::Device;
 
     fn to_map(t: &Tensor) -> FeatureMap {
@@ -165,7 +165,7 @@ mod tests {
         {
             assert!((a - b).abs() < 1e-4, "prototype {a} vs {b}");
         }
-        let shared = edge::prototype::cosine_logits(&to_map(&qf), &p.ordered(), 20.0).unwrap();
+        let shared = fss_core::prototype::cosine_logits(&to_map(&qf), &p.ordered(), 20.0).unwrap();
         let diff = to_map(&logits).max_abs_diff(&shared).unwrap();
         assert!(diff < 1e-3, "logits differ by {diff}");
     }

@@ -80,9 +80,9 @@ pub fn render_loss(points: &[(usize, f64)]) -> RgbImage {
 
 pub fn write_loss_png(points: &[(usize, f64)], path: &Path) -> anyhow::Result<()> {
     let img = render_loss(points);
-    edge::fsutil::write_atomic_with(path, |tmp| {
+    fss_core::fsutil::write_atomic_with(path, |tmp| {
         img.save_with_format(tmp, image::ImageFormat::Png)
-            .map_err(|e| edge::EdgeError::invalid(tmp, e.to_string()))
+            .map_err(|e| fss_core::EdgeError::invalid(tmp, e.to_string()))
     })?;
     Ok(())
 }

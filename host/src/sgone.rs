@@ -1,6 +1,6 @@
 //! SG-One (similarity guidance; methods.md §4) in tch: the head on top of any backbone of the
 //! project, its training loss, and the guided pass that the shared inference
-//! ([`edge::sgone`]) runs.
+//! ([`fss_core::sgone`]) runs.
 //!
 //! The paper's network is VGG-16 blocks 1-3 as a stem (`out3`), then conv4 and conv5 blocks
 //! (`out4`, `out5`) that feed both branches. On the project's backbones the encoder output
@@ -30,8 +30,8 @@
 //! Cosine: `dot / (|G| |v| + 1e-8)`, written the same way in the exported graph.
 
 use crate::backbone::layers::{Conv2d, Conv2dConfig, ConvInit, Padding, Scope};
-use crate::eval::{feature_tensor, first_map};
 use crate::panet::{masked_average_pool, IGNORE};
+use crate::tensors::{feature_tensor, first_map};
 use tch::{nn, Kind, Reduction, Tensor};
 
 /// The parameter scope of the head inside a checkpoint.
@@ -266,19 +266,26 @@ pub fn losses(
     }
 }
 
-/// The head in tch as the shared inference's [`edge::sgone::GuidedHead`].
+/// The head in tch as the shared inference's [`fss_core::sgone::GuidedHead`].
 pub struct TchGuidedHead<'a> {
     pub head: &'a SgOneHead,
     pub device: tch::Device,
 }
 
-impl edge::sgone::GuidedHead for TchGuidedHead<'_> {
-    fn guidance(&mut self, features: &edge::FeatureMap) -> edge::Result<edge::FeatureMap> {
+impl fss_core::sgone::GuidedHead for TchGuidedHead<'_> {
+    fn guidance(
+        &mut self,
+        features: &fss_core::FeatureMap,
+    ) -> fss_core::Result<fss_core::FeatureMap> {
         let f = feature_tensor(features, self.device);
         first_map(&tch::no_grad(|| self.head.guidance(&f)), "SG-One guidance")
     }
 
-    fn pass(&mut self, query: &edge::FeatureMap, vector: &[f32]) -> edge::Result<edge::FeatureMap> {
+    fn pass(
+        &mut self,
+        query: &fss_core::FeatureMap,
+        vector: &[f32],
+    ) -> fss_core::Result<fss_core::FeatureMap> {
         let f = feature_tensor(query, self.device);
         let v = Tensor::from_slice(vector)
             .view([1, vector.len() as i64])

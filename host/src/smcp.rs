@@ -1,6 +1,6 @@
 //! SMCP (semantically meaningful class prototypes; methods.md §5) in tch: the head on top of
 //! any backbone of the project, its three training losses, and the head pass that the shared
-//! fused-prototype inference ([`edge::smcp`]) runs twice.
+//! fused-prototype inference ([`fss_core::smcp`]) runs twice.
 //!
 //! Head (one pass, query features `F` `[B, C, h, w]` and a prototype `p` `[B, C]`):
 //! `feat_rd` = ReLU(conv3x3 2C -> W)(concat[F, tile(p)]); the pyramid feature fusion (PFF:
@@ -16,7 +16,7 @@
 //!
 //! Variants ([`SmcpVariant`]): `paper` applies PFF on the support's self-prototype branch as
 //! the paper says; `code` reproduces the official code, whose support branch skips PFF
-//! (methods.md §10.3). The training schedule of each variant is set in `crate::train`.
+//! (methods.md §10.3). The training schedule of each variant is set by the trainer (`train.rs`).
 
 use crate::backbone::layers::{Conv2d, Conv2dConfig, ConvInit, Scope};
 use crate::panet::{masked_average_pool, IGNORE};
@@ -345,25 +345,25 @@ pub fn losses(
     }
 }
 
-/// The head in tch as the shared inference's [`edge::smcp::PrototypeHead`] (BatchNorm-free, so
+/// The head in tch as the shared inference's [`fss_core::smcp::PrototypeHead`] (BatchNorm-free, so
 /// eval mode needs nothing).
 pub struct TchPrototypeHead<'a> {
     pub head: &'a SmcpHead,
     pub device: tch::Device,
 }
 
-impl edge::smcp::PrototypeHead for TchPrototypeHead<'_> {
+impl fss_core::smcp::PrototypeHead for TchPrototypeHead<'_> {
     fn pass(
         &mut self,
-        query: &edge::FeatureMap,
+        query: &fss_core::FeatureMap,
         prototype: &[f32],
-    ) -> edge::Result<edge::FeatureMap> {
-        let f = crate::eval::feature_tensor(query, self.device);
+    ) -> fss_core::Result<fss_core::FeatureMap> {
+        let f = crate::tensors::feature_tensor(query, self.device);
         let p = Tensor::from_slice(prototype)
             .view([1, query.channels as i64])
             .to_device(self.device);
         let logits = tch::no_grad(|| self.head.pass(&f, &p, true));
-        crate::eval::first_map(&logits, "SMCP head")
+        crate::tensors::first_map(&logits, "SMCP head")
     }
 }
 

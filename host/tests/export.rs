@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use edge::bundle::{sha256_file, Dim, Manifest};
+use fss_core::bundle::{sha256_file, Dim, Manifest};
 use fss_tests::{assert_clean_error, write_coco_like, TempDir};
 use host::backbone::layers::{
     Activation, BatchNorm2d, Conv2d, Conv2dConfig, ConvBnAct, Layer, Padding, Scope,
@@ -328,7 +328,7 @@ fn host(args: &[&str]) -> Output {
 
 fn assert_bundle(dir: &Path, backbone: &str, channels: usize) -> Manifest {
     let m = Manifest::read(dir).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(m.format, edge::bundle::BUNDLE_FORMAT);
+    assert_eq!(m.format, fss_core::bundle::BUNDLE_FORMAT);
     assert_eq!(m.method, "panet");
     assert_eq!(m.backbone, backbone);
     assert_eq!(m.precision, "fp32");
@@ -408,7 +408,7 @@ fn export_command_writes_a_bundle_from_a_trained_run() {
 
     // A metric check from an eval report line.
     let mut report =
-        edge::report::EvalReport::new("coco", d, "panet", "mobilenetv2", [96, 128], "fp32", 1);
+        fss_core::report::EvalReport::new("coco", d, "panet", "mobilenetv2", [96, 128], "fp32", 1);
     report.miou = Some(12.5);
     report.fb_iou = Some(40.0);
     let checks = work.path().join("eval.jsonl");

@@ -10,10 +10,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use edge::bundle::Manifest;
-use edge::preprocess::InputSize;
-use edge::prototype::{panet_predict, panet_prototypes, SupportShot};
-use edge::tensor::{FeatureMap, Mask};
+use fss_core::bundle::Manifest;
+use fss_core::preprocess::InputSize;
+use fss_core::prototype::{panet_predict, panet_prototypes, SupportShot};
+use fss_core::tensor::{FeatureMap, Mask};
 use fss_tests::TempDir;
 use host::backbone::{self, Backbone, BackboneKind, BackboneOptions};
 use host::cli::Method;
@@ -146,7 +146,7 @@ fn davis_frame(bb: &Backbone, i: usize, size: InputSize) -> (Vec<f32>, Mask) {
         root.display()
     );
     let x = quant::prepared_image(bb, &img, size).unwrap();
-    let mut m = edge::data::load_label_png(&ann).unwrap();
+    let mut m = fss_core::image_io::load_label_png(&ann).unwrap();
     for v in &mut m.data {
         *v = (*v > 0) as u8;
     }
@@ -214,7 +214,7 @@ fn int8_mobilenetv2_bundle_matches_fp32() {
         width: 128,
     };
     let stride = export::encoder_stride(BackboneKind::MobileNetV2);
-    let prov = edge::bundle::Provenance {
+    let prov = fss_core::bundle::Provenance {
         data: "imagenet".into(),
         ..Default::default()
     };
@@ -280,7 +280,11 @@ fn int8_mobilenetv2_bundle_matches_fp32() {
     );
     // One output step plus the f32 rounding of the two dequantized values compared (each within
     // half an ulp of `max|value|`): a rounding difference of the CPU's kernels, not a bug.
-    let max_abs = q_tract.1.iter().chain(&exact.1).fold(0f64, |m, v| m.max(v.abs() as f64));
+    let max_abs = q_tract
+        .1
+        .iter()
+        .chain(&exact.1)
+        .fold(0f64, |m, v| m.max(v.abs() as f64));
     let gate = step + f32::EPSILON as f64 * max_abs;
     assert!(
         d_exact <= gate,

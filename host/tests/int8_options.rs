@@ -13,8 +13,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use edge::bundle::Manifest;
-use edge::preprocess::InputSize;
+use fss_core::bundle::Manifest;
+use fss_core::preprocess::InputSize;
 use fss_tests::TempDir;
 use host::backbone::{Backbone, BackboneKind, BackboneOptions};
 use host::cli::Method;
@@ -46,7 +46,7 @@ fn random_effl0() -> (nn::VarStore, Backbone) {
 
 fn opts(q: quant::Int8Options) -> BundleOptions {
     let stride = export::encoder_stride(BackboneKind::EfficientNetLite0);
-    let prov = edge::bundle::Provenance {
+    let prov = fss_core::bundle::Provenance {
         data: "random".into(),
         ..Default::default()
     };
@@ -91,7 +91,7 @@ fn photo_inputs(bb: &Backbone) -> Vec<Vec<f32>> {
 }
 
 /// The convs the manifest records at `precision`.
-fn precision_set(q: &edge::bundle::Quantization, precision: &str) -> HashSet<String> {
+fn precision_set(q: &fss_core::bundle::Quantization, precision: &str) -> HashSet<String> {
     q.layers
         .iter()
         .filter(|l| l.precision == precision)
@@ -121,7 +121,7 @@ fn fp32_layers_and_auto_choice_are_honoured_in_the_graph_and_recorded() {
 
     // EfficientNet-Lite0 up to stride 16: stem, 11 depthwise, 11 projections, 10 expansions.
     assert_eq!(rec.layers.len(), 33);
-    let by: BTreeMap<&str, &edge::bundle::QuantizedLayer> =
+    let by: BTreeMap<&str, &fss_core::bundle::QuantizedLayer> =
         rec.layers.iter().map(|l| (l.name.as_str(), l)).collect();
     let reason = |r: &str| {
         rec.layers
@@ -164,7 +164,7 @@ fn fp32_layers_and_auto_choice_are_honoured_in_the_graph_and_recorded() {
     // The reader accepts what was written (floats compared as written: serde_json's default
     // float parsing may differ in the last digit).
     let back = Manifest::read(dir.path()).unwrap().quantization.unwrap();
-    let mix = |q: &edge::bundle::Quantization| {
+    let mix = |q: &fss_core::bundle::Quantization| {
         q.layers
             .iter()
             .map(|l| (l.name.clone(), l.precision.clone(), l.reason.clone()))
@@ -265,7 +265,11 @@ fn simulated_int8_computes_what_tract_runs() {
     // steps on an AVX-512 one. The gate is one output step plus the f32 rounding of the two
     // dequantized values being compared: each of `q * scale` is rounded to within half an ulp,
     // so together they may sit up to `f32::EPSILON * max|value|` further apart than the step.
-    let max_abs = sim.1.iter().chain(&got.1).fold(0f64, |m, v| m.max(v.abs() as f64));
+    let max_abs = sim
+        .1
+        .iter()
+        .chain(&got.1)
+        .fold(0f64, |m, v| m.max(v.abs() as f64));
     let gate = step + f32::EPSILON as f64 * max_abs;
     assert!(
         d <= gate,

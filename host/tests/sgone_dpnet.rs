@@ -5,9 +5,9 @@
 //! one-line error. SG-One's `code` variant trains and is refused by export with a reason; a
 //! DPNet target added for `edge run` keeps its support memory and live frames are segmented.
 
-use edge::eval::FeatureEncoder;
-use edge::prototype::SupportShot;
-use edge::tensor::Mask;
+use fss_core::model::FeatureEncoder;
+use fss_core::prototype::SupportShot;
+use fss_core::tensor::Mask;
 use fss_tests::{assert_clean_error, workspace_binary, write_coco_like, write_davis_like, TempDir};
 use std::path::Path;
 use std::process::{Command, Output};
@@ -146,7 +146,7 @@ fn export(
         "--size",
         "64x96",
     ]));
-    let m = edge::bundle::Manifest::read(&bundle).unwrap();
+    let m = fss_core::bundle::Manifest::read(&bundle).unwrap();
     assert_eq!(m.method, method);
     let head = m.graphs.head.as_ref().expect("a head graph");
     assert_eq!((head.inputs.len(), head.outputs.len()), (inputs, outputs));
@@ -164,10 +164,10 @@ fn export(
 /// Prototypes and logits of the tch model and the bundle on the same features: two-shot
 /// supports whose masks mark different regions of a synthetic input.
 fn same_features_agree(run: &Path, bundle: &Path) {
-    let size = edge::preprocess::InputSize::new(64, 96);
+    let size = fss_core::preprocess::InputSize::new(64, 96);
     let (rec, dir) = host::train::RunRecord::read(run).unwrap();
     let mut tch_model = host::eval::TchEncoder::from_run(&rec, &dir, tch::Device::Cpu, 1).unwrap();
-    let mut tract_model = edge::runtime::BundleEncoder::open(bundle).unwrap();
+    let mut tract_model = fss_runtime::BundleEncoder::open(bundle).unwrap();
     let image = |seed: usize| -> Vec<f32> {
         (0..3 * size.height * size.width)
             .map(|i| (((i + seed) * 7919 % 1000) as f32 / 500.0) - 1.0)
@@ -200,7 +200,10 @@ fn same_features_agree(run: &Path, bundle: &Path) {
         assert!((x - y).abs() <= 1e-4 * x.abs().max(1.0), "{x} vs {y}");
     }
     assert_eq!(a.memories, b.memories);
-    for kshot in [edge::sgone::SgOneKShot::Avg, edge::sgone::SgOneKShot::Max] {
+    for kshot in [
+        fss_core::sgone::SgOneKShot::Avg,
+        fss_core::sgone::SgOneKShot::Max,
+    ] {
         tch_model.sgone_kshot = kshot;
         tract_model.set_sgone_kshot(kshot);
         let la = tch_model.head_logits(&a, &feats[2], size).unwrap();
@@ -396,7 +399,7 @@ fn dpnet_trains_resumes_exports_and_runs_in_edge_with_the_hosts_results() {
     let targets: serde_json::Value =
         serde_json::from_slice(&std::fs::read(state.join("targets.json")).unwrap()).unwrap();
     let memory = &targets["targets"][0]["shots"][0]["memory"];
-    let cells = edge::dpnet::MEMORY_GRID * edge::dpnet::MEMORY_GRID;
+    let cells = fss_core::dpnet::MEMORY_GRID * fss_core::dpnet::MEMORY_GRID;
     assert_eq!(memory["locations"], cells, "{memory}");
     let summary = runs.path().join("summary.json");
     ok(&edge(&[

@@ -156,7 +156,7 @@ fn check_export_and_edge(run: &Path, scratch: &Path) {
         "--size",
         "64x96",
     ]));
-    let m = edge::bundle::Manifest::read(&bundle).unwrap();
+    let m = fss_core::bundle::Manifest::read(&bundle).unwrap();
     assert_eq!(m.method, "smcp");
     assert_eq!(m.prototype.kind, "smcp");
     let head = m.graphs.head.as_ref().expect("a head graph");
@@ -207,11 +207,11 @@ fn check_export_and_edge(run: &Path, scratch: &Path) {
     assert_eq!(methods, ["smcp", "smcp/support"]);
     let (rec, dir) = host::train::RunRecord::read(run).unwrap();
     let mut tch_model = host::eval::TchEncoder::from_run(&rec, &dir, tch::Device::Cpu, 1).unwrap();
-    let mut tract_model = edge::runtime::BundleEncoder::open(&bundle).unwrap();
+    let mut tract_model = fss_runtime::BundleEncoder::open(&bundle).unwrap();
     two_pass_logits_agree(
         &mut tch_model,
         &mut tract_model,
-        edge::preprocess::InputSize::new(64, 96),
+        fss_core::preprocess::InputSize::new(64, 96),
     );
 
     // A damaged head graph or a manifest without one: one line each, naming the file.
@@ -235,11 +235,11 @@ fn check_export_and_edge(run: &Path, scratch: &Path) {
 /// Returns how many of them ran a second pass.
 fn two_pass_logits_agree(
     tch_model: &mut host::eval::TchEncoder,
-    tract_model: &mut edge::runtime::BundleEncoder,
-    size: edge::preprocess::InputSize,
+    tract_model: &mut fss_runtime::BundleEncoder,
+    size: fss_core::preprocess::InputSize,
 ) -> usize {
-    use edge::eval::FeatureEncoder;
-    use edge::prototype::Prototypes;
+    use fss_core::model::FeatureEncoder;
+    use fss_core::prototype::Prototypes;
     let input: Vec<f32> = (0..3 * size.height * size.width)
         .map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0)
         .collect();
@@ -271,7 +271,8 @@ fn two_pass_logits_agree(
             head: smcp_head,
             device: tch::Device::Cpu,
         };
-        let t = edge::smcp::two_pass(&mut head, &p, &features, size, Default::default()).unwrap();
+        let t =
+            fss_core::smcp::two_pass(&mut head, &p, &features, size, Default::default()).unwrap();
 
         second_passes += t.second_pass as usize;
     }
@@ -321,17 +322,17 @@ fn two_pass_inference_agrees_between_tch_and_tract() {
         }
     });
     let dir = TempDir::new("smcp-random-head");
-    let size = edge::preprocess::InputSize::new(96, 128);
+    let size = fss_core::preprocess::InputSize::new(96, 128);
     let opts = host::export::BundleOptions::new(
         Method::Smcp,
         16,
         size,
-        edge::bundle::Provenance::default(),
+        fss_core::bundle::Provenance::default(),
     );
     let head = host::heads::MethodHead::Smcp(head);
     host::export::export_bundle_with_head(&model.backbone, Some(&head), &opts, dir.path()).unwrap();
     model.head = Some(head);
-    let mut bundle = edge::runtime::BundleEncoder::open(dir.path()).unwrap();
+    let mut bundle = fss_runtime::BundleEncoder::open(dir.path()).unwrap();
     let second = two_pass_logits_agree(&mut model, &mut bundle, size);
     assert!(
         second > 0,

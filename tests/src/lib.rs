@@ -2,6 +2,9 @@
 //! ships no datasets). Objects are coloured, textured shapes on a textured background, so a
 //! pretrained backbone can tell them apart and training has something to learn.
 
+pub mod fixture_files;
+pub mod testkit;
+
 use image::{GrayImage, Luma, Rgb, RgbImage};
 use std::path::{Path, PathBuf};
 
@@ -159,7 +162,7 @@ pub fn write_davis_like(root: &Path, sequences: usize, frames: usize, w: u32, h:
     std::fs::write(root.join("sequences.txt"), names.join("\n") + "\n").unwrap();
 }
 
-/// A dataset in the user folder format (`edge::data::folder`): for each `(class, n)`, `n` images
+/// A dataset in the user folder format (`fss_lab::data::folder`): for each `(class, n)`, `n` images
 /// `<class>/images/imgNN.jpg` of `side` x `side` with one disk of that class and binary masks
 /// `<class>/masks/imgNN.png` (0 / 255).
 pub fn write_folder_like(root: &Path, classes: &[(&str, usize)], side: u32) {

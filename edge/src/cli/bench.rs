@@ -5,15 +5,14 @@
 use super::{apply_threads, median, ms_since, parse_size};
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use edge::overlay::overlay_in_place;
-use edge::preprocess::{prepare_input, resize_mask_nearest, InputSize};
-use edge::prototype::{logits_to_labels, SupportShot};
-use edge::report::{BenchReport, OrtBench, OrtRatios, StageMs};
-use edge::runtime::BundleEncoder;
-use edge::tensor::{FeatureMap, Mask};
+use fss_core::overlay::overlay_in_place;
+use fss_core::preprocess::{prepare_input, resize_mask_nearest, InputSize};
+use fss_core::prototype::{logits_to_labels, SupportShot};
+use fss_core::report::{BenchReport, OrtBench, OrtRatios, StageMs};
+use fss_core::tensor::{FeatureMap, Mask};
+use fss_runtime::BundleEncoder;
 use image::RgbImage;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 const AFTER_HELP: &str = "\
@@ -62,34 +61,7 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
-const WARMUP: usize = 3;
-/// Largest encoder output difference accepted between tract and ONNX Runtime (fp32).
-pub const ORT_PARITY_TOL: f32 = 1e-4;
-/// Largest int8 encoder output difference accepted between tract and ONNX Runtime, in steps
-/// of the output's u8 scale (see the command's help).
-pub const ORT_INT8_PARITY_STEPS: f32 = 32.0;
-
-/// The tract vs ONNX Runtime tolerance of a bundle's encoder output, and how it is stated.
-pub fn ort_parity_tolerance(m: &edge::bundle::Manifest) -> Result<(f32, String)> {
-    if m.precision != "int8" {
-        return Ok((ORT_PARITY_TOL, format!("{ORT_PARITY_TOL:e}")));
-    }
-    let step = m
-        .quantization
-        .as_ref()
-        .and_then(|q| q.output_step)
-        .filter(|s| s.is_finite() && *s > 0.0)
-        .context(
-            "int8 bundle without quantization.output_step in its manifest (the encoder \
-             output is not a quantized conv's): no tolerance to compare with onnxruntime",
-        )?;
-    let tol = ORT_INT8_PARITY_STEPS * step;
-    Ok((
-        tol,
-        format!("{tol:.3e} ({ORT_INT8_PARITY_STEPS} output steps of {step:.3e})"),
-    ))
-}
-
+pub const WARMUP: usize = 3;
 fn first_jpeg(dir: &Path, depth: usize) -> Option<PathBuf> {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .ok()?
@@ -175,12 +147,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let norm = encoder.bundle().normalization();
     let (jpeg, source) = match &args.frame {
         Some(p) => (
-            std::fs::read(p).map_err(|e| edge::EdgeError::io(p, e))?,
+            std::fs::read(p).map_err(|e| fss_core::EdgeError::io(p, e))?,
             p.display().to_string(),
         ),
         None => match first_jpeg(&args.bundle.join("sample"), 4) {
             Some(p) => (
-                std::fs::read(&p).map_err(|e| edge::EdgeError::io(&p, e))?,
+                std::fs::read(&p).map_err(|e| fss_core::EdgeError::io(&p, e))?,
                 p.display().to_string(),
             ),
             None => (synthetic_frame()?, "synthetic 480x854".to_string()),
@@ -188,7 +160,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     };
     let decode = |bytes: &[u8]| -> Result<RgbImage> {
         Ok(image::load_from_memory(bytes)
-            .map_err(|e| edge::EdgeError::Image {
+            .map_err(|e| fss_core::EdgeError::Image {
                 path: PathBuf::from(&source),
                 reason: e.to_string(),
             })?
@@ -257,7 +229,16 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         None
     } else {
         let features = last_features.expect("at least one run");
-        match ort_compare(args, &encoder, size, &last_input, &features) {
+        #[cfg(feature = "lab")]
+        let compared = super::bench_ort::ort_compare(args, &encoder, size, &last_input, &features);
+        #[cfg(not(feature = "lab"))]
+        let compared: Result<f64> = {
+            let _ = (&last_input, &features);
+            Err(anyhow::anyhow!(
+                "this build has no ONNX Runtime comparison (edge's `lab` feature is off)"
+            ))
+        };
+        match compared {
             Ok(ort_ms) => Some(OrtBench {
                 encoder_ms: Some(ort_ms),
                 head_ms: None,
@@ -270,7 +251,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             Err(e) => {
                 eprintln!(
                     "onnxruntime comparison skipped: {}",
-                    edge::runtime::one_line(&format!("{e:#}"))
+                    fss_runtime::one_line(&format!("{e:#}"))
                 );
                 None
             }
@@ -314,215 +295,4 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// The Python that has onnxruntime, if any: `$EDGE_ORT_PYTHON`, else `.venv/bin/python` in
-/// the ancestors of `bundle`, the working directory, the executable.
-pub fn find_ort_python(bundle: &Path) -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("EDGE_ORT_PYTHON") {
-        return (!p.is_empty()).then(|| PathBuf::from(p));
-    }
-    let mut starts = Vec::new();
-    if let Ok(b) = std::fs::canonicalize(bundle) {
-        starts.push(b);
-    }
-    if let Ok(c) = std::env::current_dir() {
-        starts.push(c);
-    }
-    if let Ok(e) = std::env::current_exe().and_then(std::fs::canonicalize) {
-        starts.push(e);
-    }
-    starts
-        .iter()
-        .flat_map(|s| s.ancestors())
-        .map(|d| d.join(".venv/bin/python"))
-        .find(|p| p.is_file())
-}
-
-const ORT_SCRIPT: &str = r#"
-import sys, json, time
-try:
-    import numpy as np
-    import onnxruntime as ort
-except ImportError as e:
-    print("NO_ORT " + str(e), file=sys.stderr)
-    sys.exit(3)
-model, inp, shape, threads, runs, warmup, out, name = sys.argv[1:9]
-shape = [int(v) for v in shape.split(",")]
-x = np.fromfile(inp, dtype="<f4").reshape(shape)
-so = ort.SessionOptions()
-so.intra_op_num_threads = int(threads)
-so.inter_op_num_threads = 1
-so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-s = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
-feeds = {name: x}
-y = s.run(None, feeds)[0]
-np.ascontiguousarray(y, dtype="<f4").tofile(out)
-for _ in range(int(warmup)):
-    s.run(None, feeds)
-ts = []
-for _ in range(int(runs)):
-    t = time.perf_counter()
-    s.run(None, feeds)
-    ts.append((time.perf_counter() - t) * 1e3)
-print(json.dumps({"times_ms": ts, "shape": list(y.shape), "version": ort.__version__}))
-"#;
-
-/// Runs the encoder in ONNX Runtime on `input`; checks its output against tract's; returns
-/// ONNX Runtime's median milliseconds.
-fn ort_compare(
-    args: &BenchArgs,
-    encoder: &BundleEncoder,
-    size: InputSize,
-    input: &[f32],
-    tract_features: &FeatureMap,
-) -> Result<f64> {
-    let python = find_ort_python(&args.bundle)
-        .context("no Python with onnxruntime found ($EDGE_ORT_PYTHON or .venv/bin/python)")?;
-    let dir = std::env::temp_dir().join(format!("edge-bench-ort-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| edge::EdgeError::io(&dir, e))?;
-    let result = (|| -> Result<f64> {
-        let in_path = dir.join("input.f32");
-        let out_path = dir.join("output.f32");
-        let bytes: Vec<u8> = input.iter().flat_map(|v| v.to_le_bytes()).collect();
-        std::fs::write(&in_path, bytes).map_err(|e| edge::EdgeError::io(&in_path, e))?;
-        let shape = BundleEncoder::input_shape(size)
-            .iter()
-            .map(|d| d.to_string())
-            .collect::<Vec<_>>()
-            .join(",");
-        let model = std::fs::canonicalize(encoder.bundle().encoder_path())?;
-        let out = Command::new(&python)
-            .arg("-c")
-            .arg(ORT_SCRIPT)
-            .arg(&model)
-            .arg(&in_path)
-            .arg(&shape)
-            .arg(args.threads.to_string())
-            .arg(args.runs.to_string())
-            .arg(WARMUP.to_string())
-            .arg(&out_path)
-            .arg(&encoder.manifest().graphs.encoder.inputs[0].name)
-            .output()
-            .with_context(|| format!("cannot run {}", python.display()))?;
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if !out.status.success() {
-            if let Some(line) = stderr.lines().find(|l| l.starts_with("NO_ORT")) {
-                bail!(
-                    "{} has no onnxruntime ({})",
-                    python.display(),
-                    line.trim_start_matches("NO_ORT ")
-                );
-            }
-            let last = stderr
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("no message");
-            bail!("onnxruntime failed on {}: {last}", model.display());
-        }
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let line = stdout
-            .lines()
-            .rev()
-            .find(|l| l.starts_with('{'))
-            .context("onnxruntime printed no result")?;
-        let v: serde_json::Value =
-            serde_json::from_str(line).context("onnxruntime result is not JSON")?;
-        let times: Vec<f64> = v["times_ms"]
-            .as_array()
-            .context("onnxruntime result has no times")?
-            .iter()
-            .filter_map(|t| t.as_f64())
-            .collect();
-        let shape: Vec<usize> = v["shape"]
-            .as_array()
-            .context("onnxruntime result has no shape")?
-            .iter()
-            .filter_map(|d| d.as_u64().map(|d| d as usize))
-            .collect();
-        let want = vec![
-            1,
-            tract_features.channels,
-            tract_features.height,
-            tract_features.width,
-        ];
-        if shape != want {
-            bail!("onnxruntime output shape {shape:?} differs from tract's {want:?}");
-        }
-        let raw = std::fs::read(&out_path).map_err(|e| edge::EdgeError::io(&out_path, e))?;
-        let ort: Vec<f32> = raw
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        if ort.len() != tract_features.data.len() {
-            bail!(
-                "onnxruntime output has {} values, tract's {}",
-                ort.len(),
-                tract_features.data.len()
-            );
-        }
-        let diff = ort
-            .iter()
-            .zip(&tract_features.data)
-            .map(|(a, b)| (a - b).abs())
-            .fold(
-                0.0f32,
-                |m, d| if d.is_nan() { f32::INFINITY } else { m.max(d) },
-            );
-        let (tol, tol_text) = ort_parity_tolerance(encoder.manifest())?;
-        if diff.is_nan() || diff > tol {
-            bail!("outputs differ: max abs diff tract vs onnxruntime {diff:e} > {tol_text}; timings not compared");
-        }
-        eprintln!(
-            "onnxruntime {}: encoder output matches tract (max abs diff {diff:.2e} <= {tol_text})",
-            v["version"].as_str().unwrap_or("?")
-        );
-        Ok(median(&times))
-    })();
-    let _ = std::fs::remove_dir_all(&dir);
-    result
-}
-
-#[cfg(test)]
-mod parity_tests {
-    use super::*;
-    use edge::bundle::Quantization;
-
-    fn int8_manifest(step: Option<f32>) -> edge::bundle::Manifest {
-        let mut m = edge::testkit::test_manifest(32, 32, 8, String::new());
-        m.precision = "int8".to_string();
-        m.quantization = Some(Quantization {
-            method: "percentile".to_string(),
-            percentile: Some(99.99),
-            calibration: "calibration/ (32 images)".to_string(),
-            layers_fp32: Vec::new(),
-            weights: String::new(),
-            activations: String::new(),
-            output_step: step,
-            layers: Vec::new(),
-            measured: None,
-        });
-        m
-    }
-
-    #[test]
-    fn fp32_bundles_keep_the_absolute_tolerance() {
-        let m = edge::testkit::test_manifest(32, 32, 8, String::new());
-        assert_eq!(ort_parity_tolerance(&m).unwrap().0, ORT_PARITY_TOL);
-    }
-
-    #[test]
-    fn int8_tolerance_is_counted_in_output_steps() {
-        let (tol, text) = ort_parity_tolerance(&int8_manifest(Some(0.05))).unwrap();
-        assert!((tol - ORT_INT8_PARITY_STEPS * 0.05).abs() < 1e-6, "{tol}");
-        assert!(text.contains("output steps"), "{text}");
-        for bad in [None, Some(0.0), Some(f32::NAN)] {
-            let e = ort_parity_tolerance(&int8_manifest(bad))
-                .unwrap_err()
-                .to_string();
-            assert!(e.contains("output_step"), "{e}");
-        }
-    }
 }

@@ -6,13 +6,13 @@
 use super::{apply_threads, ms_since, parse_size, repo_root};
 use anyhow::{bail, Result};
 use clap::Args;
-use edge::data::davis::{DavisDataset, DavisKind};
-use edge::metrics::VideoJAccumulator;
-use edge::overlay::{overlay_in_place, write_rgb_png};
-use edge::preprocess::{resize_mask_nearest, InputSize};
-use edge::prototype::{logits_to_labels, SupportShot};
-use edge::runtime::BundleEncoder;
-use edge::tensor::Mask;
+use fss_core::davis::{DavisDataset, DavisKind};
+use fss_core::metrics::VideoJAccumulator;
+use fss_core::overlay::{overlay_in_place, write_rgb_png};
+use fss_core::preprocess::{resize_mask_nearest, InputSize};
+use fss_core::prototype::{logits_to_labels, SupportShot};
+use fss_core::tensor::Mask;
+use fss_runtime::BundleEncoder;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -60,11 +60,11 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             bundle.display()
         );
     }
-    if !bundle.join(edge::bundle::MANIFEST_FILE).is_file() {
+    if !bundle.join(fss_core::bundle::MANIFEST_FILE).is_file() {
         bail!(
             "{}: no {} in the bundle folder (the default bundle has not been placed there yet; pass --bundle DIR)",
             bundle.display(),
-            edge::bundle::MANIFEST_FILE
+            fss_core::bundle::MANIFEST_FILE
         );
     }
     let frames = args.frames.clone().unwrap_or_else(|| bundle.join("sample"));

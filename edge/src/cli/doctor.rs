@@ -6,8 +6,8 @@
 use super::{apply_threads, ms_since, parse_size, repo_root};
 use anyhow::{bail, Result};
 use clap::Args;
-use edge::preprocess::InputSize;
-use edge::runtime::BundleEncoder;
+use fss_core::preprocess::InputSize;
+use fss_runtime::BundleEncoder;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 

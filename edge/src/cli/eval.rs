@@ -1,14 +1,15 @@
 //! `edge eval`: the evaluation protocols of evaluation.md on a bundle, through the same
-//! harness (`edge::eval`) and scoring as `host eval`; same JSON schema.
+//! harness (`fss_lab::eval`) and scoring as `host eval`; same JSON schema.
 
 use super::{apply_threads, parse_size};
 use anyhow::{bail, Result};
 use clap::Args;
-use edge::data::davis::DavisDataset;
-use edge::eval::{davis_agreement, progress_bar, Protocol, ProtocolArgs};
-use edge::preprocess::InputSize;
-use edge::report::EvalReport;
-use edge::runtime::BundleEncoder;
+use fss_core::davis::DavisDataset;
+use fss_core::preprocess::InputSize;
+use fss_core::report::EvalReport;
+use fss_lab::cli::{progress_bar, ProtocolArgs};
+use fss_lab::eval::{davis_agreement, Protocol};
+use fss_runtime::BundleEncoder;
 use std::path::PathBuf;
 
 #[derive(Debug, Clone, Args)]
@@ -62,7 +63,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let base = EvalReport::new(
         "",
         args.eval.data.display().to_string(),
-        edge::smcp::report_label(
+        fss_core::smcp::report_label(
             &m.method,
             args.eval.smcp_guidance,
             args.eval.sgone_kshot,
@@ -83,7 +84,7 @@ fn agreement(
     args: &EvalArgs,
     encoder: &mut BundleEncoder,
     other: &std::path::Path,
-    input: edge::eval::ScoringInput,
+    input: fss_core::model::ScoringInput,
 ) -> Result<()> {
     if args.eval.protocol != Protocol::Davis {
         bail!("--agree-with supports --protocol davis only");

@@ -1,8 +1,11 @@
 //! The `edge` command line: `segment`, `eval`, `bench`, `demo`, `doctor`, `run`, `support`.
 
 mod bench;
+#[cfg(feature = "lab")]
+mod bench_ort;
 mod demo;
 mod doctor;
+#[cfg(feature = "lab")]
 mod eval;
 mod run;
 mod segment;
@@ -10,7 +13,7 @@ mod support;
 
 use anyhow::Result;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use edge::preprocess::InputSize;
+use fss_core::preprocess::InputSize;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Parser)]
@@ -31,6 +34,7 @@ pub enum Command {
     /// Segment query images from support images and masks (N targets, K shots each).
     Segment(segment::SegmentArgs),
     /// Evaluate a bundle under a protocol of evaluation.md (same harness and scoring as `host eval`).
+    #[cfg(feature = "lab")]
     Eval(eval::EvalArgs),
     /// Time each stage of the per-frame pipeline (median of --runs frames) and compare the
     /// encoder with ONNX Runtime when a Python with onnxruntime is found.
@@ -59,6 +63,7 @@ pub fn run() -> Result<()> {
                 .expect("segment subcommand");
             segment::run(&args, sub)
         }
+        #[cfg(feature = "lab")]
         Command::Eval(args) => eval::run(&args),
         Command::Bench(args) => bench::run(&args),
         Command::Demo(args) => demo::run(&args),
@@ -77,7 +82,7 @@ pub fn apply_threads(n: usize) -> Result<()> {
     if n == 0 {
         anyhow::bail!("--threads must be at least 1");
     }
-    edge::runtime::set_threads(n)?;
+    fss_runtime::set_threads(n)?;
     Ok(())
 }
 

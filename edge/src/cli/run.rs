@@ -8,8 +8,8 @@ use edge::live::config::{GpioConfig, RunConfig};
 use edge::live::http::Server;
 use edge::live::pipeline::{LiveOptions, Pipeline, Shared};
 use edge::live::targets::Region;
-use edge::preprocess::InputSize;
-use edge::runtime::BundleEncoder;
+use fss_core::preprocess::InputSize;
+use fss_runtime::BundleEncoder;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -185,7 +185,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         }
     }
     if args.check_config {
-        let b = edge::runtime::Bundle::open(&bundle)?;
+        let b = fss_runtime::Bundle::open(&bundle)?;
         b.require_supported_method()?;
         println!("config ok");
         println!(
@@ -289,7 +289,8 @@ pub fn run(args: &RunArgs) -> Result<()> {
     }
     if let Some(p) = &args.summary {
         let json = serde_json::to_vec_pretty(&summary)?;
-        edge::fsutil::write_atomic(p, &json).with_context(|| format!("writing {}", p.display()))?;
+        fss_core::fsutil::write_atomic(p, &json)
+            .with_context(|| format!("writing {}", p.display()))?;
     }
     Ok(())
 }

@@ -4,13 +4,13 @@
 use super::{apply_threads, images_in, ms_since, parse_size};
 use anyhow::{bail, Context, Result};
 use clap::{ArgMatches, Args};
-use edge::cache::{CacheKey, PrototypeCache};
-use edge::data::image_io::{image_size, load_rgb};
-use edge::overlay::{overlay_in_place, write_mask_png, write_rgb_png};
-use edge::preprocess::InputSize;
-use edge::prototype::{logits_to_labels, Prototypes};
-use edge::runtime::support::{support_records, validate_targets};
-use edge::runtime::{compute_prototypes, BundleEncoder, SupportShotSpec, TargetSpec};
+use fss_core::image_io::{image_size, load_rgb};
+use fss_core::overlay::{overlay_in_place, write_mask_png, write_rgb_png};
+use fss_core::preprocess::InputSize;
+use fss_core::prototype::{logits_to_labels, Prototypes};
+use fss_runtime::cache::{CacheKey, PrototypeCache};
+use fss_runtime::support::{support_records, validate_targets};
+use fss_runtime::{compute_prototypes, BundleEncoder, SupportShotSpec, TargetSpec};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -109,7 +109,7 @@ fn write_npy_f32(path: &Path, shape: &[usize], data: &[f32]) -> Result<()> {
     for v in data {
         bytes.extend_from_slice(&v.to_le_bytes());
     }
-    std::fs::write(path, bytes).map_err(|e| edge::EdgeError::io(path, e))?;
+    std::fs::write(path, bytes).map_err(|e| fss_core::EdgeError::io(path, e))?;
     Ok(())
 }
 
@@ -282,9 +282,9 @@ pub fn run(args: &SegmentArgs, matches: &ArgMatches) -> Result<()> {
             encoder.prototype_dim()
         );
     }
-    std::fs::create_dir_all(&args.out).map_err(|e| edge::EdgeError::io(&args.out, e))?;
+    std::fs::create_dir_all(&args.out).map_err(|e| fss_core::EdgeError::io(&args.out, e))?;
     if let Some(d) = &args.dump_npy {
-        std::fs::create_dir_all(d).map_err(|e| edge::EdgeError::io(d, e))?;
+        std::fs::create_dir_all(d).map_err(|e| fss_core::EdgeError::io(d, e))?;
     }
     for q in &queries {
         let t0 = Instant::now();

@@ -4,11 +4,11 @@
 use super::{apply_threads, doctor::default_bundle, parse_size};
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
-use edge::cache::CacheKey;
-use edge::data::image_io::{load_label_png, load_rgb};
 use edge::live::targets::{Region, TargetStore};
-use edge::preprocess::InputSize;
-use edge::runtime::BundleEncoder;
+use fss_core::image_io::{load_label_png, load_rgb};
+use fss_core::preprocess::InputSize;
+use fss_runtime::cache::CacheKey;
+use fss_runtime::BundleEncoder;
 use std::path::PathBuf;
 
 #[derive(Debug, Clone, Args)]

@@ -3,8 +3,8 @@
 //! does not silently fall back to a default.
 
 use super::convert::CameraFormat;
-use crate::error::{EdgeError, Result};
-use crate::preprocess::InputSize;
+use fss_core::error::{EdgeError, Result};
+use fss_core::preprocess::InputSize;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -5,7 +5,7 @@
 //! (YUV 4:2:2 packed `Y0 U Y1 V`, BT.601 limited range, the format every UVC webcam offers).
 //! Anything else is refused with the list of what the device offers.
 
-use crate::error::{EdgeError, Result};
+use fss_core::error::{EdgeError, Result};
 use image::RgbImage;
 
 /// A pixel format `edge run` can decode.

@@ -20,8 +20,8 @@
 
 use super::pipeline::Shared;
 use super::targets::Region;
-use crate::tensor::Mask;
 use base64::Engine;
+use fss_core::tensor::Mask;
 use serde::Deserialize;
 use serde_json::json;
 use std::io::{BufRead, BufReader, Read, Write};

@@ -1,8 +1,8 @@
 //! From logits to what `edge run` reports per frame: the label map at frame resolution and,
 //! per target, its area, bounding box and score.
 
-use crate::preprocess::{bilinear_row, linear_taps};
-use crate::tensor::{FeatureMap, Mask};
+use fss_core::preprocess::{bilinear_row, linear_taps};
+use fss_core::tensor::{FeatureMap, Mask};
 use serde::Serialize;
 
 /// One target in one frame (the JSON Lines event schema, see docs/live.md).
@@ -21,7 +21,7 @@ pub struct TargetObservation {
 }
 
 /// Labels (argmax of the bilinearly upsampled logits, as
-/// [`logits_to_labels`](crate::prototype::logits_to_labels)) and per-label observations.
+/// [`logits_to_labels`](fss_core::prototype::logits_to_labels)) and per-label observations.
 /// `names[i]` is label `i + 1`.
 pub fn observe(
     logits: &FeatureMap,
@@ -100,7 +100,7 @@ pub fn observe(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::prototype::logits_to_labels;
+    use fss_core::prototype::logits_to_labels;
 
     #[test]
     fn labels_match_the_canonical_scoring_and_stats_are_consistent() {

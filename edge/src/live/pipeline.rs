@@ -18,12 +18,12 @@ use super::slot::{LatestSlot, Taken};
 use super::source::{DirectorySource, Frame, FrameSource, SourceError, SyntheticSource};
 use super::stats::{Stage, Stats, StatsSnapshot};
 use super::targets::{Region, TargetInfo, TargetStore};
-use crate::cache::CacheKey;
-use crate::error::{EdgeError, Result};
-use crate::preprocess::{prepare_input, InputSize};
-use crate::prototype::Prototypes;
-use crate::runtime::BundleEncoder;
-use crate::tensor::Mask;
+use fss_core::error::{EdgeError, Result};
+use fss_core::preprocess::{prepare_input, InputSize};
+use fss_core::prototype::Prototypes;
+use fss_core::tensor::Mask;
+use fss_runtime::cache::CacheKey;
+use fss_runtime::BundleEncoder;
 use image::RgbImage;
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -410,7 +410,7 @@ fn sink_loop(shared: Arc<Shared>) {
                 let t0 = Instant::now();
                 let mut img = (*item.image).clone();
                 if let Some(l) = &item.labels {
-                    let _ = crate::overlay::overlay_in_place(&mut img, l);
+                    let _ = fss_core::overlay::overlay_in_place(&mut img, l);
                 }
                 let mut jpeg = Vec::with_capacity(64 * 1024);
                 let ok = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 80)
@@ -475,7 +475,7 @@ fn masks_loop(dir: PathBuf, rx: Receiver<(String, Mask)>) {
     }
     for (name, mask) in rx {
         let path = dir.join(format!("{name}.png"));
-        if let Err(e) = crate::overlay::write_mask_png(&path, &mask) {
+        if let Err(e) = fss_core::overlay::write_mask_png(&path, &mask) {
             crate::live_note!("{e}; stopping the masks folder");
             return;
         }

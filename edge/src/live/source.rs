@@ -2,7 +2,7 @@
 //! folder of images or a DAVIS sequence replayed at a given rate, and a synthetic scene for
 //! tests and soak runs.
 
-use crate::error::{EdgeError, Result};
+use fss_core::error::{EdgeError, Result};
 use image::{Rgb, RgbImage};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -318,7 +318,7 @@ impl SyntheticSource {
     }
 
     /// The disc's mask in frame `index` (1 = disc).
-    pub fn truth(width: u32, height: u32, index: u64) -> crate::tensor::Mask {
+    pub fn truth(width: u32, height: u32, index: u64) -> fss_core::tensor::Mask {
         let (cx, cy, r) = Self::disc(width, height, index);
         let mut data = Vec::with_capacity((width * height) as usize);
         for y in 0..height {
@@ -327,7 +327,7 @@ impl SyntheticSource {
                 data.push(((fx - cx).powi(2) + (fy - cy).powi(2) <= r * r) as u8);
             }
         }
-        crate::tensor::Mask {
+        fss_core::tensor::Mask {
             height: height as usize,
             width: width as usize,
             data,

@@ -15,17 +15,17 @@
 //! Scoring is PANet's N-way rule: target i's foreground prototype is the mean over its shots;
 //! one background prototype is the mean over all shots of all targets.
 
-use crate::cache::CacheKey;
-use crate::dpnet::SupportMemory;
-use crate::error::{EdgeError, Result};
-use crate::fsutil::write_atomic;
-use crate::overlay::{save_png_atomic, target_colour};
-use crate::preprocess::{resize_mask_nearest, InputSize};
-use crate::prototype::{
+use fss_core::dpnet::SupportMemory;
+use fss_core::error::{EdgeError, Result};
+use fss_core::fsutil::write_atomic;
+use fss_core::overlay::{save_png_atomic, target_colour};
+use fss_core::preprocess::{resize_mask_nearest, InputSize};
+use fss_core::prototype::{
     cosine_logits, masked_average_pool, pooling_weights, weighted_average_pool, Prototypes, MAP_EPS,
 };
-use crate::runtime::BundleEncoder;
-use crate::tensor::{FeatureMap, Mask};
+use fss_core::tensor::{FeatureMap, Mask};
+use fss_runtime::cache::CacheKey;
+use fss_runtime::BundleEncoder;
 use image::{GrayImage, RgbImage};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -107,7 +107,7 @@ pub struct StoredShot {
     pub created_ms: u64,
     pub foreground: Vec<f32>,
     pub background: Vec<f32>,
-    /// DPNet: the shot's support memory ([`crate::dpnet`]).
+    /// DPNet: the shot's support memory ([`fss_core::dpnet`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<SupportMemory>,
 }
@@ -300,7 +300,7 @@ pub fn shot_prototypes(
     let features = encoder.support_features(features)?;
     let memory = encoder
         .keeps_support_memory()
-        .then(|| crate::dpnet::shot_memory(&features, &fg));
+        .then(|| fss_core::dpnet::shot_memory(&features, &fg));
     let (foreground, background) = if is_box {
         let (fh, fw) = (features.height, features.width);
         let (inside, _) = pooling_weights(&fg, fh, fw);
@@ -475,7 +475,7 @@ impl TargetStore {
             .map(|t| {
                 let parts: Option<Vec<&SupportMemory>> =
                     t.shots.iter().map(|s| s.memory.as_ref()).collect();
-                parts.and_then(|p| crate::dpnet::concat_memories(&p).ok())
+                parts.and_then(|p| fss_core::dpnet::concat_memories(&p).ok())
             })
             .collect::<Option<Vec<_>>>()
             .unwrap_or_default();
@@ -588,8 +588,8 @@ impl TargetStore {
         for t in &mut self.targets {
             for s in &mut t.shots {
                 let img_path = self.dir.join(&s.image);
-                let image = crate::data::image_io::load_rgb(&img_path)?;
-                let mask = crate::data::image_io::load_label_png(&self.dir.join(&s.mask))?;
+                let image = fss_core::image_io::load_rgb(&img_path)?;
+                let mask = fss_core::image_io::load_label_png(&self.dir.join(&s.mask))?;
                 let mask = Region::Mask(mask).to_mask(image.width(), image.height())?;
                 let p = shot_prototypes(encoder, &image, &mask, size, s.is_box)?;
                 s.foreground = p.foreground;

@@ -1,12 +1,12 @@
 //! The method heads as ONNX graphs (`head.onnx`, design.md "Per-method head contracts"). Every
 //! head takes `features` `[1, C, h, w]` and `prototype` `[1, D]` and gives `logits`
 //! `[1, 2, h, w]` at feature resolution:
-//! * SMCP: D = C; the edge runs it twice per target (`edge::smcp`); the multi-class head is
+//! * SMCP: D = C; the edge runs it twice per target (`fss_core::smcp`); the multi-class head is
 //!   training-only and not exported.
 //! * SG-One: D = the head width (the guidance vector); a second output `guidance`
 //!   `[1, D, h, w]` gives the guidance features the support vector is pooled from.
 //! * DPNet: D = C, and two more inputs, the support memory `support_features` `[1, C, n]` and
-//!   `support_mask` `[1, n]` (`edge::dpnet`); the auxiliary classifiers are not exported.
+//!   `support_mask` `[1, n]` (`fss_core::dpnet`); the auxiliary classifiers are not exported.
 //!
 //! Nodes: `Reshape` + `Expand` (the prototype tiled over the query grid, its shape taken from
 //! the features), `Concat`, `Conv` + `Relu`, `AveragePool` (k3 s2 p1, padding counted, as
@@ -15,7 +15,7 @@
 //! every input size.
 
 use anyhow::{anyhow, Result};
-use edge::bundle::{Dim, GraphSpec, TensorSpec};
+use fss_core::bundle::{Dim, GraphSpec, TensorSpec};
 use std::path::Path;
 use tract_onnx::pb::tensor_proto::DataType;
 use tract_onnx::pb::ModelProto;
@@ -508,7 +508,7 @@ pub fn export_head(head: &MethodHead, dir: &Path) -> Result<GraphSpec> {
         file: HEAD_FILE.into(),
         inputs,
         outputs,
-        sha256: edge::bundle::sha256_file(&path)?,
+        sha256: fss_core::bundle::sha256_file(&path)?,
     })
 }
 

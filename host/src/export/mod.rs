@@ -1,12 +1,12 @@
 //! `host export`: writes a deployable bundle — `encoder.onnx` (the backbone up to its feature
 //! tap, BatchNorm folded, symbolic H and W) and `bundle.json` (the manifest of
-//! `edge::bundle`) — and checks the graph against tch before committing it (design.md
+//! `fss_core::bundle`) — and checks the graph against tch before committing it (design.md
 //! decisions 2-3, "Bundle manifest").
 //!
 //! The parity check runs the tch backbone (`Backbone::forward_to`) and tract on the written file
 //! on the same seeded random input at the bundle's default size; the export fails when the max
 //! abs difference exceeds [`PARITY_TOLERANCE`]. PANet has no head graph: its cosine scoring runs
-//! in Rust on the edge (`edge::prototype`).
+//! in Rust on the edge (`fss_core::prototype`).
 //!
 //! With `--int8 --calibration DIR` ([`BundleOptions::int8`]) the encoder is quantized instead
 //! ([`quant`]: QLinearConv per-tensor for dense/pointwise convs, depthwise fp32, activation
@@ -34,13 +34,13 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use anyhow::{anyhow, bail, Context, Result};
-use edge::bundle::{
+use fss_core::bundle::{
     sha256_file, Checks, Dim, FeatureSpec, GraphSpec, Graphs, HeadInfo, InputSpec, Manifest,
     MetricCheck, PrototypeSpec, Provenance, Quantization, QuantizationCheck, QuantizedLayer,
     ResizeSpec, TensorSpec, BUNDLE_FORMAT, MANIFEST_FILE,
 };
-use edge::preprocess::InputSize;
-use edge::report::EvalReport;
+use fss_core::preprocess::InputSize;
+use fss_core::report::EvalReport;
 use prost::Message;
 use rand::{Rng, SeedableRng};
 use tch::{nn::VarStore, Device, Tensor};
@@ -49,7 +49,7 @@ use tract_onnx::pb::ModelProto;
 use crate::backbone::{default_weights_path, Backbone, BackboneKind, BackboneOptions};
 use crate::cli::{ExportArgs, Method};
 use crate::heads::MethodHead;
-use crate::train::RunRecord;
+use crate::run::RunRecord;
 
 /// File name of the encoder graph inside a bundle.
 pub const ENCODER_FILE: &str = "encoder.onnx";
@@ -129,7 +129,7 @@ pub fn encoder_model(backbone: &Backbone, stride: i64) -> Result<ModelProto> {
 
 /// Encodes `model` and writes it atomically to `path`.
 pub fn write_model(model: &ModelProto, path: &Path) -> Result<()> {
-    edge::fsutil::write_atomic(path, &model.encode_to_vec())?;
+    fss_core::fsutil::write_atomic(path, &model.encode_to_vec())?;
     Ok(())
 }
 
@@ -437,7 +437,7 @@ pub fn export_bundle_with_head(
                     1,
                 ),
                 MethodHead::DpNet(d) => {
-                    let n = (edge::dpnet::MEMORY_GRID * edge::dpnet::MEMORY_GRID) as i64;
+                    let n = (fss_core::dpnet::MEMORY_GRID * fss_core::dpnet::MEMORY_GRID) as i64;
                     (
                         d.shape.width,
                         vec![],
@@ -701,7 +701,7 @@ struct Source {
     stride: i64,
     provenance: Provenance,
     /// The training run's configuration (for a method's head).
-    config: Option<crate::train::TrainConfig>,
+    config: Option<crate::run::TrainConfig>,
 }
 
 fn resolve_source(args: &ExportArgs) -> Result<Source> {
@@ -752,7 +752,7 @@ fn resolve_source(args: &ExportArgs) -> Result<Source> {
                     host_version,
                     source: absolute(&run_json),
                     created,
-                    training: crate::train::describe(&rec.config, rec.iteration),
+                    training: crate::run::describe(&rec.config, rec.iteration),
                 },
             })
         }
@@ -873,7 +873,7 @@ pub fn run(args: &ExportArgs) -> Result<()> {
     let backbone = Backbone::new(&vs.root(), src.kind, BackboneOptions::default())?;
     backbone.load_weights(&src.weights)?;
     let head = match &src.config {
-        Some(cfg) => crate::train::method_head(&vs, &backbone, cfg)?,
+        Some(cfg) => crate::run::method_head(&vs, &backbone, cfg)?,
         None => None,
     };
     if let Some(h) = &head {

@@ -13,7 +13,7 @@
 use std::collections::{HashMap, HashSet};
 
 use anyhow::{anyhow, bail, Result};
-use edge::bundle::Dim;
+use fss_core::bundle::Dim;
 use tch::{Device, Kind, Tensor};
 use tract_onnx::pb::{
     attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto, type_proto,

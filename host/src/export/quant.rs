@@ -16,7 +16,7 @@
 //!   Dequantize/Quantize pairs.
 //!
 //! Calibration: the tch backbone runs on each calibration image (resized and normalised
-//! exactly as the edge does, `edge::preprocess::prepare_input`). For every conv two tensors
+//! exactly as the edge does, `fss_core::preprocess::prepare_input`). For every conv two tensors
 //! are observed: its input and its output after the activation (conv + folded BatchNorm +
 //! ReLU/ReLU6: the u8 output of a QLinearConv whose range starts at 0 saturates exactly as the
 //! activation would, so the range spends no codes on values the activation discards; the f32
@@ -41,7 +41,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
-use edge::preprocess::{InputSize, Normalization};
+use fss_core::preprocess::{InputSize, Normalization};
 use tch::{Kind, Tensor};
 use tract_onnx::pb::{tensor_proto::DataType, ModelProto};
 
@@ -487,9 +487,9 @@ pub fn calibration_images(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// An image resized to `size` and normalised with the backbone's statistics, CHW f32.
 pub fn prepared_image(backbone: &Backbone, path: &Path, size: InputSize) -> Result<Vec<f32>> {
-    let img = edge::data::image_io::load_rgb(path)?;
+    let img = fss_core::image_io::load_rgb(path)?;
     let (mean, std) = backbone.normalization();
-    Ok(edge::preprocess::prepare_input(
+    Ok(fss_core::preprocess::prepare_input(
         &img,
         size,
         &Normalization { mean, std },

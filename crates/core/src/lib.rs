@@ -1,0 +1,28 @@
+//! `fss-core`: what the trainer, the evaluation lab and the device must agree on, with no
+//! inference engine, no libtorch, no command line and no printing.
+//!
+//! Tensors ([`tensor`]), the bundle manifest ([`bundle`]), image decoding ([`image_io`]) and
+//! preprocessing ([`preprocess`]), masked average pooling and the canonical PANet scoring
+//! ([`prototype`]), each head method's shared inference ([`smcp`], [`sgone`], [`dpnet`]), the
+//! model contract every harness runs ([`model`]), the metrics ([`metrics`]) and report schemas
+//! ([`report`]), the DAVIS sequence reader the device replays ([`davis`]), mask overlays
+//! ([`overlay`]) and atomic file writes ([`fsutil`]).
+
+pub mod bundle;
+pub mod davis;
+pub mod dpnet;
+pub mod error;
+pub mod fsutil;
+pub mod image_io;
+pub mod metrics;
+pub mod model;
+pub mod overlay;
+pub mod preprocess;
+pub mod prototype;
+pub mod report;
+pub mod sgone;
+pub mod smcp;
+pub mod tensor;
+
+pub use error::{EdgeError, Result};
+pub use tensor::FeatureMap;

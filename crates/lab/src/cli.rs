@@ -1,0 +1,165 @@
+//! The evaluation flags shared by `host eval` and `edge eval` (flattened into both, so the two
+//! commands take the same flags with the same meaning) and their progress bar. Only with the
+//! `cli` feature, which the two binaries turn on: the library itself needs neither clap nor
+//! indicatif.
+
+use crate::data::pascal::PascalOptions;
+use crate::eval::{run_protocol, Protocol, ProtocolRequest};
+use crate::presets::{Benchmark, Preset, PresetHarness};
+use fss_core::error::Result;
+use fss_core::model::{FeatureEncoder, ScoringInput};
+use fss_core::report::EvalReport;
+use std::path::PathBuf;
+
+/// The stderr progress bar of the evaluation commands.
+pub fn progress_bar(label: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(0);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(&format!(
+        "{label} {{bar:30}} {{pos}}/{{len}} [{{elapsed}}<{{eta}}]"
+    )) {
+        bar.set_style(style);
+    }
+    bar
+}
+
+/// The PASCAL flags of `host eval` and `edge eval` (flattened into both).
+#[derive(Debug, Clone, clap::Args)]
+pub struct PascalArgs {
+    /// PASCAL: image list under ImageSets/Segmentation (train, val, trainaug, ...) or a list file.
+    #[arg(long, default_value = "val")]
+    pub pascal_list: String,
+    /// PASCAL: labels folder (default: SegmentationClassAug if present, else SegmentationClass).
+    #[arg(long)]
+    pub pascal_labels: Option<String>,
+    /// PASCAL: label 255 (object boundaries) is ignored (PANet, PFENet, HSNet) or background (OSLSM, SG-One).
+    #[arg(long, value_enum, default_value = "ignore")]
+    pub void: crate::data::pascal::VoidLabel,
+}
+
+impl PascalArgs {
+    pub fn options(&self) -> PascalOptions {
+        PascalOptions {
+            list: self.pascal_list.clone(),
+            labels: self.pascal_labels.clone(),
+            void: self.void,
+        }
+    }
+}
+
+/// The protocol flags shared by `host eval` and `edge eval` (flattened into both, so the two
+/// commands take the same flags with the same meaning).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ProtocolArgs {
+    #[arg(long, value_enum)]
+    pub protocol: Protocol,
+    /// Dataset root: DAVIS layout (davis), COCO128 layout (coco), class folders (folder),
+    /// VOC2012 layout (pascal).
+    #[arg(long)]
+    pub data: PathBuf,
+    #[arg(long, default_value_t = 1)]
+    pub shots: usize,
+    /// Episodes per fold per run (coco, pascal, folder; default 1000, or the preset's; given
+    /// with --preset it replaces the preset's count for a shorter run).
+    #[arg(long)]
+    pub episodes: Option<usize>,
+    /// Runs: seeds seed..seed+runs-1.
+    #[arg(long, default_value_t = 1)]
+    pub runs: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Folds to evaluate (coco: default the model's training fold, else all four; pascal: all four).
+    #[arg(long, value_delimiter = ',')]
+    pub folds: Option<Vec<usize>>,
+    /// Write the scored episodes as JSON Lines.
+    #[arg(long)]
+    pub write_episodes: Option<PathBuf>,
+    /// Replay episodes from a JSON Lines file instead of sampling.
+    #[arg(long)]
+    pub episodes_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub pascal: PascalArgs,
+    /// COCO or PASCAL: a published harness's settings (input geometry, label resolution, 255
+    /// handling, small-object rule, episodes, seeds, split; methods.md §7.4). Replaces --runs,
+    /// --seed, --void and, unless given, --episodes.
+    #[arg(long, value_enum)]
+    pub preset: Option<Preset>,
+    /// SMCP: the prototype that guides the final pass: fused (the paper's inference), support
+    /// (one pass, the support prototype alone) or pseudo (the query's pseudo-prototype alone).
+    #[arg(long, value_enum, default_value = "fused")]
+    pub smcp_guidance: fss_core::smcp::SmcpGuidance,
+    /// SG-One with several shots: avg (one pass with the mean of the shots' guidance vectors,
+    /// the paper's better variant) or max (one pass per shot, union of the predictions).
+    #[arg(long, value_enum, default_value = "avg")]
+    pub sgone_kshot: fss_core::sgone::SgOneKShot,
+    /// Also write the results as a Markdown table (per fold mIoU and FB-IoU, mean ± std over
+    /// runs) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub markdown: Option<PathBuf>,
+    /// Print one JSON line (the evaluation schema) on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl ProtocolArgs {
+    /// The preset's harness settings on this protocol (`None` without a preset, or for a
+    /// protocol presets do not apply to, which [`run_protocol`] refuses).
+    pub fn preset_harness(&self) -> Option<PresetHarness> {
+        let benchmark = match self.protocol {
+            Protocol::Coco => Benchmark::Coco,
+            Protocol::Pascal => Benchmark::Pascal,
+            Protocol::Davis | Protocol::Folder => return None,
+        };
+        Some(self.preset?.settings().harness(benchmark))
+    }
+
+    /// The request for [`run_protocol`]; `trained_fold` is the model's COCO training fold.
+    pub fn request(&self, trained_fold: Option<usize>) -> ProtocolRequest {
+        ProtocolRequest {
+            protocol: self.protocol,
+            data: self.data.clone(),
+            shots: self.shots,
+            episodes: self.episodes,
+            runs: self.runs,
+            seed: self.seed,
+            folds: self.folds.clone(),
+            trained_fold,
+            write_episodes: self.write_episodes.clone(),
+            episodes_file: self.episodes_file.clone(),
+            preset: self.preset,
+            pascal: self.pascal.options(),
+        }
+    }
+
+    /// Runs the protocol with a progress bar on stderr and prints the report (JSON line or
+    /// summary) on stdout.
+    pub fn run_and_print(
+        &self,
+        encoder: &mut dyn FeatureEncoder,
+        input: ScoringInput,
+        base: EvalReport,
+        trained_fold: Option<usize>,
+    ) -> Result<EvalReport> {
+        let bar = progress_bar(self.protocol.name());
+        let mut progress = |done: usize, total: usize| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        };
+        let report = run_protocol(
+            encoder,
+            input,
+            &self.request(trained_fold),
+            base,
+            &mut progress,
+        )?;
+        bar.finish_and_clear();
+        if self.json {
+            println!("{}", report.to_json_line());
+        } else {
+            println!("{}", report.human_summary());
+        }
+        if let Some(path) = &self.markdown {
+            fss_core::fsutil::write_atomic(path, report.markdown_table().as_bytes())?;
+        }
+        Ok(report)
+    }
+}

@@ -1,0 +1,791 @@
+//! Seeded, reproducible 1-way K-shot episodes over a [`CocoMaskDataset`] (docs/evaluation.md,
+//! "COCO few-shot episodes"; methods.md §11.4).
+//!
+//! # Seeding
+//!
+//! Evaluation episodes of fold `f` for run seed `s` come from
+//! `ChaCha8Rng::seed_from_u64(seed_for(s, f))` with **`seed_for(s, f) = s * 1000 + f`** (wrapping
+//! `u64` arithmetic), ChaCha stream 0 (the default). `--runs R --seed S` uses seeds `S..S+R-1`.
+//! The [`TrainingSampler`] uses the same derivation on ChaCha **stream 1**, so training and
+//! evaluation never share a random sequence.
+//!
+//! # Draw order (evaluation, per episode, in order)
+//!
+//! The fold's *taking-part* classes `T` are its classes (ascending class index) that have at
+//! least K+1 eligible images ([`taking_part_classes`]: `>= min_pixels`, and with
+//! `EpisodeSpec::oslsm_grid` the OSLSM grid rule too); each class's eligible images are sorted by
+//! pool index.
+//!
+//! 1. class: `T[rng.random_range(0..n as u32)]` with `n = |T|`;
+//! 2. images: with `E` = the class's eligible images (`m = |E|`), a partial Fisher-Yates shuffle
+//!    of the positions `p = [0, 1, .., m-1]`: for `i` in `0..K+1`:
+//!    `j = rng.random_range(i as u32..m as u32)`, swap `p[i]` and `p[j]`. The episode's images
+//!    are `E[p[0]], .., E[p[K]]`: the first K are the supports (in that order), the last the
+//!    query. All K+1 are distinct.
+//!
+//! Only `random_range` on `u32` ranges is used (value-stable for rand 0.9, pinned by
+//! `Cargo.lock`, identical on 32- and 64-bit machines); no shuffling or sampling helpers of
+//! rand whose algorithms may change.
+//!
+//! # Draw order (training, per episode)
+//!
+//! Steps 1 and 2 as above over the sampler's base classes and image subset; then, only if
+//! horizontal flips are on, K+1 flip decisions (supports in order, then the query), each
+//! `rng.next_u32() >> 31 == 1` (a fair coin from the top bit; no rand distribution involved).
+//!
+//! # Labels
+//!
+//! An episode of class c is labelled binary: support foreground = class c, background =
+//! everything else; the query label is the binary mask of c. Pixels of any other class (novel
+//! classes of the fold included) are background ([`episode_labels`]).
+//!
+//! # Episode lists
+//!
+//! [`EpisodeRecord`] is the JSON Lines form of evaluation.md:
+//! `{"fold": f, "class_id": coco_id, "supports": ["images/train2017/....jpg", ...], "query": "..."}`
+//! with paths relative to the dataset root. [`write_jsonl`] writes atomically (temporary file
+//! then rename), [`read_jsonl`] reports errors with line numbers.
+
+use std::io::{BufRead, Write};
+use std::path::Path;
+
+use rand::{Rng, RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::data::coco::{base_classes, check_fold, fold_classes, CocoMaskDataset, FoldSplit};
+use fss_core::error::{EdgeError, Result};
+use fss_core::tensor::Mask;
+
+/// The RNG seed of fold `fold` for run seed `seed`: `seed * 1000 + fold` (wrapping).
+pub fn seed_for(seed: u64, fold: usize) -> u64 {
+    seed.wrapping_mul(1000).wrapping_add(fold as u64)
+}
+
+/// The evaluation RNG of (seed, fold): `ChaCha8Rng::seed_from_u64(seed_for(seed, fold))`.
+pub fn eval_rng(seed: u64, fold: usize) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed_for(seed, fold))
+}
+
+/// What to generate for one fold and one run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpisodeSpec {
+    /// K (supports per episode).
+    pub shots: usize,
+    /// Number of episodes.
+    pub episodes: usize,
+    /// Eligibility threshold in pixels at original resolution (2048 in evaluation.md).
+    pub min_pixels: u64,
+    /// Also require the OSLSM small-object rule ([`crate::data::OSLSM_MIN_CELLS`]).
+    #[serde(default)]
+    pub oslsm_grid: bool,
+    pub split: FoldSplit,
+    pub fold: usize,
+}
+
+impl EpisodeSpec {
+    /// evaluation.md defaults: interleaved split, 1,000 episodes, 2,048 px.
+    pub fn new(shots: usize, fold: usize) -> Self {
+        EpisodeSpec {
+            shots,
+            episodes: 1000,
+            min_pixels: crate::data::coco::DEFAULT_MIN_PIXELS,
+            oslsm_grid: false,
+            split: FoldSplit::Interleaved,
+            fold,
+        }
+    }
+}
+
+/// One 1-way K-shot episode (pool indices into the dataset).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Episode {
+    pub fold: usize,
+    /// Class index 1..=80.
+    pub class_index: u8,
+    /// COCO category id of the class.
+    pub class_id: u8,
+    pub supports: Vec<usize>,
+    pub query: usize,
+}
+
+/// One line of an episode list (JSON Lines), paths relative to the dataset root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpisodeRecord {
+    pub fold: usize,
+    pub class_id: u32,
+    pub supports: Vec<String>,
+    pub query: String,
+}
+
+impl Episode {
+    /// The JSON Lines form of this episode.
+    pub fn to_record(&self, dataset: &CocoMaskDataset) -> Result<EpisodeRecord> {
+        let path = |i: usize| dataset.image(i).map(|im| im.rel_path.clone());
+        Ok(EpisodeRecord {
+            fold: self.fold,
+            class_id: self.class_id as u32,
+            supports: self
+                .supports
+                .iter()
+                .map(|&i| path(i))
+                .collect::<Result<_>>()?,
+            query: path(self.query)?,
+        })
+    }
+
+    /// Resolves a record against a dataset: unknown class ids or image paths are errors.
+    pub fn from_record(record: &EpisodeRecord, dataset: &CocoMaskDataset) -> Result<Episode> {
+        let class_index = dataset.class_index_of(record.class_id).ok_or_else(|| {
+            EdgeError::input(format!(
+                "episode class_id {} is not one of the dataset's 80 thing categories",
+                record.class_id
+            ))
+        })?;
+        if record.supports.is_empty() {
+            return Err(EdgeError::input("episode has no support images"));
+        }
+        let find = |p: &str| {
+            dataset.find_image(p).ok_or_else(|| {
+                EdgeError::input(format!(
+                    "episode image {p:?} is not in the pool under {}",
+                    dataset.root().display()
+                ))
+            })
+        };
+        Ok(Episode {
+            fold: record.fold,
+            class_index,
+            class_id: dataset.class_id(class_index)?,
+            supports: record
+                .supports
+                .iter()
+                .map(|p| find(p))
+                .collect::<Result<_>>()?,
+            query: find(&record.query)?,
+        })
+    }
+}
+
+/// Records of several episodes.
+pub fn to_records(episodes: &[Episode], dataset: &CocoMaskDataset) -> Result<Vec<EpisodeRecord>> {
+    episodes.iter().map(|e| e.to_record(dataset)).collect()
+}
+
+/// Episodes of several records, errors prefixed with the record number (1-based).
+pub fn from_records(records: &[EpisodeRecord], dataset: &CocoMaskDataset) -> Result<Vec<Episode>> {
+    records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            Episode::from_record(r, dataset)
+                .map_err(|e| EdgeError::input(format!("episode {}: {e}", i + 1)))
+        })
+        .collect()
+}
+
+/// Writes an episode list as JSON Lines, atomically (a temporary file in the same folder, then
+/// rename).
+pub fn write_jsonl(path: &Path, records: &[EpisodeRecord]) -> Result<()> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| EdgeError::invalid(path, "not a file path"))?;
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| -> Result<()> {
+        let file = std::fs::File::create(&tmp).map_err(|e| EdgeError::io(&tmp, e))?;
+        let mut w = std::io::BufWriter::new(file);
+        for r in records {
+            let line =
+                serde_json::to_string(r).map_err(|e| EdgeError::invalid(path, e.to_string()))?;
+            w.write_all(line.as_bytes())
+                .and_then(|_| w.write_all(b"\n"))
+                .map_err(|e| EdgeError::io(&tmp, e))?;
+        }
+        let file = w
+            .into_inner()
+            .map_err(|e| EdgeError::io(&tmp, e.into_error()))?;
+        file.sync_all().map_err(|e| EdgeError::io(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| EdgeError::io(path, e))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Reads an episode list (JSON Lines; blank lines skipped, unknown keys ignored). Errors name
+/// the file and the line number.
+pub fn read_jsonl(path: &Path) -> Result<Vec<EpisodeRecord>> {
+    let file = std::fs::File::open(path).map_err(|e| EdgeError::io(path, e))?;
+    let mut out = Vec::new();
+    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(|e| EdgeError::io(path, e))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let r: EpisodeRecord = serde_json::from_str(&line)
+            .map_err(|e| EdgeError::invalid(path, format!("line {}: {e}", i + 1)))?;
+        out.push(r);
+    }
+    Ok(out)
+}
+
+/// The classes of `classes` (kept in ascending order) that have at least `shots + 1` eligible
+/// images (`>= min_pixels`) in the whole pool: the fold's taking-part classes.
+pub fn taking_part_classes(
+    dataset: &CocoMaskDataset,
+    classes: &[u8],
+    shots: usize,
+    min_pixels: u64,
+) -> Vec<u8> {
+    taking_part_classes_with(dataset, classes, shots, min_pixels, false)
+}
+
+/// [`taking_part_classes`] with the OSLSM small-object rule on or off.
+pub fn taking_part_classes_with(
+    dataset: &CocoMaskDataset,
+    classes: &[u8],
+    shots: usize,
+    min_pixels: u64,
+    oslsm_grid: bool,
+) -> Vec<u8> {
+    let mut v: Vec<u8> = classes
+        .iter()
+        .copied()
+        .filter(|&c| {
+            dataset
+                .eligible_images_with(c, min_pixels, oslsm_grid)
+                .len()
+                > shots
+        })
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// Draws `k` distinct positions out of `0..m` by a partial Fisher-Yates shuffle (see the module
+/// doc). Requires `k <= m <= u32::MAX`.
+pub fn draw_distinct<R: Rng>(rng: &mut R, m: usize, k: usize) -> Vec<usize> {
+    assert!(k <= m && m <= u32::MAX as usize);
+    let mut p: Vec<usize> = (0..m).collect();
+    for i in 0..k {
+        let j = rng.random_range(i as u32..m as u32) as usize;
+        p.swap(i, j);
+    }
+    p.truncate(k);
+    p
+}
+
+/// One episode: class uniform over `classes`, then K+1 distinct images of its eligible list.
+fn draw_episode<R: Rng>(
+    rng: &mut R,
+    dataset: &CocoMaskDataset,
+    fold: usize,
+    classes: &[u8],
+    eligible: &[Vec<usize>],
+    shots: usize,
+) -> Result<Episode> {
+    let n = classes.len();
+    let ci = rng.random_range(0..n as u32) as usize;
+    let class_index = classes[ci];
+    let e = &eligible[ci];
+    let pos = draw_distinct(rng, e.len(), shots + 1);
+    let mut imgs: Vec<usize> = pos.into_iter().map(|p| e[p]).collect();
+    let query = imgs.pop().expect("shots + 1 >= 1 images");
+    Ok(Episode {
+        fold,
+        class_index,
+        class_id: dataset.class_id(class_index)?,
+        supports: imgs,
+        query,
+    })
+}
+
+/// The episodes of one fold and run, and the fold's taking-part classes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpisodeSet {
+    /// Classes with at least K+1 eligible images (ascending); their count is reported.
+    pub taking_part: Vec<u8>,
+    pub episodes: Vec<Episode>,
+}
+
+/// Generates `spec.episodes` evaluation episodes of `spec.fold` for run seed `seed` over the
+/// whole pool (see the module doc for the exact draw order).
+pub fn generate_episodes(
+    dataset: &CocoMaskDataset,
+    spec: &EpisodeSpec,
+    seed: u64,
+) -> Result<EpisodeSet> {
+    check_fold(spec.fold)?;
+    if spec.shots == 0 {
+        return Err(EdgeError::input("shots must be at least 1"));
+    }
+    let classes = fold_classes(spec.split, spec.fold);
+    let taking_part = taking_part_classes_with(
+        dataset,
+        &classes,
+        spec.shots,
+        spec.min_pixels,
+        spec.oslsm_grid,
+    );
+    if taking_part.is_empty() && spec.episodes > 0 {
+        return Err(EdgeError::input(format!(
+            "fold {} ({} split) has no class with at least {} images of >= {} px{}",
+            spec.fold,
+            spec.split,
+            spec.shots + 1,
+            spec.min_pixels,
+            crate::data::oslsm_rule_text(spec.oslsm_grid)
+        )));
+    }
+    let eligible: Vec<Vec<usize>> = taking_part
+        .iter()
+        .map(|&c| dataset.eligible_images_with(c, spec.min_pixels, spec.oslsm_grid))
+        .collect();
+    let mut rng = eval_rng(seed, spec.fold);
+    let episodes = (0..spec.episodes)
+        .map(|_| {
+            draw_episode(
+                &mut rng,
+                dataset,
+                spec.fold,
+                &taking_part,
+                &eligible,
+                spec.shots,
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(EpisodeSet {
+        taking_part,
+        episodes,
+    })
+}
+
+/// The binary labels of an episode at original resolution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpisodeLabels {
+    /// Support masks (1 = the episode's class, 0 = everything else), in support order.
+    pub supports: Vec<Mask>,
+    /// Query mask (1 = the episode's class).
+    pub query: Mask,
+}
+
+/// Labels an episode: foreground is the episode's class only; every other class (novel classes
+/// included) and stuff/unlabelled pixels are background.
+pub fn episode_labels(dataset: &CocoMaskDataset, episode: &Episode) -> Result<EpisodeLabels> {
+    Ok(EpisodeLabels {
+        supports: episode
+            .supports
+            .iter()
+            .map(|&i| dataset.class_mask(i, episode.class_index))
+            .collect::<Result<_>>()?,
+        query: dataset.class_mask(episode.query, episode.class_index)?,
+    })
+}
+
+/// Settings of a [`TrainingSampler`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrainingSpec {
+    pub split: FoldSplit,
+    /// The fold being held out: training draws from its base classes.
+    pub fold: usize,
+    pub shots: usize,
+    pub min_pixels: u64,
+    /// Draw K+1 horizontal-flip decisions per episode.
+    pub hflip: bool,
+}
+
+/// A training episode and its flip decisions (supports in order, then the query; all `false`
+/// when flips are off).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrainingEpisode {
+    pub episode: Episode,
+    pub flips: Vec<bool>,
+}
+
+/// Endless 1-way K-shot episodes over the base classes of a fold, from an image subset (e.g.
+/// train2017 only). Serializable with serde (RNG state included), so a checkpoint resumes the
+/// exact episode stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingSampler {
+    spec: TrainingSpec,
+    /// Base classes with at least K+1 eligible images in the subset (ascending).
+    classes: Vec<u8>,
+    /// COCO ids of `classes`.
+    class_ids: Vec<u8>,
+    /// Per class, eligible pool indices of the subset (ascending).
+    eligible: Vec<Vec<usize>>,
+    rng: ChaCha8Rng,
+    drawn: u64,
+}
+
+impl TrainingSampler {
+    /// Builds the sampler: RNG `ChaCha8Rng::seed_from_u64(seed_for(seed, fold))` on stream 1.
+    pub fn new(
+        dataset: &CocoMaskDataset,
+        spec: TrainingSpec,
+        subset: &[usize],
+        seed: u64,
+    ) -> Result<TrainingSampler> {
+        check_fold(spec.fold)?;
+        if spec.shots == 0 {
+            return Err(EdgeError::input("shots must be at least 1"));
+        }
+        let mut classes = Vec::new();
+        let mut class_ids = Vec::new();
+        let mut eligible = Vec::new();
+        for c in base_classes(spec.split, spec.fold) {
+            let e = dataset.eligible_images_in(c, spec.min_pixels, subset);
+            if e.len() > spec.shots {
+                classes.push(c);
+                class_ids.push(dataset.class_id(c)?);
+                eligible.push(e);
+            }
+        }
+        if classes.is_empty() {
+            return Err(EdgeError::input(format!(
+                "no base class of fold {} has at least {} training images of >= {} px",
+                spec.fold,
+                spec.shots + 1,
+                spec.min_pixels
+            )));
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed_for(seed, spec.fold));
+        rng.set_stream(1);
+        Ok(TrainingSampler {
+            spec,
+            classes,
+            class_ids,
+            eligible,
+            rng,
+            drawn: 0,
+        })
+    }
+
+    pub fn spec(&self) -> &TrainingSpec {
+        &self.spec
+    }
+
+    /// The base classes that take part (ascending class indices).
+    pub fn classes(&self) -> &[u8] {
+        &self.classes
+    }
+
+    /// Episodes drawn so far.
+    pub fn episodes_drawn(&self) -> u64 {
+        self.drawn
+    }
+
+    /// Draws the next episode (and its flips when `hflip` is on).
+    pub fn next_episode(&mut self) -> TrainingEpisode {
+        let n = self.classes.len();
+        let ci = self.rng.random_range(0..n as u32) as usize;
+        let e = &self.eligible[ci];
+        let pos = draw_distinct(&mut self.rng, e.len(), self.spec.shots + 1);
+        let mut imgs: Vec<usize> = pos.into_iter().map(|p| e[p]).collect();
+        let query = imgs.pop().expect("shots + 1 >= 1 images");
+        let flips = if self.spec.hflip {
+            (0..=self.spec.shots)
+                .map(|_| self.rng.next_u32() >> 31 == 1)
+                .collect()
+        } else {
+            vec![false; self.spec.shots + 1]
+        };
+        self.drawn += 1;
+        TrainingEpisode {
+            episode: Episode {
+                fold: self.spec.fold,
+                class_index: self.classes[ci],
+                class_id: self.class_ids[ci],
+                supports: imgs,
+                query,
+            },
+            flips,
+        }
+    }
+
+    /// Checkpoint form (JSON).
+    pub fn to_json(&self) -> Result<String> {
+        serde_json::to_string(self).map_err(|e| EdgeError::input(format!("sampler state: {e}")))
+    }
+
+    /// Restores a checkpoint made by [`TrainingSampler::to_json`].
+    pub fn from_json(s: &str) -> Result<TrainingSampler> {
+        serde_json::from_str(s).map_err(|e| EdgeError::input(format!("sampler state: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::coco::fixture;
+    use fss_tests::fixture_files::TempDir;
+
+    fn dataset(dir: &TempDir) -> CocoMaskDataset {
+        fixture::write(dir.path(), 24, 8);
+        CocoMaskDataset::open(dir.path()).unwrap()
+    }
+
+    fn spec(fold: usize, shots: usize, episodes: usize) -> EpisodeSpec {
+        EpisodeSpec {
+            shots,
+            episodes,
+            min_pixels: 16,
+            oslsm_grid: false,
+            split: FoldSplit::Interleaved,
+            fold,
+        }
+    }
+
+    #[test]
+    fn seed_derivation() {
+        assert_eq!(seed_for(0, 0), 0);
+        assert_eq!(seed_for(3, 2), 3002);
+    }
+
+    #[test]
+    fn draw_distinct_is_a_partial_permutation() {
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let mut seen_first = [false; 5];
+        for _ in 0..200 {
+            let d = draw_distinct(&mut rng, 5, 3);
+            assert_eq!(d.len(), 3);
+            assert!(d.iter().all(|&x| x < 5));
+            assert!(d[0] != d[1] && d[1] != d[2] && d[0] != d[2]);
+            seen_first[d[0]] = true;
+        }
+        assert!(seen_first.iter().all(|&s| s));
+        assert_eq!(draw_distinct(&mut rng, 4, 4).len(), 4);
+    }
+
+    #[test]
+    fn taking_part_counts() {
+        let dir = TempDir::new("sampler_tp");
+        let ds = dataset(&dir);
+        // 32 images; class index c in 1..8 on images k with k % 8 == c-1 -> 4 images each;
+        // classes 9..12 on 8 images each (16 px).
+        let f0 = fold_classes(FoldSplit::Interleaved, 0); // 1, 5, 9, 13, ...
+        assert_eq!(taking_part_classes(&ds, &f0, 1, 16), vec![1, 5, 9]);
+        assert_eq!(taking_part_classes(&ds, &f0, 4, 16), vec![9]);
+        assert_eq!(taking_part_classes(&ds, &f0, 1, 17), vec![1, 5]);
+    }
+
+    #[test]
+    fn same_seed_same_episodes_different_seed_differs() {
+        let dir = TempDir::new("sampler_seed");
+        let ds = dataset(&dir);
+        let a = generate_episodes(&ds, &spec(0, 1, 50), 0).unwrap();
+        let b = generate_episodes(&ds, &spec(0, 1, 50), 0).unwrap();
+        let c = generate_episodes(&ds, &spec(0, 1, 50), 1).unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a.episodes, c.episodes);
+        assert_eq!(a.taking_part, vec![1, 5, 9]);
+        // Different folds use different streams (and classes).
+        let d = generate_episodes(&ds, &spec(1, 1, 50), 0).unwrap();
+        assert_eq!(d.taking_part, vec![2, 6, 10]);
+    }
+
+    #[test]
+    fn episodes_are_valid() {
+        let dir = TempDir::new("sampler_valid");
+        let ds = dataset(&dir);
+        for shots in [1, 3] {
+            let set = generate_episodes(&ds, &spec(2, shots, 200), 5).unwrap();
+            let mut classes_seen = std::collections::BTreeSet::new();
+            for e in &set.episodes {
+                assert_eq!(e.fold, 2);
+                assert_eq!(e.supports.len(), shots);
+                assert!(set.taking_part.contains(&e.class_index));
+                assert_eq!(e.class_id, ds.class_id(e.class_index).unwrap());
+                let mut all = e.supports.clone();
+                all.push(e.query);
+                let mut dedup = all.clone();
+                dedup.sort();
+                dedup.dedup();
+                assert_eq!(dedup.len(), all.len(), "images not distinct: {e:?}");
+                for &i in &all {
+                    assert!(ds.is_eligible(i, e.class_index, 16));
+                }
+                classes_seen.insert(e.class_index);
+            }
+            assert_eq!(
+                classes_seen.into_iter().collect::<Vec<_>>(),
+                set.taking_part
+            );
+        }
+        // Zero shots and bad folds are errors.
+        assert!(generate_episodes(&ds, &spec(0, 0, 1), 0).is_err());
+        assert!(generate_episodes(&ds, &spec(4, 1, 1), 0).is_err());
+        // No class can take part.
+        assert!(generate_episodes(&ds, &spec(0, 20, 1), 0).is_err());
+    }
+
+    #[test]
+    fn jsonl_round_trip_and_replay() {
+        let dir = TempDir::new("sampler_jsonl");
+        let ds = dataset(&dir);
+        let set = generate_episodes(&ds, &spec(0, 2, 30), 9).unwrap();
+        let records = to_records(&set.episodes, &ds).unwrap();
+        assert!(records[0].supports[0].starts_with("images/"));
+        let path = dir.path().join("episodes.jsonl");
+        write_jsonl(&path, &records).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 30);
+        let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+        let keys: Vec<_> = first.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(keys.len(), 4);
+        for k in ["fold", "class_id", "supports", "query"] {
+            assert!(first.get(k).is_some(), "missing {k}");
+        }
+        // No temporary file left behind.
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty());
+        let back = read_jsonl(&path).unwrap();
+        assert_eq!(back, records);
+        let replay = from_records(&back, &ds).unwrap();
+        assert_eq!(replay, set.episodes);
+    }
+
+    #[test]
+    fn jsonl_errors() {
+        let dir = TempDir::new("sampler_jsonl_err");
+        let ds = dataset(&dir);
+        let path = dir.path().join("bad.jsonl");
+        std::fs::write(
+            &path,
+            "{\"fold\": 0, \"class_id\": 1, \"supports\": [\"images/train2017/000000001000.jpg\"], \"query\": \"images/train2017/000000001008.jpg\"}\n\n{\"fold\": 0, \"class_id\": }\n",
+        )
+        .unwrap();
+        let e = read_jsonl(&path).unwrap_err().to_string();
+        assert!(e.contains("bad.jsonl") && e.contains("line 3"), "{e}");
+        let good = EpisodeRecord {
+            fold: 0,
+            class_id: 1,
+            supports: vec!["images/train2017/000000001000.jpg".into()],
+            query: "images/train2017/000000001008.jpg".into(),
+        };
+        let ep = Episode::from_record(&good, &ds).unwrap();
+        assert_eq!(
+            (ep.class_index, ep.supports.clone(), ep.query),
+            (1, vec![0], 8)
+        );
+        let mut unknown = good.clone();
+        unknown.query = "images/train2017/nope.jpg".into();
+        let e = from_records(&[good.clone(), unknown], &ds)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("episode 2") && e.contains("nope.jpg"), "{e}");
+        let mut stuff = good;
+        stuff.class_id = 150;
+        assert!(Episode::from_record(&stuff, &ds).is_err());
+    }
+
+    #[test]
+    fn labels_are_binary_of_the_class() {
+        let dir = TempDir::new("sampler_labels");
+        let ds = dataset(&dir);
+        let set = generate_episodes(&ds, &spec(0, 1, 5), 0).unwrap();
+        for e in &set.episodes {
+            let l = episode_labels(&ds, e).unwrap();
+            let expect = ds.pixels(e.query, e.class_index) as usize;
+            assert_eq!(l.query.count_nonzero(), expect);
+            assert!(l.query.data.iter().all(|&v| v <= 1));
+            assert_eq!(l.supports.len(), 1);
+        }
+    }
+
+    #[test]
+    fn training_sampler_resumes_exactly() {
+        let dir = TempDir::new("sampler_train");
+        let ds = dataset(&dir);
+        let train = ds.indices_of_split("train2017");
+        let tspec = TrainingSpec {
+            split: FoldSplit::Interleaved,
+            fold: 0,
+            shots: 1,
+            min_pixels: 16,
+            hflip: true,
+        };
+        let mut a = TrainingSampler::new(&ds, tspec, &train, 42).unwrap();
+        // Base classes of fold 0 with >= 2 eligible train images: 2,3,4,6,7,8,10,11,12.
+        assert_eq!(a.classes(), &[2, 3, 4, 6, 7, 8, 10, 11, 12]);
+        for _ in 0..17 {
+            let t = a.next_episode();
+            assert!(train.contains(&t.episode.query));
+            assert!(t.episode.supports.iter().all(|s| train.contains(s)));
+            assert_ne!(t.episode.supports[0], t.episode.query);
+            assert_eq!(t.flips.len(), 2);
+            assert_ne!(t.episode.class_index % 4, 1, "novel class drawn");
+        }
+        let saved = a.to_json().unwrap();
+        let mut b = TrainingSampler::from_json(&saved).unwrap();
+        assert_eq!(b.episodes_drawn(), 17);
+        let next_a: Vec<_> = (0..25).map(|_| a.next_episode()).collect();
+        let next_b: Vec<_> = (0..25).map(|_| b.next_episode()).collect();
+        assert_eq!(next_a, next_b);
+        // Flips are not constant.
+        let flips: Vec<bool> = next_a.iter().flat_map(|t| t.flips.clone()).collect();
+        assert!(flips.iter().any(|&f| f) && flips.iter().any(|&f| !f));
+        // Same seed from scratch gives the same stream; another seed differs.
+        let mut c = TrainingSampler::new(&ds, tspec, &train, 42).unwrap();
+        let mut d = TrainingSampler::new(&ds, tspec, &train, 43).unwrap();
+        let c5: Vec<_> = (0..5).map(|_| c.next_episode()).collect();
+        let d5: Vec<_> = (0..5).map(|_| d.next_episode()).collect();
+        let mut fresh = TrainingSampler::new(&ds, tspec, &train, 42).unwrap();
+        assert_eq!(c5, (0..5).map(|_| fresh.next_episode()).collect::<Vec<_>>());
+        assert_ne!(c5, d5);
+        // No flips: no flip draws, all false.
+        let mut nf = TrainingSampler::new(
+            &ds,
+            TrainingSpec {
+                hflip: false,
+                ..tspec
+            },
+            &train,
+            42,
+        )
+        .unwrap();
+        let t = nf.next_episode();
+        assert_eq!(t.flips, vec![false, false]);
+        assert_eq!(t.episode, c5[0].episode);
+    }
+
+    /// Real data: taking-part classes per fold, K = 1, 2,048 px, interleaved (evaluation.md
+    /// reference: 16 / 18 / 13 / 16).
+    #[test]
+    fn real_coco128_taking_part_when_present() {
+        let Some(data) = fss_tests::shared_data() else {
+            eprintln!("skipping: shared data folder ../shared/data is absent");
+            return;
+        };
+        let root = data.join("coco128");
+        if !root.is_dir() {
+            eprintln!("skipping: {} is absent", root.display());
+            return;
+        }
+        eprintln!("using real data at {}", root.display());
+        let ds = CocoMaskDataset::open(&root).unwrap();
+        let counts: Vec<usize> = (0..4)
+            .map(|f| {
+                taking_part_classes(
+                    &ds,
+                    &fold_classes(FoldSplit::Interleaved, f),
+                    1,
+                    crate::data::coco::DEFAULT_MIN_PIXELS,
+                )
+                .len()
+            })
+            .collect();
+        eprintln!("taking-part classes per fold (K=1, 2048 px, interleaved): {counts:?}");
+        assert_eq!(counts, vec![16, 18, 13, 16]);
+        let set = generate_episodes(&ds, &EpisodeSpec::new(1, 0), 0).unwrap();
+        assert_eq!(set.episodes.len(), 1000);
+        assert_eq!(set.taking_part.len(), 16);
+    }
+}
