@@ -61,7 +61,7 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
-pub const WARMUP: usize = 3;
+const WARMUP: usize = 3;
 fn first_jpeg(dir: &Path, depth: usize) -> Option<PathBuf> {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .ok()?
@@ -230,7 +230,18 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     } else {
         let features = last_features.expect("at least one run");
         #[cfg(feature = "lab")]
-        let compared = super::bench_ort::ort_compare(args, &encoder, size, &last_input, &features);
+        let compared = super::bench_ort::ort_compare(
+            &super::bench_ort::OrtRun {
+                bundle: &args.bundle,
+                threads: args.threads,
+                runs: args.runs,
+                warmup: WARMUP,
+            },
+            &encoder,
+            size,
+            &last_input,
+            &features,
+        );
         #[cfg(not(feature = "lab"))]
         let compared: Result<f64> = {
             let _ = (&last_input, &features);

@@ -3,7 +3,6 @@
 //! time is reported. A lab tool: only with edge's `lab` feature, which the device packages
 //! leave out.
 
-use super::bench::{BenchArgs, WARMUP};
 use super::median;
 use anyhow::{bail, Context, Result};
 use fss_core::preprocess::InputSize;
@@ -92,16 +91,24 @@ for _ in range(int(runs)):
 print(json.dumps({"times_ms": ts, "shape": list(y.shape), "version": ort.__version__}))
 "#;
 
+/// How `edge bench` times ONNX Runtime: the bundle, intra-op threads, timed and warm-up runs.
+pub struct OrtRun<'a> {
+    pub bundle: &'a Path,
+    pub threads: usize,
+    pub runs: usize,
+    pub warmup: usize,
+}
+
 /// Runs the encoder in ONNX Runtime on `input`; checks its output against tract's; returns
 /// ONNX Runtime's median milliseconds.
 pub fn ort_compare(
-    args: &BenchArgs,
+    args: &OrtRun,
     encoder: &BundleEncoder,
     size: InputSize,
     input: &[f32],
     tract_features: &FeatureMap,
 ) -> Result<f64> {
-    let python = find_ort_python(&args.bundle)
+    let python = find_ort_python(args.bundle)
         .context("no Python with onnxruntime found ($EDGE_ORT_PYTHON or .venv/bin/python)")?;
     let dir = std::env::temp_dir().join(format!("edge-bench-ort-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| fss_core::EdgeError::io(&dir, e))?;
@@ -124,7 +131,7 @@ pub fn ort_compare(
             .arg(&shape)
             .arg(args.threads.to_string())
             .arg(args.runs.to_string())
-            .arg(WARMUP.to_string())
+            .arg(args.warmup.to_string())
             .arg(&out_path)
             .arg(&encoder.manifest().graphs.encoder.inputs[0].name)
             .output()
