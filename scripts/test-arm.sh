@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The edge crate's tests on aarch64 under qemu-user, once per CPU model (cortex-a72 = Pi 4: no
+# The tests of edge and its libraries (fss-core, fss-runtime, fss-lab) on aarch64 under qemu-user, once per CPU model (cortex-a72 = Pi 4: no
 # dotprod/fp16; cortex-a76 = Pi 5: dotprod + fp16), `edge doctor` under both, the x86_64 vs
 # aarch64 parity test of `edge segment` (edge/tests/arm_parity.rs), then the .deb and the tarball
 # with their smoke test (scripts/package-arm.sh). Needs scripts/setup-arm.sh first
@@ -19,16 +19,19 @@ for tool in aarch64-linux-gnu-gcc qemu-aarch64; do
   command -v "$tool" >/dev/null || { echo "error: $tool missing: run scripts/setup-arm.sh" >&2; exit 1; }
 done
 
+# The device crate and the libraries it stands on (fss-lab too: edge eval runs it on boards).
+PKGS="-p fss-core -p fss-runtime -p fss-lab -p edge"
+
 t0=$(date +%s)
-cargo test --release -p edge --features camera --target "$TARGET" --no-run
+cargo test --release $PKGS --features edge/camera --target "$TARGET" --no-run
 log "aarch64 build (tests, with the lab): $(( $(date +%s) - t0 )) s"
 BIN="target/$TARGET/release/edge"
 
 for cpu in $CPUS; do
   t=$(date +%s)
-  log "cargo test -p edge under qemu-aarch64 -cpu $cpu"
+  log "cargo test $PKGS under qemu-aarch64 -cpu $cpu"
   CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu $cpu -L $SYSROOT" \
-    cargo test --release -p edge --features camera --target "$TARGET" --no-fail-fast "$@"
+    cargo test --release $PKGS --features edge/camera --target "$TARGET" --no-fail-fast "$@"
   log "tests under $cpu: $(( $(date +%s) - t )) s"
 done
 
