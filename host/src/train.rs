@@ -29,9 +29,9 @@ use std::time::Instant;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 use crate::run::save_checkpoint;
-pub use crate::run::{
-    describe, initial_weights, method_head, DpNetConfig, LossPoint, LrSchedule, RunRecord,
-    SgOneConfig, SmcpConfig, TrainConfig, FEATURE_STRIDE, RUN_FORMAT,
+use crate::run::{
+    initial_weights, method_head, DpNetConfig, LossPoint, LrSchedule, RunRecord, SgOneConfig,
+    SmcpConfig, TrainConfig, FEATURE_STRIDE, RUN_FORMAT,
 };
 
 fn lr_at(cfg: &TrainConfig, iteration: usize) -> f64 {

@@ -458,7 +458,7 @@ fn export_command_writes_a_bundle_from_a_trained_run() {
         BackboneOptions::default(),
     )
     .unwrap();
-    let (rec, dir) = host::train::RunRecord::read(&run).unwrap();
+    let (rec, dir) = host::run::RunRecord::read(&run).unwrap();
     bb.load_weights(&rec.model_path(&dir)).unwrap();
     let p = export::parity(&bb, 16, &bundle.join("encoder.onnx"), 72, 100, 3).unwrap();
     assert!(p.max_abs_diff < 1e-4, "{p:?}");

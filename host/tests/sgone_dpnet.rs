@@ -165,7 +165,7 @@ fn export(
 /// supports whose masks mark different regions of a synthetic input.
 fn same_features_agree(run: &Path, bundle: &Path) {
     let size = fss_core::preprocess::InputSize::new(64, 96);
-    let (rec, dir) = host::train::RunRecord::read(run).unwrap();
+    let (rec, dir) = host::run::RunRecord::read(run).unwrap();
     let mut tch_model = host::eval::TchEncoder::from_run(&rec, &dir, tch::Device::Cpu, 1).unwrap();
     let mut tract_model = fss_runtime::BundleEncoder::open(bundle).unwrap();
     let image = |seed: usize| -> Vec<f32> {

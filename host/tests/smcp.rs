@@ -205,7 +205,7 @@ fn check_export_and_edge(run: &Path, scratch: &Path) {
         methods.push(hr["method"].as_str().unwrap().to_string());
     }
     assert_eq!(methods, ["smcp", "smcp/support"]);
-    let (rec, dir) = host::train::RunRecord::read(run).unwrap();
+    let (rec, dir) = host::run::RunRecord::read(run).unwrap();
     let mut tch_model = host::eval::TchEncoder::from_run(&rec, &dir, tch::Device::Cpu, 1).unwrap();
     let mut tract_model = fss_runtime::BundleEncoder::open(&bundle).unwrap();
     two_pass_logits_agree(

@@ -20,7 +20,7 @@ pub trait FeatureEncoder {
     }
     /// The method's logits at feature resolution, `[N + 1, h, w]` (background, then one channel
     /// per target of `prototypes`), for a query encoded at `input`. The default is PANet's
-    /// cosine x20 scoring; SMCP runs its head twice per target ([`fss_core::smcp`]).
+    /// cosine x20 scoring; SMCP runs its head twice per target ([`crate::smcp`]).
     fn head_logits(
         &mut self,
         prototypes: &Prototypes,
@@ -32,7 +32,7 @@ pub trait FeatureEncoder {
     }
     /// What the supports leave for scoring: N targets of K shots holding encoder features ->
     /// the method's prototypes. The default is PANet's (also SMCP's); SG-One pools its
-    /// guidance features ([`fss_core::sgone`]), DPNet adds support memories ([`fss_core::dpnet`]).
+    /// guidance features ([`crate::sgone`]), DPNet adds support memories ([`crate::dpnet`]).
     fn prototypes(&mut self, ways: &[Vec<SupportShot>]) -> Result<Prototypes> {
         panet_prototypes(ways)
     }

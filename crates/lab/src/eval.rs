@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Instant;
 
-pub use fss_core::model::{predict_labels, FeatureEncoder, Progress, ScoringInput};
+use fss_core::model::{predict_labels, FeatureEncoder, Progress, ScoringInput};
 
 /// DAVIS one-shot protocol: per target the support is frame 0 with its mask, frames 1..N-1 are
 /// queries scored independently at the annotation's resolution.

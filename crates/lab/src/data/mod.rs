@@ -3,9 +3,9 @@
 //! folder format ([`folder`]) and whole-dataset checks listing every problem ([`check`]).
 //!
 //! Every reader validates its layout when it is opened and reports problems as one-line errors
-//! that name the offending file or folder. Image and label-PNG decoding and the DAVIS sequence
-//! reader live in `fss-core` (the device replays DAVIS sequences too); they are re-exported here
-//! so that every reader is found in one place.
+//! that name the offending file or folder. Image and label-PNG decoding
+//! (`fss_core::image_io`) and the DAVIS sequence reader (`fss_core::davis`) live in `fss-core`:
+//! the device replays DAVIS sequences too.
 
 pub mod check;
 pub mod coco;
@@ -14,10 +14,6 @@ pub mod folder;
 pub mod pascal;
 
 pub use coco::{base_classes, fold_classes, CocoMaskDataset, FoldSplit, PoolImage};
-pub use fss_core::davis::{self, DavisDataset, DavisKind, DavisOptions, Sequence, Target};
-pub use fss_core::image_io::{
-    self, image_size, label_png_info, load_label_png, load_rgb, LabelPngInfo,
-};
 
 /// OSLSM / SG-One's small-object rule keeps an (image, class) pair when the class holds more
 /// than 2 cells of a 1/32 grid (methods.md §4.5): `SGOne:util.py change_coordinates(mask, 32,
