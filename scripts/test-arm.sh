@@ -60,9 +60,12 @@ for cpu in $CPUS; do
 done
 
 # x86_64 (native) vs aarch64 (qemu, each CPU) on the same inputs: masks, features, logits.
+# Selected with --workspace and the features of scripts/test.sh's workspace run, so cargo unifies
+# the dependencies' features as it did there and reuses that build (`-p edge` alone resolved other
+# features and compiled tract a second time: ~5 GB of target/debug and minutes).
 t=$(date +%s)
 EDGE_ARM_BIN="$PWD/$BIN" EDGE_ARM_CPUS="$CPUS" EDGE_ARM_QEMU="qemu-aarch64 -L $SYSROOT" \
-  cargo test -p edge --features camera --test arm_parity -- --nocapture
+  cargo test --workspace --features edge/camera --test arm_parity -- --nocapture
 log "parity test: $(( $(date +%s) - t )) s; all aarch64 steps: $(( $(date +%s) - t0 )) s"
 
 # The .deb and the tarball, unpacked/installed into a scratch root and checked with edge doctor.
