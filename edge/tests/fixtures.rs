@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use fss_core::choice::Choice;
 use fss_core::davis::{DavisDataset, DavisKind};
 use fss_core::image_io::load_label_png;
 use fss_core::model::{FeatureEncoder, ScoringInput};
@@ -14,9 +15,9 @@ use fss_lab::data::check::{check_dataset, DataFormat};
 use fss_lab::data::coco::CocoMaskDataset;
 use fss_lab::data::coco_json::{ClassMaskOptions, CocoInstances};
 use fss_lab::data::pascal::{pascal_fold_classes, PascalDataset, PascalOptions, VoidLabel, VOID};
+use fss_lab::episodes::{plan_episodes, Eligibility, EpisodeSource, Sampling};
 use fss_lab::eval::{
-    pascal_episodes, run_protocol, PascalEpisode, PascalEpisodes, Protocol, ProtocolRequest,
-    PASCAL_MIN_PIXELS,
+    run_protocol, score_episodes, Protocol, ProtocolRequest, Scoring, PASCAL_MIN_PIXELS,
 };
 use fss_lab::presets::{Benchmark, Preset};
 use fss_tests::testkit::write_test_bundle;
@@ -325,7 +326,7 @@ fn every_preset_runs(protocol: Protocol, data: &Path, folds: Vec<usize>, tag: &s
     };
     let dir = std::env::temp_dir().join(format!("edge-fixtures-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    for preset in Preset::ALL {
+    for &(preset, _, _) in Preset::VARIANTS {
         let h = preset.settings().harness(benchmark);
         let input = ScoringInput {
             // Any size for `oslsm` (each image at its own); the preset's otherwise.
@@ -415,7 +416,7 @@ fn every_preset_runs_on_a_coco_layout() {
 /// rule find no class large enough and say so in one line.
 #[test]
 fn presets_on_the_coco_fixture_run_or_say_why_not() {
-    for preset in Preset::ALL {
+    for &(preset, _, _) in Preset::VARIANTS {
         let h = preset.settings().harness(Benchmark::Coco);
         let input = ScoringInput {
             size: h.size().unwrap_or(InputSize::new(16, 16)),
@@ -518,14 +519,13 @@ fn oslsm_encodes_each_image_at_its_own_size_once() {
 #[test]
 fn pascal_protocol_void_handling() {
     let root = fixtures().join("voc2012");
-    let settings = PascalEpisodes {
+    let sampling = Sampling {
         shots: 1,
         episodes: 10,
         runs: 1,
         seed: 0,
         folds: vec![2],
-        min_pixels: PASCAL_MIN_PIXELS,
-        oslsm_grid: false,
+        rule: Eligibility::min_pixels(PASCAL_MIN_PIXELS),
     };
     let mut counted = Vec::new();
     for void in [VoidLabel::Ignore, VoidLabel::Background] {
@@ -537,19 +537,19 @@ fn pascal_protocol_void_handling() {
             },
         )
         .unwrap();
-        let r = pascal_episodes(
+        let plan = plan_episodes(&ds, &sampling, None).unwrap();
+        let r = score_episodes(
             &mut IdentityEncoder,
             &ds,
-            scoring_input(),
-            &settings,
-            None,
+            Scoring::canonical(scoring_input()),
+            plan,
             &mut |_, _| {},
         )
         .unwrap();
         let (fg, bg) = r.runs[&(2, 0)].pooled();
         let (mut pixels, mut voids) = (0u64, 0u64);
         for rec in &r.episodes {
-            let q = PascalEpisode::from_record(rec, &ds).unwrap().query;
+            let q = ds.episode(rec).unwrap().query;
             let im = ds.image(q).unwrap();
             pixels += (im.width * im.height) as u64;
             voids += im.class_pixels[21];

@@ -127,12 +127,12 @@ pub struct TrainArgs {
     pub lr_milestones: Option<Vec<usize>>,
     /// SMCP: follow the paper (PFF on the support branch, poly lr, wd 1e-4) or the official
     /// code (support branch without PFF, constant lr, wd 5e-4).
-    #[arg(long, value_enum, default_value = "paper")]
+    #[arg(long, value_parser = fss_cli::choice::<crate::smcp::SmcpVariant>(), default_value = "paper")]
     pub smcp_variant: crate::smcp::SmcpVariant,
     /// SG-One: follow the paper (plain 1x1 exit conv, per-shot pooling, 255 ignored) or the
     /// official code's quirks (exit conv padding 1, batch-wide mask sum, 255 as foreground;
     /// host only: not exportable).
-    #[arg(long, value_enum, default_value = "paper")]
+    #[arg(long, value_parser = fss_cli::choice::<crate::sgone::SgOneVariant>(), default_value = "paper")]
     pub sgone_variant: crate::sgone::SgOneVariant,
     /// SMCP, SG-One, DPNet: head width (SMCP 512 and SG-One 512/128 in the papers with
     /// VGG-16). The default 96 keeps a frame's head passes below the cost of the
@@ -172,7 +172,7 @@ pub struct TrainArgs {
 #[derive(Debug, Clone, Args)]
 pub struct EvalArgs {
     #[command(flatten)]
-    pub eval: fss_lab::cli::ProtocolArgs,
+    pub eval: fss_cli::ProtocolArgs,
     #[arg(long, default_value = "panet")]
     pub method: Method,
     /// Backbone (ignored with --checkpoint, which records its own).
@@ -290,6 +290,6 @@ pub struct DataCheckArgs {
     /// Dataset root folder.
     pub path: PathBuf,
     /// Layout of the dataset.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = fss_cli::choice::<DataFormat>())]
     pub format: DataFormat,
 }

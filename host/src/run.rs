@@ -11,6 +11,7 @@ use crate::optim::Sgd;
 use crate::sgone::{SgOneHead, SgOneShape, SgOneVariant};
 use crate::smcp::{SmcpHead, SmcpShape, SmcpVariant};
 use anyhow::{anyhow, bail, Context, Result};
+use fss_core::choice::Choice;
 use fss_lab::data::coco::FoldSplit;
 use fss_lab::sampler::TrainingSampler;
 use serde::{Deserialize, Serialize};

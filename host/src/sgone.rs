@@ -40,17 +40,7 @@ pub const SCOPE: &str = "sgone_head";
 pub const COSINE_EPS: f64 = 1e-8;
 
 /// Which SG-One the model follows (module doc).
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Default,
-    serde::Serialize,
-    serde::Deserialize,
-    clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SgOneVariant {
     /// The paper: plain 1x1 exit conv, per-shot masked average pooling, 255 ignored.
@@ -60,14 +50,10 @@ pub enum SgOneVariant {
     Code,
 }
 
-impl SgOneVariant {
-    pub fn name(self) -> &'static str {
-        match self {
-            SgOneVariant::Paper => "paper",
-            SgOneVariant::Code => "code",
-        }
-    }
-}
+fss_core::choices!(SgOneVariant {
+    Paper => "paper", "The paper: plain 1x1 exit conv, per-shot masked average pooling, 255 ignored";
+    Code => "code", "The official code's quirks: exit conv padding 1, batch-wide mask sum, 255 as foreground";
+});
 
 /// Shape of an SG-One head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

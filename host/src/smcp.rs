@@ -28,17 +28,7 @@ pub const MCL_WEIGHT: f64 = 0.1;
 pub const SCOPE: &str = "smcp_head";
 
 /// Which SMCP the model follows (methods.md §5.3, §10.3).
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Default,
-    serde::Serialize,
-    serde::Deserialize,
-    clap::ValueEnum,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SmcpVariant {
     /// The paper: PFF shared by the support branch, poly lr (power 0.9), weight decay 1e-4.
@@ -48,14 +38,10 @@ pub enum SmcpVariant {
     Code,
 }
 
-impl SmcpVariant {
-    pub fn name(self) -> &'static str {
-        match self {
-            SmcpVariant::Paper => "paper",
-            SmcpVariant::Code => "code",
-        }
-    }
-}
+fss_core::choices!(SmcpVariant {
+    Paper => "paper", "The paper: PFF shared by the support branch, poly lr (power 0.9), weight decay 1e-4";
+    Code => "code", "The official code: the support branch skips PFF, constant lr, weight decay 5e-4";
+});
 
 /// Shape of an SMCP head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -121,7 +121,7 @@ fn episode_tensors(
         Ok(Tensor::from_slice(&normalize_chw(&img, norm)).view([1, 3, h, w]))
     };
     // The episode class's binary mask (nearest resize commutes with picking the class).
-    let class = ep.episode.class_index;
+    let class = ep.episode.class;
     let label = |cache: &mut ImageCache, idx: usize, flip: bool| -> Result<Mask> {
         let mut m = cache.label_map(dataset, idx, flip)?;
         m.data.iter_mut().for_each(|v| *v = (*v == class) as u8);

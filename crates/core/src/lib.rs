@@ -6,9 +6,10 @@
 //! ([`prototype`]), each head method's shared inference ([`smcp`], [`sgone`], [`dpnet`]), the
 //! model contract every harness runs ([`model`]), the metrics ([`metrics`]) and report schemas
 //! ([`report`]), the DAVIS sequence reader the device replays ([`davis`]), mask overlays
-//! ([`overlay`]) and atomic file writes ([`fsutil`]).
+//! ([`overlay`]), atomic file writes ([`fsutil`]) and named settings ([`choice`]).
 
 pub mod bundle;
+pub mod choice;
 pub mod davis;
 pub mod dpnet;
 pub mod error;

@@ -36,7 +36,6 @@ pub trait GuidedHead {
 
 /// How K support shots guide the query (methods.md §4.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum SgOneKShot {
     /// Average the shots' guidance vectors, one pass (the paper's better variant).
     #[default]
@@ -45,14 +44,10 @@ pub enum SgOneKShot {
     Max,
 }
 
-impl SgOneKShot {
-    pub fn name(self) -> &'static str {
-        match self {
-            SgOneKShot::Avg => "avg",
-            SgOneKShot::Max => "max",
-        }
-    }
-}
+crate::choices!(SgOneKShot {
+    Avg => "avg", "Average the shots' guidance vectors, one pass (the paper's better variant)";
+    Max => "max", "One pass per shot, union of the binary predictions";
+});
 
 /// The guidance vectors of N targets of K shots (shots hold encoder features): per target the
 /// mean of its shots' vectors in `foreground` and each shot's vector in `per_shot`;

@@ -24,6 +24,7 @@
 //!   target with the largest margin. For one target, softmax and argmax of `[0, fg - bg]` equal
 //!   those of `[bg, fg]`.
 
+use crate::choice::Choice;
 use crate::error::{EdgeError, Result};
 use crate::preprocess::InputSize;
 use crate::prototype::{foreground_margins, logits_to_labels, masked_average_pool, Prototypes};
@@ -37,7 +38,6 @@ pub trait PrototypeHead {
 
 /// Which prototype guides the final pass (methods.md §5.5 reports all three).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum SmcpGuidance {
     /// `(p + p') / 2` (the paper's inference).
     #[default]
@@ -48,15 +48,11 @@ pub enum SmcpGuidance {
     Pseudo,
 }
 
-impl SmcpGuidance {
-    pub fn name(self) -> &'static str {
-        match self {
-            SmcpGuidance::Fused => "fused",
-            SmcpGuidance::Support => "support",
-            SmcpGuidance::Pseudo => "pseudo",
-        }
-    }
-}
+crate::choices!(SmcpGuidance {
+    Fused => "fused", "`(p + p') / 2` (the paper's inference)";
+    Support => "support", "The support prototype alone: one pass";
+    Pseudo => "pseudo", "The pseudo-prototype alone";
+});
 
 /// The method as reports name it: `smcp` for the paper's fused inference, `smcp/support` or
 /// `smcp/pseudo` for the ablations; other methods unchanged.

@@ -1,31 +1,33 @@
 //! The evaluation harnesses of evaluation.md, written once over a [`FeatureEncoder`] so that
-//! `host eval` (tch) and `edge eval` (tract) run the very same protocol and scoring code.
+//! `host eval` (tch) and `edge eval` (tract) run the very same protocol and scoring code: the
+//! DAVIS one-shot protocol, and one harness loop ([`score_episodes`]) for every episode
+//! protocol (COCO-20i, PASCAL-5i, class folders), over any [`EpisodeSource`] and plan, with the
+//! scoring geometry ([`Scoring`]) as its one parameter: the canonical stretch, or a published
+//! harness's (`crate::presets`).
 
-use crate::data::coco::{CocoMaskDataset, FoldSplit};
-use crate::data::folder::{
-    generate_folder_episodes, FolderDataset, FolderEpisode, FOLDER_MIN_PIXELS,
-};
-use crate::data::pascal::VOID;
+use crate::data::coco::{CocoFolds, CocoMaskDataset, FoldSplit};
+use crate::data::folder::{FolderDataset, FOLDER_MIN_PIXELS};
 use crate::data::pascal::{
-    pascal_fold_classes, PascalDataset, PascalOptions, PASCAL_FOLDS, VOC_CLASSES,
+    pascal_fold_classes, PascalDataset, PascalOptions, VoidLabel, PASCAL_FOLDS, VOID,
 };
-use crate::presets::{Benchmark, Preset, PresetHarness};
+use crate::episodes::{plan_episodes, Eligibility, EpisodePlan, EpisodeSource, Sampling};
+use crate::presets::{Benchmark, Preset};
 use crate::sampler::{Episode, EpisodeRecord};
+use fss_core::choice::Choice;
 use fss_core::davis::{check_same_size, DavisDataset};
 use fss_core::error::{EdgeError, Result};
 use fss_core::image_io::image_size;
 use fss_core::metrics::{mean_and_population_std, percent, ClassIouAccumulator, VideoJAccumulator};
+use fss_core::model::{predict_labels, FeatureEncoder, Progress, ScoringInput};
 use fss_core::preprocess::{
     prepare_input, resize_mask_nearest, InputGeometry, InputSize, Normalization, Placement,
 };
-use fss_core::prototype::{logits_to_labels, logits_to_labels_placed, Prototypes, SupportShot};
+use fss_core::prototype::{logits_to_labels, logits_to_labels_placed, SupportShot};
 use fss_core::report::{ClassEntry, EvalReport, FoldEntry};
 use fss_core::tensor::{FeatureMap, Mask};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Instant;
-
-use fss_core::model::{predict_labels, FeatureEncoder, Progress, ScoringInput};
 
 /// DAVIS one-shot protocol: per target the support is frame 0 with its mask, frames 1..N-1 are
 /// queries scored independently at the annotation's resolution.
@@ -236,86 +238,73 @@ pub fn davis_report(mut base: EvalReport, acc: &VideoJAccumulator) -> EvalReport
     base
 }
 
-/// Settings of the COCO few-shot episodes protocol.
-#[derive(Debug, Clone)]
-pub struct CocoEpisodes {
-    pub shots: usize,
-    pub episodes: usize,
-    pub runs: usize,
-    pub seed: u64,
-    pub folds: Vec<usize>,
-    pub min_pixels: u64,
-    /// Also the OSLSM small-object rule ([`crate::data::OSLSM_MIN_CELLS`]).
-    pub oslsm_grid: bool,
-    pub split: FoldSplit,
-    /// Score at the input size (ground truth nearest-resized to it, as PANet's 417² and
-    /// HSNet's 400² harnesses do) instead of the label's own size.
+/// How a protocol's images enter the network and where its labels are scored: the scoring
+/// geometry of a harness (a preset's, or the model input stretched for the plain protocols).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scoring {
+    pub normalization: Normalization,
+    /// Where each image goes in the network input.
+    pub geometry: InputGeometry,
+    /// Score on the label nearest-resized to the network input (PANet's 417² and HSNet's 400²
+    /// harnesses) instead of the label's own resolution.
     pub label_at_input: bool,
 }
 
-/// Per fold and run: one accumulator. Returned so callers can report and compare.
-pub struct CocoResult {
-    /// `(fold, run) -> accumulator`.
+impl Scoring {
+    /// The plain protocols: every image stretched to the model input, scored at its label's
+    /// resolution (the canonical scoring of evaluation.md).
+    pub fn canonical(input: ScoringInput) -> Scoring {
+        Scoring {
+            normalization: input.normalization,
+            geometry: InputGeometry::Stretch(input.size),
+            label_at_input: false,
+        }
+    }
+}
+
+/// What an episode protocol measured: per (fold, run) one accumulator keyed by the source's
+/// class keys, the classes taking part per fold, and the scored episodes in order (JSON Lines
+/// form).
+pub struct EpisodeResult {
     pub runs: BTreeMap<(usize, usize), ClassIouAccumulator>,
-    /// Classes taking part per fold.
     pub taking_part: BTreeMap<usize, usize>,
-    /// The episodes that were scored, in order.
     pub episodes: Vec<EpisodeRecord>,
 }
 
-/// Encodes pool images once and keeps their features (evaluation computes each image's encoder
-/// features once, not once per episode).
-struct FeatureCache<'a> {
+/// Images encoded once each (evaluation computes each image's encoder features once, not once
+/// per episode), placed in the network input by the scoring geometry.
+struct PlacedFeatures<'a> {
     encoder: &'a mut dyn FeatureEncoder,
-    input: ScoringInput,
-    cache: HashMap<usize, FeatureMap>,
+    scoring: Scoring,
+    cache: HashMap<usize, (FeatureMap, Placement)>,
 }
 
-impl FeatureCache<'_> {
-    /// The model's prediction for the cached query image `query` (see [`predict_labels`]).
-    fn predict(
-        &mut self,
-        prototypes: &Prototypes,
-        query: usize,
-        label_size: (usize, usize),
-    ) -> Result<Mask> {
-        let features = self.cache.get(&query).ok_or_else(|| {
-            EdgeError::input(format!("image {query} was not encoded before scoring"))
-        })?;
-        predict_labels(
-            &mut *self.encoder,
-            prototypes,
-            features,
-            self.input.size,
-            label_size,
-        )
-    }
-
-    fn ensure(&mut self, dataset: &CocoMaskDataset, wanted: &[usize]) -> Result<()> {
-        self.ensure_with(wanted, |i| dataset.load_image(i))
-    }
-
-    /// Encodes the `wanted` images not cached yet, loading each with `load`.
-    fn ensure_with(
-        &mut self,
-        wanted: &[usize],
-        load: impl Fn(usize) -> Result<image::RgbImage>,
-    ) -> Result<()> {
-        let (size, norm) = (self.input.size, self.input.normalization);
-        let missing = wanted
-            .iter()
-            .filter(|i| !self.cache.contains_key(i))
-            .map(|&i| (size, i))
-            .collect();
+impl PlacedFeatures<'_> {
+    /// Encodes the `wanted` images not cached yet, grouped by network input size.
+    fn ensure(&mut self, source: &dyn EpisodeSource, wanted: &[usize]) -> Result<()> {
+        let mut placements = HashMap::new();
+        for &i in wanted {
+            if !self.cache.contains_key(&i) && !placements.contains_key(&i) {
+                placements.insert(i, self.scoring.geometry.place(source.source_size(i)?));
+            }
+        }
+        let missing = placements.iter().map(|(&i, p)| (p.canvas, i)).collect();
+        let norm = self.scoring.normalization;
         let cache = &mut self.cache;
         encode_grouped(
             self.encoder,
             missing,
-            |i| Ok(prepare_input(&load(i)?, size, &norm)),
+            |i| Ok(placements[&i].prepare_image(&source.load_image(i)?, &norm)),
             |i, f| {
-                cache.insert(i, f);
+                cache.insert(i, (f, placements[&i]));
             },
         )
+    }
+
+    fn get(&self, i: usize) -> Result<&(FeatureMap, Placement)> {
+        self.cache
+            .get(&i)
+            .ok_or_else(|| EdgeError::input(format!("image {i} was not encoded before scoring")))
     }
 }
 
@@ -347,140 +336,124 @@ fn encode_grouped(
     Ok(())
 }
 
-/// Scores one 1-way K-shot episode; returns the prediction and ground truth at the query's size.
+/// Scores one episode; returns the prediction and the ground truth. Support labels go onto the
+/// canvas (255 on padding: neither foreground nor background, like ignored pixels); a class
+/// that vanishes from a support label there is an error naming the label file. The query is
+/// scored on its own label (the prediction read back through its placement: for a stretch,
+/// exactly the canonical bilinear upsampling), or with `label_at_input` on the label
+/// nearest-resized to the canvas. Ignored ground-truth pixels are set ignored in the prediction
+/// too (HSNet / PFENet style; the counts skip them either way).
 fn score_episode(
-    cache: &mut FeatureCache,
-    dataset: &CocoMaskDataset,
-    episode: &Episode,
-    input: ScoringInput,
-    label_at_input: bool,
-) -> Result<(fss_core::tensor::Mask, fss_core::tensor::Mask)> {
-    let shots = episode
+    features: &mut PlacedFeatures,
+    source: &dyn EpisodeSource,
+    e: &Episode,
+) -> Result<(Mask, Mask)> {
+    let shots = e
         .supports
         .iter()
         .map(|&s| {
-            let mask = dataset.class_mask(s, episode.class_index)?;
-            let mask = resize_mask_nearest(&mask, input.size.height, input.size.width);
-            Ok(SupportShot::from_foreground(cache.cache[&s].clone(), mask))
+            let (f, placement) = features.get(s)?;
+            let m = placement.mask_to_canvas(&source.class_mask(s, e.class)?, VOID);
+            let pick = |want: u8| Mask {
+                height: m.height,
+                width: m.width,
+                data: m.data.iter().map(|&v| (v == want) as u8).collect(),
+            };
+            let foreground = pick(1);
+            if foreground.count_nonzero() == 0 {
+                let (label, name) = source.describe(s, e.class)?;
+                return Err(EdgeError::invalid(
+                    &label,
+                    format!(
+                        "class {} ({name}) vanishes from the support mask at {} (nearest resize)",
+                        e.class, placement.content
+                    ),
+                ));
+            }
+            Ok(SupportShot {
+                features: f.clone(),
+                foreground,
+                background: pick(0),
+            })
         })
         .collect::<Result<Vec<_>>>()?;
-    let protos = cache.encoder.prototypes(&[shots])?;
-    let mut gt = dataset.class_mask(episode.query, episode.class_index)?;
-    if label_at_input {
-        gt = resize_mask_nearest(&gt, input.size.height, input.size.width);
+    let prototypes = features.encoder.prototypes(&[shots])?;
+    let (query, placement) = features.get(e.query)?;
+    let (query, placement) = (query.clone(), *placement);
+    let logits = features
+        .encoder
+        .head_logits(&prototypes, &query, placement.canvas)?;
+    let label = source.class_mask(e.query, e.class)?;
+    let (mut pred, gt) = if features.scoring.label_at_input {
+        let gt = placement.mask_to_canvas(&label, VOID);
+        (logits_to_labels(&logits, gt.height, gt.width), gt)
+    } else {
+        (logits_to_labels_placed(&logits, &placement), label)
+    };
+    if let Some(ig) = source.ignore_label() {
+        for (p, &g) in pred.data.iter_mut().zip(&gt.data) {
+            if g == ig {
+                *p = ig;
+            }
+        }
     }
-    let pred = cache.predict(&protos, episode.query, (gt.height, gt.width))?;
     Ok((pred, gt))
 }
 
-/// Episodes per (fold, run), and the taking-part classes per fold.
-type Plan<E> = (Vec<((usize, usize), Vec<E>)>, BTreeMap<usize, usize>);
-
-/// The episodes of the COCO protocol, sampled from the seeds or replayed from `replay` (one run
-/// per fold).
-fn coco_plan(
-    dataset: &CocoMaskDataset,
-    settings: &CocoEpisodes,
-    replay: Option<&[EpisodeRecord]>,
-) -> Result<Plan<Episode>> {
-    let mut plan: Vec<((usize, usize), Vec<Episode>)> = Vec::new();
-    let mut taking_part = BTreeMap::new();
-    match replay {
-        Some(records) => {
-            let mut by_fold: BTreeMap<usize, Vec<Episode>> = BTreeMap::new();
-            for r in records {
-                let e = Episode::from_record(r, dataset)?;
-                by_fold.entry(e.fold).or_default().push(e);
-            }
-            for (fold, eps) in by_fold {
-                let classes: std::collections::BTreeSet<u8> =
-                    eps.iter().map(|e| e.class_index).collect();
-                taking_part.insert(fold, classes.len());
-                plan.push(((fold, 0), eps));
-            }
-        }
-        None => {
-            for &fold in &settings.folds {
-                let spec = crate::sampler::EpisodeSpec {
-                    shots: settings.shots,
-                    episodes: settings.episodes,
-                    min_pixels: settings.min_pixels,
-                    oslsm_grid: settings.oslsm_grid,
-                    split: settings.split,
-                    fold,
-                };
-                for run in 0..settings.runs {
-                    let set = crate::sampler::generate_episodes(
-                        dataset,
-                        &spec,
-                        settings.seed + run as u64,
-                    )?;
-                    taking_part.insert(fold, set.taking_part.len());
-                    plan.push(((fold, run), set.episodes));
-                }
-            }
-        }
-    }
-    Ok((plan, taking_part))
-}
-
-/// The COCO episodes protocol (sampled from the seeds, or replayed from `replay`).
-pub fn coco_episodes(
+/// The harness of every episode protocol (COCO, PASCAL-5i, class folders; plain or with a
+/// preset's geometry): scores a plan episode by episode, encoding the images of each block of
+/// 64 episodes first (each image once over the whole plan). One accumulator per (fold, run),
+/// keyed by the source's class keys, ignoring its ignore label.
+pub fn score_episodes(
     encoder: &mut dyn FeatureEncoder,
-    dataset: &CocoMaskDataset,
-    input: ScoringInput,
-    settings: &CocoEpisodes,
-    replay: Option<&[EpisodeRecord]>,
+    source: &dyn EpisodeSource,
+    scoring: Scoring,
+    plan: EpisodePlan,
     progress: Progress,
-) -> Result<CocoResult> {
-    // The episode lists first (cheap), then encode every image they use once.
-    let (plan, taking_part) = coco_plan(dataset, settings, replay)?;
-    let total: usize = plan.iter().map(|(_, e)| e.len()).sum();
-    let mut cache = FeatureCache {
+) -> Result<EpisodeResult> {
+    let total = plan.len();
+    let mut features = PlacedFeatures {
         encoder,
-        input,
+        scoring,
         cache: HashMap::new(),
     };
-    let mut result = CocoResult {
+    let mut result = EpisodeResult {
         runs: BTreeMap::new(),
-        taking_part,
+        taking_part: plan.taking_part,
         episodes: Vec::with_capacity(total),
     };
     let mut done = 0;
-    for ((fold, run), episodes) in plan {
-        let mut acc = ClassIouAccumulator::new();
+    for (key, episodes) in plan.runs {
+        let mut acc = ClassIouAccumulator::with_ignore(source.ignore_label());
         for chunk in episodes.chunks(64) {
             let wanted: Vec<usize> = chunk
                 .iter()
-                .flat_map(|e| e.supports.iter().copied().chain(std::iter::once(e.query)))
+                .flat_map(|e| e.supports.iter().copied().chain([e.query]))
                 .collect();
-            cache.ensure(dataset, &wanted)?;
+            features.ensure(source, &wanted)?;
             for e in chunk {
-                let (pred, gt) =
-                    score_episode(&mut cache, dataset, e, input, settings.label_at_input)?;
-                acc.add(e.class_index, &pred, &gt)?;
-                result.episodes.push(e.to_record(dataset)?);
+                let (pred, gt) = score_episode(&mut features, source, e)?;
+                acc.add(e.class, &pred, &gt)?;
+                result.episodes.push(source.record(e)?);
                 done += 1;
                 progress(done, total);
             }
         }
-        result.runs.insert((fold, run), acc);
+        result.runs.insert(key, acc);
     }
     Ok(result)
 }
 
-/// Fills a report from a COCO result: per fold mean and population std over runs, the mean
-/// over folds, FB-IoU averaged likewise, per-class IoU pooled over the runs (keyed by COCO id).
-pub fn coco_report(
+/// Fills a report from an episode result ([`fold_runs_report`]; `per_class` keyed as the
+/// source says).
+pub fn episodes_report(
     base: EvalReport,
-    dataset: &CocoMaskDataset,
-    result: &CocoResult,
+    protocol: &str,
+    source: &dyn EpisodeSource,
+    result: &EpisodeResult,
 ) -> Result<EvalReport> {
-    fold_runs_report(base, "coco", &result.runs, &result.taking_part, |class| {
-        Ok(Some((
-            dataset.class_id(class)?.to_string(),
-            dataset.class_name(class)?.to_string(),
-        )))
+    fold_runs_report(base, protocol, &result.runs, &result.taking_part, |class| {
+        source.class_entry(class)
     })
 }
 
@@ -548,7 +521,6 @@ pub fn fold_runs_report(
 
 /// The protocols of evaluation.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Protocol {
     Davis,
     Coco,
@@ -560,16 +532,12 @@ pub enum Protocol {
     Pascal,
 }
 
-impl Protocol {
-    pub fn name(self) -> &'static str {
-        match self {
-            Protocol::Davis => "davis",
-            Protocol::Coco => "coco",
-            Protocol::Folder => "folder",
-            Protocol::Pascal => "pascal",
-        }
-    }
-}
+fss_core::choices!(Protocol {
+    Davis => "davis", "";
+    Coco => "coco", "";
+    Folder => "folder", "A user dataset in the folder format: 1-way K-shot episodes over its class folders";
+    Pascal => "pascal", "PASCAL-5i on a VOC2012-layout folder: 1-way K-shot episodes on each fold's novel classes, the `val` list, 255 ignored";
+});
 
 /// One evaluation as `host eval` and `edge eval` ask for it.
 #[derive(Debug, Clone)]
@@ -608,7 +576,9 @@ impl ProtocolRequest {
 }
 
 /// Runs a protocol end to end and fills `base` (identification fields set by the caller) with
-/// the metrics and the elapsed time.
+/// the metrics and the elapsed time. The episode protocols (COCO, PASCAL-5i, folders) all run
+/// [`score_episodes`]: a preset only changes the scoring geometry, the sampling settings and the
+/// 255 handling.
 pub fn run_protocol(
     encoder: &mut dyn FeatureEncoder,
     input: ScoringInput,
@@ -619,119 +589,167 @@ pub fn run_protocol(
     if request.shots == 0 {
         return Err(EdgeError::input("--shots must be at least 1"));
     }
-    if let Some(preset) = request.preset {
-        return run_preset(encoder, input, request, base, preset, progress);
-    }
     let started = Instant::now();
-    base.seed = request.seed;
-    // Episode lists: replayed from a file if given; the scored ones written if asked.
+    if request.protocol == Protocol::Davis {
+        if let Some(preset) = request.preset {
+            return Err(preset_protocol_error(preset, request.protocol));
+        }
+        if request.shots != 1 {
+            return Err(EdgeError::input(
+                "the DAVIS protocol is one-shot (frame 0); --shots must be 1",
+            ));
+        }
+        base.seed = request.seed;
+        let dataset = DavisDataset::open(&request.data)?;
+        let acc = davis_one_shot(encoder, &dataset, input, progress)?;
+        let mut report = davis_report(base, &acc);
+        report.timing.elapsed_s = started.elapsed().as_secs_f64();
+        return Ok(report);
+    }
+    let setup = EpisodeSetup::of(request, input)?;
+    if request.preset.is_some() {
+        // The preset's input size; [0, 0]: each image at its own size.
+        let size = setup.size.unwrap_or(InputSize::new(0, 0));
+        base.size = [size.height, size.width];
+    }
+    base.seed = setup.sampling.seed;
+    base.runs = setup.sampling.runs;
+    base.episodes = Some(setup.sampling.episodes);
+    if request.protocol != Protocol::Folder {
+        base.folds = Some(setup.sampling.folds.clone());
+    }
     let replay = match &request.episodes_file {
         Some(p) => Some(crate::sampler::read_jsonl(p)?),
         None => None,
     };
-    let mut scored: Vec<EpisodeRecord> = Vec::new();
-    let mut report = match request.protocol {
-        Protocol::Davis => {
-            if request.shots != 1 {
-                return Err(EdgeError::input(
-                    "the DAVIS protocol is one-shot (frame 0); --shots must be 1",
-                ));
-            }
-            let dataset = DavisDataset::open(&request.data)?;
-            let acc = davis_one_shot(encoder, &dataset, input, progress)?;
-            davis_report(base, &acc)
+    let mut run = |source: &dyn EpisodeSource, base: EvalReport| -> Result<EvalReport> {
+        let plan = plan_episodes(source, &setup.sampling, replay.as_deref())?;
+        let result = score_episodes(&mut *encoder, source, setup.scoring, plan, &mut *progress)?;
+        if let Some(p) = &request.write_episodes {
+            crate::sampler::write_jsonl(p, &result.episodes)?;
         }
+        episodes_report(base, &setup.protocol, source, &result)
+    };
+    let mut report = match request.protocol {
         Protocol::Coco => {
             let dataset = CocoMaskDataset::open(&request.data)?;
-            let folds = coco_folds(request)?;
-            let settings = CocoEpisodes {
-                shots: request.shots,
-                episodes: request.episodes(),
-                runs: request.runs,
-                seed: request.seed,
-                folds: folds.clone(),
-                min_pixels: crate::data::coco::DEFAULT_MIN_PIXELS,
-                oslsm_grid: false,
-                split: FoldSplit::Interleaved,
-                label_at_input: false,
+            let source = CocoFolds {
+                dataset: &dataset,
+                split: setup.split,
             };
-            let mut result = coco_episodes(
-                encoder,
-                &dataset,
-                input,
-                &settings,
-                replay.as_deref(),
-                progress,
-            )?;
-            scored = std::mem::take(&mut result.episodes);
-            base.folds = Some(folds);
-            base.episodes = Some(settings.episodes);
-            base.runs = settings.runs;
-            coco_report(base, &dataset, &result)?
-        }
-        Protocol::Folder => {
-            if request.folds.is_some() {
-                return Err(EdgeError::input(
-                    "the folder protocol has no folds (every class folder takes part); drop --folds",
-                ));
-            }
-            let dataset = FolderDataset::open(&request.data)?;
-            let settings = FolderEpisodes {
-                shots: request.shots,
-                episodes: request.episodes(),
-                runs: request.runs,
-                seed: request.seed,
-                min_pixels: FOLDER_MIN_PIXELS,
-            };
-            let mut result = folder_episodes(
-                encoder,
-                &dataset,
-                input,
-                &settings,
-                replay.as_deref(),
-                progress,
-            )?;
-            scored = std::mem::take(&mut result.episodes);
-            base.episodes = Some(request.episodes());
-            base.runs = request.runs;
-            folder_report(base, &dataset, &result)?
+            run(&source, base)?
         }
         Protocol::Pascal => {
-            let dataset = PascalDataset::open(&request.data, &request.pascal)?;
-            let folds = pascal_folds(request)?;
-            let settings = PascalEpisodes {
-                shots: request.shots,
-                episodes: request.episodes(),
-                runs: request.runs,
-                seed: request.seed,
-                folds: folds.clone(),
-                min_pixels: PASCAL_MIN_PIXELS,
-                oslsm_grid: false,
+            let options = PascalOptions {
+                void: setup.void,
+                ..request.pascal.clone()
             };
-            let mut result = pascal_episodes(
-                encoder,
-                &dataset,
-                input,
-                &settings,
-                replay.as_deref(),
-                progress,
-            )?;
-            scored = std::mem::take(&mut result.episodes);
-            base.folds = Some(folds);
-            base.episodes = Some(settings.episodes);
-            base.runs = settings.runs;
-            pascal_report(base, &result)?
+            run(&PascalDataset::open(&request.data, &options)?, base)?
         }
+        Protocol::Folder => run(&FolderDataset::open(&request.data)?, base)?,
+        Protocol::Davis => unreachable!("DAVIS returned above"),
     };
-    if let Some(p) = request
-        .write_episodes
-        .as_ref()
-        .filter(|_| request.protocol != Protocol::Davis)
-    {
-        crate::sampler::write_jsonl(p, &scored)?;
-    }
     report.timing.elapsed_s = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// An episode protocol's settings from a request: the plain protocol's, or a preset's.
+struct EpisodeSetup {
+    /// The report's protocol name (`coco`, or `coco-pfenet` with a preset).
+    protocol: String,
+    sampling: Sampling,
+    scoring: Scoring,
+    /// COCO's class split.
+    split: FoldSplit,
+    /// PASCAL's 255 handling.
+    void: VoidLabel,
+    /// The network input size, `None` when each image has its own.
+    size: Option<InputSize>,
+}
+
+impl EpisodeSetup {
+    fn of(request: &ProtocolRequest, input: ScoringInput) -> Result<EpisodeSetup> {
+        let benchmark = match (request.preset, request.protocol) {
+            (None, _) => None,
+            (Some(_), Protocol::Coco) => Some(Benchmark::Coco),
+            (Some(_), Protocol::Pascal) => Some(Benchmark::Pascal),
+            (Some(preset), other) => return Err(preset_protocol_error(preset, other)),
+        };
+        let folds = match request.protocol {
+            Protocol::Coco => coco_folds(request)?,
+            Protocol::Pascal => pascal_folds(request)?,
+            Protocol::Folder => {
+                if request.folds.is_some() {
+                    return Err(EdgeError::input(
+                        "the folder protocol has no folds (every class folder takes part); drop --folds",
+                    ));
+                }
+                vec![0]
+            }
+            Protocol::Davis => unreachable!("DAVIS has no episodes"),
+        };
+        let (Some(preset), Some(benchmark)) = (request.preset, benchmark) else {
+            let min_pixels = match request.protocol {
+                Protocol::Coco => crate::data::coco::DEFAULT_MIN_PIXELS,
+                Protocol::Pascal => PASCAL_MIN_PIXELS,
+                _ => FOLDER_MIN_PIXELS,
+            };
+            return Ok(EpisodeSetup {
+                protocol: request.protocol.name().into(),
+                sampling: Sampling {
+                    shots: request.shots,
+                    episodes: request.episodes(),
+                    runs: request.runs,
+                    seed: request.seed,
+                    folds,
+                    rule: Eligibility::min_pixels(min_pixels),
+                },
+                scoring: Scoring::canonical(input),
+                split: FoldSplit::Interleaved,
+                void: request.pascal.void,
+                size: Some(input.size),
+            });
+        };
+        let h = preset.settings().harness(benchmark);
+        if let Some(size) = h.size().filter(|&s| s != input.size) {
+            return Err(EdgeError::input(format!(
+                "preset {} evaluates at {size}; the model input is {} (give --size {size} or leave --size out)",
+                preset.name(),
+                input.size,
+            )));
+        }
+        Ok(EpisodeSetup {
+            protocol: format!("{}-{}", request.protocol.name(), preset.name()),
+            sampling: Sampling {
+                shots: request.shots,
+                episodes: request.episodes.unwrap_or(h.episodes),
+                runs: h.runs,
+                seed: h.seed,
+                folds,
+                rule: Eligibility {
+                    min_pixels: h.min_pixels,
+                    oslsm_grid: h.oslsm_grid,
+                },
+            },
+            scoring: Scoring {
+                normalization: input.normalization,
+                geometry: h.geometry,
+                label_at_input: h.label_at_input,
+            },
+            split: h.split,
+            void: h.void,
+            size: h.size(),
+        })
+    }
+}
+
+/// Presets are published harnesses of the COCO and PASCAL-5i benchmarks only.
+fn preset_protocol_error(preset: Preset, protocol: Protocol) -> EdgeError {
+    EdgeError::input(format!(
+        "--preset {} applies to the COCO and PASCAL-5i protocols (coco, pascal), not {}",
+        preset.name(),
+        protocol.name()
+    ))
 }
 
 /// The COCO folds of a request: `--folds`, else the model's training fold, else all four.
@@ -760,846 +778,9 @@ fn pascal_folds(request: &ProtocolRequest) -> Result<Vec<usize>> {
     Ok(folds)
 }
 
-/// Settings of the folder protocol (`Protocol::Folder`).
-#[derive(Debug, Clone)]
-pub struct FolderEpisodes {
-    pub shots: usize,
-    /// Episodes per run.
-    pub episodes: usize,
-    pub runs: usize,
-    pub seed: u64,
-    /// Object pixels a mask needs for its image to be drawn ([`FOLDER_MIN_PIXELS`] = 1).
-    pub min_pixels: u64,
-}
-
-/// Per run: one accumulator keyed by class position + 1.
-pub struct FolderResult {
-    /// `run -> accumulator`.
-    pub runs: BTreeMap<usize, ClassIouAccumulator>,
-    /// Classes taking part.
-    pub taking_part: usize,
-    /// The episodes that were scored, in order (JSON Lines form).
-    pub episodes: Vec<EpisodeRecord>,
-}
-
-/// The folder protocol: the same scoring as the COCO episodes, over a [`FolderDataset`]
-/// (sampled with the seeds of [`crate::sampler`] on fold 0, or replayed from `replay`).
-pub fn folder_episodes(
-    encoder: &mut dyn FeatureEncoder,
-    dataset: &FolderDataset,
-    input: ScoringInput,
-    settings: &FolderEpisodes,
-    replay: Option<&[EpisodeRecord]>,
-    progress: Progress,
-) -> Result<FolderResult> {
-    let mut plan: Vec<(usize, Vec<FolderEpisode>)> = Vec::new();
-    let taking_part;
-    match replay {
-        Some(records) => {
-            let eps = records
-                .iter()
-                .enumerate()
-                .map(|(i, r)| {
-                    FolderEpisode::from_record(r, dataset)
-                        .map_err(|e| EdgeError::input(format!("episode {}: {e}", i + 1)))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let classes: std::collections::BTreeSet<usize> = eps.iter().map(|e| e.class).collect();
-            taking_part = classes.len();
-            plan.push((0, eps));
-        }
-        None => {
-            let mut tp = 0;
-            for run in 0..settings.runs {
-                let (classes, eps) = generate_folder_episodes(
-                    dataset,
-                    settings.shots,
-                    settings.episodes,
-                    settings.min_pixels,
-                    settings.seed + run as u64,
-                )?;
-                tp = classes.len();
-                plan.push((run, eps));
-            }
-            taking_part = tp;
-        }
-    }
-    let total: usize = plan.iter().map(|(_, e)| e.len()).sum();
-    let mut cache = FeatureCache {
-        encoder,
-        input,
-        cache: HashMap::new(),
-    };
-    let mut result = FolderResult {
-        runs: BTreeMap::new(),
-        taking_part,
-        episodes: Vec::with_capacity(total),
-    };
-    let mut done = 0;
-    for (run, episodes) in plan {
-        let mut acc = ClassIouAccumulator::new();
-        for chunk in episodes.chunks(64) {
-            let wanted: Vec<usize> = chunk
-                .iter()
-                .flat_map(|e| e.supports.iter().copied().chain(std::iter::once(e.query)))
-                .collect();
-            cache.ensure_with(&wanted, |i| dataset.load_image(i))?;
-            for e in chunk {
-                let shots = e
-                    .supports
-                    .iter()
-                    .map(|&s| {
-                        let mask = dataset.load_mask(s)?;
-                        let mask = resize_mask_nearest(&mask, input.size.height, input.size.width);
-                        if mask.count_nonzero() == 0 {
-                            return Err(EdgeError::invalid(
-                                &dataset.image(s)?.mask_path,
-                                format!("support mask is empty at {}", input.size),
-                            ));
-                        }
-                        Ok(SupportShot::from_foreground(cache.cache[&s].clone(), mask))
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                let protos = cache.encoder.prototypes(&[shots])?;
-                let gt = dataset.load_mask(e.query)?;
-                let pred = cache.predict(&protos, e.query, (gt.height, gt.width))?;
-                acc.add((e.class + 1) as u8, &pred, &gt)?;
-                result.episodes.push(e.to_record(dataset)?);
-                done += 1;
-                progress(done, total);
-            }
-        }
-        result.runs.insert(run, acc);
-    }
-    Ok(result)
-}
-
-/// Fills a report from a folder result: mIoU mean and population std over runs (one
-/// `per_fold` entry, fold 0), FB-IoU averaged over runs, per-class IoU pooled over the runs and
-/// keyed by the class folder name.
-pub fn folder_report(
-    base: EvalReport,
-    dataset: &FolderDataset,
-    result: &FolderResult,
-) -> Result<EvalReport> {
-    let runs: BTreeMap<(usize, usize), ClassIouAccumulator> = result
-        .runs
-        .iter()
-        .map(|(&run, acc)| ((0, run), acc.clone()))
-        .collect();
-    let taking_part = BTreeMap::from([(0, result.taking_part)]);
-    fold_runs_report(base, "folder", &runs, &taking_part, |key| {
-        Ok(dataset
-            .classes()
-            .get((key as usize).wrapping_sub(1))
-            .map(|c| (c.name.clone(), c.name.clone())))
-    })
-}
-
-/// Settings of the PASCAL-5i protocol (`Protocol::Pascal`; methods.md §7.1).
-#[derive(Debug, Clone)]
-pub struct PascalEpisodes {
-    pub shots: usize,
-    /// Episodes per fold per run.
-    pub episodes: usize,
-    pub runs: usize,
-    pub seed: u64,
-    pub folds: Vec<usize>,
-    /// Class pixels (at the label's resolution) an image needs to be drawn for that class
-    /// ([`PASCAL_MIN_PIXELS`] = 1: any pixel of the class, as PANet's pools).
-    pub min_pixels: u64,
-    /// Also the OSLSM small-object rule ([`crate::data::OSLSM_MIN_CELLS`]).
-    pub oslsm_grid: bool,
-}
-
-impl PascalEpisodes {
-    /// The episode settings of `coco` (shots, episodes, runs, seed, eligibility) on PASCAL-5i
-    /// `folds`.
-    pub fn from_coco(coco: &CocoEpisodes, folds: Vec<usize>) -> PascalEpisodes {
-        PascalEpisodes {
-            shots: coco.shots,
-            episodes: coco.episodes,
-            runs: coco.runs,
-            seed: coco.seed,
-            folds,
-            min_pixels: coco.min_pixels,
-            oslsm_grid: coco.oslsm_grid,
-        }
-    }
-}
-
 /// Default eligibility of the PASCAL-5i protocol: the class is present (PANet; PFENet's
 /// 2,048 px rule is `min_pixels = 2048`).
 pub const PASCAL_MIN_PIXELS: u64 = 1;
-
-/// One 1-way K-shot PASCAL-5i episode (indices into the [`PascalDataset`]'s list).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PascalEpisode {
-    pub fold: usize,
-    /// VOC class id 1..=20.
-    pub class: u8,
-    pub supports: Vec<usize>,
-    pub query: usize,
-}
-
-impl PascalEpisode {
-    /// The JSON Lines form: `class_id` = VOC id, paths `JPEGImages/<name>.jpg`.
-    pub fn to_record(&self, dataset: &PascalDataset) -> Result<EpisodeRecord> {
-        let path = |i: usize| {
-            dataset
-                .image(i)
-                .map(|im| format!("JPEGImages/{}.jpg", im.name))
-        };
-        Ok(EpisodeRecord {
-            fold: self.fold,
-            class_id: self.class as u32,
-            supports: self
-                .supports
-                .iter()
-                .map(|&i| path(i))
-                .collect::<Result<_>>()?,
-            query: path(self.query)?,
-        })
-    }
-
-    /// Resolves a record against the dataset's list (images by name; `JPEGImages/` optional).
-    pub fn from_record(record: &EpisodeRecord, dataset: &PascalDataset) -> Result<PascalEpisode> {
-        if !(1..=20).contains(&record.class_id) {
-            return Err(EdgeError::input(format!(
-                "episode class_id {} is not a VOC class id (1..=20)",
-                record.class_id
-            )));
-        }
-        if record.supports.is_empty() {
-            return Err(EdgeError::input("episode has no support images"));
-        }
-        let find = |p: &str| {
-            let name = std::path::Path::new(p)
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or("");
-            dataset
-                .images()
-                .iter()
-                .position(|im| im.name == name)
-                .ok_or_else(|| {
-                    EdgeError::input(format!(
-                        "episode image {p:?} is not in the list of {}",
-                        dataset.root().display()
-                    ))
-                })
-        };
-        Ok(PascalEpisode {
-            fold: record.fold,
-            class: record.class_id as u8,
-            supports: record
-                .supports
-                .iter()
-                .map(|p| find(p))
-                .collect::<Result<_>>()?,
-            query: find(&record.query)?,
-        })
-    }
-}
-
-/// The fold's novel classes (ascending VOC ids) with at least `shots + 1` eligible images.
-pub fn pascal_taking_part(
-    dataset: &PascalDataset,
-    fold: usize,
-    shots: usize,
-    min_pixels: u64,
-) -> Result<Vec<u8>> {
-    pascal_taking_part_with(dataset, fold, shots, (min_pixels, false))
-}
-
-/// [`pascal_taking_part`] with `(min_pixels, oslsm_grid)` eligibility.
-fn pascal_taking_part_with(
-    dataset: &PascalDataset,
-    fold: usize,
-    shots: usize,
-    (min_pixels, oslsm_grid): (u64, bool),
-) -> Result<Vec<u8>> {
-    Ok(pascal_fold_classes(fold)?
-        .into_iter()
-        .filter(|&c| {
-            dataset
-                .eligible_images_with(c, min_pixels, oslsm_grid)
-                .len()
-                > shots
-        })
-        .collect())
-}
-
-/// The episodes of one fold and run: exactly the draw order of [`crate::sampler`] (RNG
-/// `eval_rng(seed, fold)`, the class uniform over the taking-part classes, then
-/// `draw_distinct` over the class's eligible images: K supports in order, then the query).
-/// Returns the taking-part classes and the episodes.
-pub fn generate_pascal_episodes(
-    dataset: &PascalDataset,
-    fold: usize,
-    shots: usize,
-    episodes: usize,
-    min_pixels: u64,
-    seed: u64,
-) -> Result<(Vec<u8>, Vec<PascalEpisode>)> {
-    generate_pascal_episodes_with(dataset, fold, shots, episodes, (min_pixels, false), seed)
-}
-
-/// [`generate_pascal_episodes`] with `(min_pixels, oslsm_grid)` eligibility.
-fn generate_pascal_episodes_with(
-    dataset: &PascalDataset,
-    fold: usize,
-    shots: usize,
-    episodes: usize,
-    (min_pixels, oslsm_grid): (u64, bool),
-    seed: u64,
-) -> Result<(Vec<u8>, Vec<PascalEpisode>)> {
-    if shots == 0 {
-        return Err(EdgeError::input("shots must be at least 1"));
-    }
-    let taking_part = pascal_taking_part_with(dataset, fold, shots, (min_pixels, oslsm_grid))?;
-    if taking_part.is_empty() && episodes > 0 {
-        return Err(EdgeError::invalid(
-            dataset.root(),
-            format!(
-                "PASCAL-5i fold {fold} has no class with at least {} images of >= {min_pixels} px{} in the list",
-                shots + 1,
-                crate::data::oslsm_rule_text(oslsm_grid)
-            ),
-        ));
-    }
-    let eligible: Vec<Vec<usize>> = taking_part
-        .iter()
-        .map(|&c| dataset.eligible_images_with(c, min_pixels, oslsm_grid))
-        .collect();
-    let mut rng = crate::sampler::eval_rng(seed, fold);
-    let mut out = Vec::with_capacity(episodes);
-    for _ in 0..episodes {
-        let ci = rand::Rng::random_range(&mut rng, 0..taking_part.len() as u32) as usize;
-        let e = &eligible[ci];
-        let mut imgs: Vec<usize> = crate::sampler::draw_distinct(&mut rng, e.len(), shots + 1)
-            .into_iter()
-            .map(|p| e[p])
-            .collect();
-        let query = imgs.pop().expect("shots + 1 >= 1 images");
-        out.push(PascalEpisode {
-            fold,
-            class: taking_part[ci],
-            supports: imgs,
-            query,
-        });
-    }
-    Ok((taking_part, out))
-}
-
-/// Per fold and run: one accumulator keyed by VOC id (255 ignored when the dataset ignores it).
-pub struct PascalResult {
-    /// `(fold, run) -> accumulator`.
-    pub runs: BTreeMap<(usize, usize), ClassIouAccumulator>,
-    /// Classes taking part per fold.
-    pub taking_part: BTreeMap<usize, usize>,
-    /// The episodes that were scored, in order (JSON Lines form).
-    pub episodes: Vec<EpisodeRecord>,
-}
-
-/// The episodes of the PASCAL-5i protocol, sampled from the seeds or replayed from `replay`
-/// (one run per fold).
-fn pascal_plan(
-    dataset: &PascalDataset,
-    settings: &PascalEpisodes,
-    replay: Option<&[EpisodeRecord]>,
-) -> Result<Plan<PascalEpisode>> {
-    let mut plan: Vec<((usize, usize), Vec<PascalEpisode>)> = Vec::new();
-    let mut taking_part = BTreeMap::new();
-    match replay {
-        Some(records) => {
-            let mut by_fold: BTreeMap<usize, Vec<PascalEpisode>> = BTreeMap::new();
-            for (i, r) in records.iter().enumerate() {
-                let e = PascalEpisode::from_record(r, dataset)
-                    .map_err(|e| EdgeError::input(format!("episode {}: {e}", i + 1)))?;
-                by_fold.entry(e.fold).or_default().push(e);
-            }
-            for (fold, eps) in by_fold {
-                let classes: std::collections::BTreeSet<u8> = eps.iter().map(|e| e.class).collect();
-                taking_part.insert(fold, classes.len());
-                plan.push(((fold, 0), eps));
-            }
-        }
-        None => {
-            for &fold in &settings.folds {
-                for run in 0..settings.runs {
-                    let (classes, eps) = generate_pascal_episodes_with(
-                        dataset,
-                        fold,
-                        settings.shots,
-                        settings.episodes,
-                        (settings.min_pixels, settings.oslsm_grid),
-                        settings.seed + run as u64,
-                    )?;
-                    taking_part.insert(fold, classes.len());
-                    plan.push(((fold, run), eps));
-                }
-            }
-        }
-    }
-    Ok((plan, taking_part))
-}
-
-/// The PASCAL-5i protocol: 1-way K-shot episodes on each fold's novel classes, the canonical
-/// scoring at the label's resolution. With [`crate::data::pascal::VoidLabel::Ignore`] the 255 pixels are left out of
-/// both support prototypes (neither foreground nor background) and are excluded from prediction
-/// and ground truth when counting; with [`crate::data::pascal::VoidLabel::Background`] they are background.
-pub fn pascal_episodes(
-    encoder: &mut dyn FeatureEncoder,
-    dataset: &PascalDataset,
-    input: ScoringInput,
-    settings: &PascalEpisodes,
-    replay: Option<&[EpisodeRecord]>,
-    progress: Progress,
-) -> Result<PascalResult> {
-    let (plan, taking_part) = pascal_plan(dataset, settings, replay)?;
-    let total: usize = plan.iter().map(|(_, e)| e.len()).sum();
-    let mut cache = FeatureCache {
-        encoder,
-        input,
-        cache: HashMap::new(),
-    };
-    let mut result = PascalResult {
-        runs: BTreeMap::new(),
-        taking_part,
-        episodes: Vec::with_capacity(total),
-    };
-    let mut done = 0;
-    for ((fold, run), episodes) in plan {
-        let mut acc = ClassIouAccumulator::with_ignore(dataset.ignore_label());
-        for chunk in episodes.chunks(64) {
-            let wanted: Vec<usize> = chunk
-                .iter()
-                .flat_map(|e| e.supports.iter().copied().chain(std::iter::once(e.query)))
-                .collect();
-            cache.ensure_with(&wanted, |i| dataset.load_image(i))?;
-            for e in chunk {
-                let shots = e
-                    .supports
-                    .iter()
-                    .map(|&s| {
-                        // 1 = class, 0 = background, 255 = void (only when ignored).
-                        let m = dataset.class_mask(s, e.class)?;
-                        let m = resize_mask_nearest(&m, input.size.height, input.size.width);
-                        let pick = |want: u8| fss_core::tensor::Mask {
-                            height: m.height,
-                            width: m.width,
-                            data: m.data.iter().map(|&v| (v == want) as u8).collect(),
-                        };
-                        let foreground = pick(1);
-                        if foreground.count_nonzero() == 0 {
-                            return Err(EdgeError::invalid(
-                                &dataset.image(s)?.label_path,
-                                format!(
-                                    "class {} ({}) vanishes from the support mask at {} (nearest resize); give a larger --size",
-                                    e.class,
-                                    VOC_CLASSES[e.class as usize - 1],
-                                    input.size
-                                ),
-                            ));
-                        }
-                        Ok(SupportShot {
-                            features: cache.cache[&s].clone(),
-                            foreground,
-                            background: pick(0),
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                let protos = cache.encoder.prototypes(&[shots])?;
-                let gt = dataset.class_mask(e.query, e.class)?;
-                let mut pred = cache.predict(&protos, e.query, (gt.height, gt.width))?;
-                if let Some(ig) = dataset.ignore_label() {
-                    // Excluded from the prediction too (HSNet / PFENet style; the counts skip
-                    // these pixels either way).
-                    for (p, &g) in pred.data.iter_mut().zip(&gt.data) {
-                        if g == ig {
-                            *p = ig;
-                        }
-                    }
-                }
-                acc.add(e.class, &pred, &gt)?;
-                result.episodes.push(e.to_record(dataset)?);
-                done += 1;
-                progress(done, total);
-            }
-        }
-        result.runs.insert((fold, run), acc);
-    }
-    Ok(result)
-}
-
-/// Fills a report from a PASCAL-5i result: per fold mean and population std over runs, the mean
-/// over folds, FB-IoU averaged likewise, per-class IoU pooled over the runs, keyed by VOC id.
-pub fn pascal_report(base: EvalReport, result: &PascalResult) -> Result<EvalReport> {
-    fold_runs_report(base, "pascal", &result.runs, &result.taking_part, |class| {
-        Ok(VOC_CLASSES
-            .get((class as usize).wrapping_sub(1))
-            .map(|name| (class.to_string(), name.to_string())))
-    })
-}
-
-/// What the preset harness ([`run_preset`]) reads from a dataset: COCO masks or PASCAL VOC.
-trait PresetSource {
-    /// The protocol's episode type.
-    type Episode;
-    /// An episode's JSON Lines record.
-    fn record(&self, e: &Self::Episode) -> Result<EpisodeRecord>;
-    /// An episode's class, supports and query.
-    fn parts(e: Self::Episode) -> PresetEpisode;
-    /// Image `i`'s size (= its label's).
-    fn source_size(&self, i: usize) -> Result<InputSize>;
-    fn load_image(&self, i: usize) -> Result<image::RgbImage>;
-    /// 1 on the class, 0 elsewhere, 255 on ignored pixels, at original resolution.
-    fn class_mask(&self, i: usize, class: u8) -> Result<Mask>;
-    /// Image `i`'s label file and the name of `class`, for errors.
-    fn describe(&self, i: usize, class: u8) -> Result<(PathBuf, String)>;
-    /// The label value excluded from prediction and ground truth.
-    fn ignore_label(&self) -> Option<u8>;
-}
-
-impl PresetSource for CocoMaskDataset {
-    type Episode = Episode;
-    fn record(&self, e: &Episode) -> Result<EpisodeRecord> {
-        e.to_record(self)
-    }
-    fn parts(e: Episode) -> PresetEpisode {
-        PresetEpisode {
-            class: e.class_index,
-            supports: e.supports,
-            query: e.query,
-        }
-    }
-    fn source_size(&self, i: usize) -> Result<InputSize> {
-        let im = self.image(i)?;
-        Ok(InputSize::new(im.height as usize, im.width as usize))
-    }
-    fn load_image(&self, i: usize) -> Result<image::RgbImage> {
-        CocoMaskDataset::load_image(self, i)
-    }
-    fn class_mask(&self, i: usize, class: u8) -> Result<Mask> {
-        CocoMaskDataset::class_mask(self, i, class)
-    }
-    fn describe(&self, i: usize, class: u8) -> Result<(PathBuf, String)> {
-        Ok((
-            self.image(i)?.mask_path.clone(),
-            self.class_name(class)?.into(),
-        ))
-    }
-    fn ignore_label(&self) -> Option<u8> {
-        None
-    }
-}
-
-impl PresetSource for PascalDataset {
-    type Episode = PascalEpisode;
-    fn record(&self, e: &PascalEpisode) -> Result<EpisodeRecord> {
-        e.to_record(self)
-    }
-    fn parts(e: PascalEpisode) -> PresetEpisode {
-        PresetEpisode {
-            class: e.class,
-            supports: e.supports,
-            query: e.query,
-        }
-    }
-    fn source_size(&self, i: usize) -> Result<InputSize> {
-        let im = self.image(i)?;
-        Ok(InputSize::new(im.height as usize, im.width as usize))
-    }
-    fn load_image(&self, i: usize) -> Result<image::RgbImage> {
-        PascalDataset::load_image(self, i)
-    }
-    fn class_mask(&self, i: usize, class: u8) -> Result<Mask> {
-        PascalDataset::class_mask(self, i, class)
-    }
-    fn describe(&self, i: usize, class: u8) -> Result<(PathBuf, String)> {
-        let name = VOC_CLASSES.get((class as usize).wrapping_sub(1)).copied();
-        Ok((
-            self.image(i)?.label_path.clone(),
-            name.unwrap_or("?").into(),
-        ))
-    }
-    fn ignore_label(&self) -> Option<u8> {
-        PascalDataset::ignore_label(self)
-    }
-}
-
-/// One 1-way K-shot episode of the preset harness (indices into the dataset).
-struct PresetEpisode {
-    class: u8,
-    supports: Vec<usize>,
-    query: usize,
-}
-
-/// Pool images encoded once each, placed in the network input by a preset's geometry.
-struct PlacedFeatures<'a> {
-    encoder: &'a mut dyn FeatureEncoder,
-    normalization: Normalization,
-    geometry: InputGeometry,
-    cache: HashMap<usize, (FeatureMap, Placement)>,
-}
-
-impl PlacedFeatures<'_> {
-    /// Encodes the `wanted` images not cached yet, grouped by network input size.
-    fn ensure<D: PresetSource>(&mut self, source: &D, wanted: &[usize]) -> Result<()> {
-        let mut placements = HashMap::new();
-        for &i in wanted {
-            if !self.cache.contains_key(&i) && !placements.contains_key(&i) {
-                placements.insert(i, self.geometry.place(source.source_size(i)?));
-            }
-        }
-        let missing = placements.iter().map(|(&i, p)| (p.canvas, i)).collect();
-        let norm = self.normalization;
-        let cache = &mut self.cache;
-        encode_grouped(
-            self.encoder,
-            missing,
-            |i| Ok(placements[&i].prepare_image(&source.load_image(i)?, &norm)),
-            |i, f| {
-                cache.insert(i, (f, placements[&i]));
-            },
-        )
-    }
-
-    /// The model's logits for cached image `i` (encoded at its placement's canvas) and that
-    /// placement.
-    fn head_logits(
-        &mut self,
-        prototypes: &Prototypes,
-        i: usize,
-    ) -> Result<(FeatureMap, Placement)> {
-        let (features, placement) = self
-            .cache
-            .get(&i)
-            .ok_or_else(|| EdgeError::input(format!("image {i} was not encoded")))?;
-        let logits = self
-            .encoder
-            .head_logits(prototypes, features, placement.canvas)?;
-        Ok((logits, *placement))
-    }
-
-    fn get(&self, i: usize) -> Result<&(FeatureMap, Placement)> {
-        self.cache
-            .get(&i)
-            .ok_or_else(|| EdgeError::input(format!("image {i} was not encoded")))
-    }
-}
-
-/// Scores one episode of the preset harness. Support labels go onto the canvas (255 on the
-/// padding: neither foreground nor background, like ignored pixels). The query is scored on
-/// its original label (the prediction read back through its placement), or with
-/// `label_at_input` on the label nearest-resized to the network input (stretch presets).
-/// Ignored ground-truth pixels are set ignored in the prediction too.
-fn score_placed_episode<D: PresetSource>(
-    features: &mut PlacedFeatures,
-    source: &D,
-    e: &PresetEpisode,
-    label_at_input: bool,
-) -> Result<(Mask, Mask)> {
-    let shots = e
-        .supports
-        .iter()
-        .map(|&s| {
-            let (f, placement) = features.get(s)?;
-            let m = placement.mask_to_canvas(&source.class_mask(s, e.class)?, VOID);
-            let pick = |want: u8| Mask {
-                height: m.height,
-                width: m.width,
-                data: m.data.iter().map(|&v| (v == want) as u8).collect(),
-            };
-            let foreground = pick(1);
-            if foreground.count_nonzero() == 0 {
-                let (label, name) = source.describe(s, e.class)?;
-                return Err(EdgeError::invalid(
-                    &label,
-                    format!(
-                        "class {} ({name}) vanishes from the support mask at {} (nearest resize)",
-                        e.class, placement.content
-                    ),
-                ));
-            }
-            Ok(SupportShot {
-                features: f.clone(),
-                foreground,
-                background: pick(0),
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let protos = features.encoder.prototypes(&[shots])?;
-    let (logits, placement) = features.head_logits(&protos, e.query)?;
-    let label = source.class_mask(e.query, e.class)?;
-    let (mut pred, gt) = if label_at_input {
-        let gt = placement.mask_to_canvas(&label, VOID);
-        (logits_to_labels(&logits, gt.height, gt.width), gt)
-    } else {
-        (logits_to_labels_placed(&logits, &placement), label)
-    };
-    if let Some(ig) = source.ignore_label() {
-        for (p, &g) in pred.data.iter_mut().zip(&gt.data) {
-            if g == ig {
-                *p = ig;
-            }
-        }
-    }
-    Ok((pred, gt))
-}
-
-/// The preset harness over a protocol's plan: every image the plan uses is encoded once, up
-/// front (so with `oslsm` each distinct image size is prepared once), then each episode is
-/// scored. Returns the accumulators per (fold, run) and the episodes' records in scoring order.
-#[allow(clippy::type_complexity)]
-fn preset_episodes<D: PresetSource>(
-    encoder: &mut dyn FeatureEncoder,
-    source: &D,
-    normalization: Normalization,
-    harness: &PresetHarness,
-    plan: Vec<((usize, usize), Vec<D::Episode>)>,
-    progress: Progress,
-) -> Result<(
-    BTreeMap<(usize, usize), ClassIouAccumulator>,
-    Vec<EpisodeRecord>,
-)> {
-    let records = plan
-        .iter()
-        .flat_map(|(_, eps)| eps)
-        .map(|e| source.record(e))
-        .collect::<Result<Vec<_>>>()?;
-    let plan: Vec<((usize, usize), Vec<PresetEpisode>)> = plan
-        .into_iter()
-        .map(|(key, eps)| (key, eps.into_iter().map(D::parts).collect()))
-        .collect();
-    let total = records.len();
-    let mut features = PlacedFeatures {
-        encoder,
-        normalization,
-        geometry: harness.geometry,
-        cache: HashMap::new(),
-    };
-    let wanted: Vec<usize> = plan
-        .iter()
-        .flat_map(|(_, eps)| eps)
-        .flat_map(|e| e.supports.iter().copied().chain([e.query]))
-        .collect();
-    features.ensure(source, &wanted)?;
-    let mut runs = BTreeMap::new();
-    let mut done = 0;
-    for (key, episodes) in plan {
-        let mut acc = ClassIouAccumulator::with_ignore(source.ignore_label());
-        for e in &episodes {
-            let (pred, gt) =
-                score_placed_episode(&mut features, source, e, harness.label_at_input)?;
-            acc.add(e.class, &pred, &gt)?;
-            done += 1;
-            progress(done, total);
-        }
-        runs.insert(key, acc);
-    }
-    Ok((runs, records))
-}
-
-/// `run_protocol` with a preset (COCO or PASCAL-5i): the preset's geometry, label resolution,
-/// 255 handling, small-object rule, split, seeds and episodes (`request.episodes` replaces the
-/// latter when given).
-fn run_preset(
-    encoder: &mut dyn FeatureEncoder,
-    input: ScoringInput,
-    request: &ProtocolRequest,
-    mut base: EvalReport,
-    preset: Preset,
-    progress: Progress,
-) -> Result<EvalReport> {
-    let started = Instant::now();
-    let benchmark = match request.protocol {
-        Protocol::Coco => Benchmark::Coco,
-        Protocol::Pascal => Benchmark::Pascal,
-        other => {
-            return Err(EdgeError::input(format!(
-                "--preset applies to the COCO and PASCAL-5i protocols (coco, pascal), not {}",
-                other.name()
-            )))
-        }
-    };
-    let h = preset.settings().harness(benchmark);
-    match h.size() {
-        Some(size) if size != input.size => {
-            return Err(EdgeError::input(format!(
-                "preset {} evaluates at {size}; the model input is {} (give --size {size} or leave --size out)",
-                preset.name(),
-                input.size,
-            )))
-        }
-        Some(size) => base.size = [size.height, size.width],
-        // Each image at its own size: no one input size to report.
-        None => base.size = [0, 0],
-    }
-    let replay = match &request.episodes_file {
-        Some(p) => Some(crate::sampler::read_jsonl(p)?),
-        None => None,
-    };
-    let episodes = request.episodes.unwrap_or(h.episodes);
-    base.seed = h.seed;
-    base.runs = h.runs;
-    base.episodes = Some(episodes);
-    let name = format!("{}-{}", request.protocol.name(), preset.name());
-    let coco = CocoEpisodes {
-        shots: request.shots,
-        episodes,
-        runs: h.runs,
-        seed: h.seed,
-        folds: Vec::new(),
-        min_pixels: h.min_pixels,
-        oslsm_grid: h.oslsm_grid,
-        split: h.split,
-        label_at_input: h.label_at_input,
-    };
-    let norm = input.normalization;
-    let (mut report, scored) = match benchmark {
-        Benchmark::Coco => {
-            let dataset = CocoMaskDataset::open(&request.data)?;
-            let settings = CocoEpisodes {
-                folds: coco_folds(request)?,
-                ..coco
-            };
-            let (plan, taking_part) = coco_plan(&dataset, &settings, replay.as_deref())?;
-            let (runs, episodes) = preset_episodes(encoder, &dataset, norm, &h, plan, progress)?;
-            base.folds = Some(settings.folds);
-            let result = CocoResult {
-                runs,
-                taking_part,
-                episodes,
-            };
-            (coco_report(base, &dataset, &result)?, result.episodes)
-        }
-        Benchmark::Pascal => {
-            let options = PascalOptions {
-                void: h.void,
-                ..request.pascal.clone()
-            };
-            let dataset = PascalDataset::open(&request.data, &options)?;
-            let settings = PascalEpisodes::from_coco(&coco, pascal_folds(request)?);
-            let (plan, taking_part) = pascal_plan(&dataset, &settings, replay.as_deref())?;
-            let (runs, episodes) = preset_episodes(encoder, &dataset, norm, &h, plan, progress)?;
-            base.folds = Some(settings.folds);
-            let result = PascalResult {
-                runs,
-                taking_part,
-                episodes,
-            };
-            (pascal_report(base, &result)?, result.episodes)
-        }
-    };
-    report.protocol = name;
-    if let Some(p) = &request.write_episodes {
-        crate::sampler::write_jsonl(p, &scored)?;
-    }
-    report.timing.elapsed_s = started.elapsed().as_secs_f64();
-    Ok(report)
-}
 
 #[cfg(test)]
 mod tests {
@@ -1716,36 +897,51 @@ mod tests {
         assert!(e.contains("no folds"), "{e}");
     }
 
+    /// The COCO fixture's plan of `folds` (2,048 px rule replaced by `min_pixels`).
+    fn coco_plan(
+        ds: &CocoMaskDataset,
+        shots: usize,
+        episodes: usize,
+        runs: usize,
+        seed: u64,
+        folds: Vec<usize>,
+    ) -> EpisodePlan {
+        let sampling = Sampling {
+            shots,
+            episodes,
+            runs,
+            seed,
+            folds,
+            rule: Eligibility::min_pixels(16),
+        };
+        let source = CocoFolds {
+            dataset: ds,
+            split: FoldSplit::Interleaved,
+        };
+        plan_episodes(&source, &sampling, None).unwrap()
+    }
+
     #[test]
     fn coco_label_at_input_scores_at_the_input_size() {
         let dir = TempDir::new("eval_coco_label");
         crate::data::coco::fixture::write(dir.path(), 6, 2);
         let ds = CocoMaskDataset::open(dir.path()).unwrap();
+        let source = CocoFolds {
+            dataset: &ds,
+            split: FoldSplit::Interleaved,
+        };
         let input = ScoringInput {
             size: InputSize::new(4, 4),
             normalization: Normalization::IMAGENET,
         };
         for (label_at_input, pixels) in [(false, 64u64), (true, 16)] {
-            let settings = CocoEpisodes {
-                shots: 1,
-                episodes: 5,
-                runs: 1,
-                seed: 0,
-                folds: vec![0],
-                min_pixels: 16,
-                oslsm_grid: false,
-                split: FoldSplit::Interleaved,
+            let scoring = Scoring {
                 label_at_input,
+                ..Scoring::canonical(input)
             };
-            let r = coco_episodes(
-                &mut IdentityEncoder,
-                &ds,
-                input,
-                &settings,
-                None,
-                &mut |_, _| {},
-            )
-            .unwrap();
+            let plan = coco_plan(&ds, 1, 5, 1, 0, vec![0]);
+            let r = score_episodes(&mut IdentityEncoder, &source, scoring, plan, &mut |_, _| {})
+                .unwrap();
             let (fg, bg) = r.runs[&(0, 0)].pooled();
             // Per episode: pixels = |fg union| + |bg intersection|.
             assert_eq!(fg.union + bg.intersection, 5 * pixels);
@@ -1806,55 +1002,75 @@ mod tests {
         );
     }
 
-    /// The preset harness with a stretch geometry and labels at the input size scores exactly
-    /// as the COCO harness with `label_at_input` does (the PANet / HSNet presets' numbers did
-    /// not move when they moved to the preset harness).
+    /// The harness with the canonical geometry scores exactly as the canonical scoring of
+    /// evaluation.md, written out here on its own: each image stretched to the input, support
+    /// masks nearest-resized to it, PANet prototypes, the logits upsampled bilinearly to the
+    /// label's resolution and argmaxed (so the COCO, PASCAL and folder numbers did not move when
+    /// their three loops became one).
     #[test]
-    fn preset_harness_with_a_stretch_equals_the_coco_harness() {
-        let dir = TempDir::new("eval_preset_stretch");
+    fn the_harness_with_a_stretch_scores_as_the_canonical_scoring() {
+        let dir = TempDir::new("eval_canonical");
         crate::data::coco::fixture::write(dir.path(), 24, 8);
         let ds = CocoMaskDataset::open(dir.path()).unwrap();
+        let source = CocoFolds {
+            dataset: &ds,
+            split: FoldSplit::Interleaved,
+        };
         let input = ScoringInput {
             size: InputSize::new(6, 5),
             normalization: Normalization::IMAGENET,
         };
-        let settings = CocoEpisodes {
-            shots: 2,
-            episodes: 7,
-            runs: 2,
-            seed: 4,
-            folds: vec![0, 1],
-            min_pixels: 16,
-            oslsm_grid: false,
-            split: FoldSplit::Interleaved,
-            label_at_input: true,
-        };
-        let coco = coco_episodes(
+        let plan = coco_plan(&ds, 2, 7, 2, 4, vec![0, 1]);
+        let result = score_episodes(
             &mut IdentityEncoder,
-            &ds,
-            input,
-            &settings,
-            None,
+            &source,
+            Scoring::canonical(input),
+            plan.clone(),
             &mut |_, _| {},
         )
         .unwrap();
-        let mut harness = Preset::Hsnet.settings().harness(Benchmark::Coco);
-        harness.geometry = InputGeometry::Stretch(input.size);
-        let (plan, _) = coco_plan(&ds, &settings, None).unwrap();
-        let (runs, records) = preset_episodes(
-            &mut IdentityEncoder,
-            &ds,
-            input.normalization,
-            &harness,
-            plan,
-            &mut |_, _| {},
-        )
-        .unwrap();
-        assert_eq!(records, coco.episodes);
-        assert_eq!(runs.len(), 4);
-        for (key, acc) in &coco.runs {
-            assert_eq!(acc.pooled(), runs[key].pooled(), "{key:?}");
-            assert_eq!(acc.per_class(), runs[key].per_class(), "{key:?}");
+        assert_eq!(result.runs.len(), 4);
+        let mut records = Vec::new();
+        for (key, episodes) in &plan.runs {
+            let mut acc = ClassIouAccumulator::new();
+            for e in episodes {
+                let features = |i: usize| {
+                    let x =
+                        prepare_input(&ds.load_image(i).unwrap(), input.size, &input.normalization);
+                    IdentityEncoder
+                        .encode_batch(&[x], input.size)
+                        .unwrap()
+                        .remove(0)
+                };
+                let shots: Vec<SupportShot> = e
+                    .supports
+                    .iter()
+                    .map(|&s| {
+                        let m = ds.class_mask(s, e.class).unwrap();
+                        let m = fss_core::preprocess::resize_mask_nearest(
+                            &m,
+                            input.size.height,
+                            input.size.width,
+                        );
+                        SupportShot::from_foreground(features(s), m)
+                    })
+                    .collect();
+                let protos = IdentityEncoder.prototypes(&[shots]).unwrap();
+                let gt = ds.class_mask(e.query, e.class).unwrap();
+                let pred = predict_labels(
+                    &mut IdentityEncoder,
+                    &protos,
+                    &features(e.query),
+                    input.size,
+                    (gt.height, gt.width),
+                )
+                .unwrap();
+                acc.add(e.class, &pred, &gt).unwrap();
+                records.push(source.record(e).unwrap());
+            }
+            assert_eq!(acc.pooled(), result.runs[key].pooled(), "{key:?}");
+            assert_eq!(acc.per_class(), result.runs[key].per_class(), "{key:?}");
         }
+        assert_eq!(records, result.episodes);
     }
 }

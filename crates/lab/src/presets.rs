@@ -43,7 +43,6 @@ use fss_core::preprocess::{InputGeometry, InputSize};
 
 /// The published test harnesses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum Preset {
     Panet,
     Oslsm,
@@ -51,6 +50,14 @@ pub enum Preset {
     Pfenet,
     Bam,
 }
+
+fss_core::choices!(Preset {
+    Panet => "panet", "";
+    Oslsm => "oslsm", "";
+    Hsnet => "hsnet", "";
+    Pfenet => "pfenet", "";
+    Bam => "bam", "";
+});
 
 /// How the query (and supports) enter the network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,7 +96,6 @@ pub enum SmallObjectRule {
 /// One preset's settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PresetSettings {
-    pub name: &'static str,
     pub input: InputRule,
     pub label: LabelRule,
     /// What VOC's 255 becomes at test time.
@@ -103,24 +109,10 @@ pub struct PresetSettings {
 }
 
 impl Preset {
-    /// Every preset, in `--preset`'s order.
-    pub const ALL: [Preset; 5] = [
-        Preset::Panet,
-        Preset::Oslsm,
-        Preset::Hsnet,
-        Preset::Pfenet,
-        Preset::Bam,
-    ];
-
-    pub fn name(self) -> &'static str {
-        self.settings().name
-    }
-
     /// The settings table (methods.md §7.4).
     pub fn settings(self) -> PresetSettings {
         match self {
             Preset::Panet => PresetSettings {
-                name: "panet",
                 input: InputRule::Stretch(InputSize::new(417, 417)),
                 label: LabelRule::ResizedToInput,
                 void: VoidLabel::Ignore,
@@ -131,7 +123,6 @@ impl Preset {
                 small_objects: SmallObjectRule::None,
             },
             Preset::Oslsm => PresetSettings {
-                name: "oslsm",
                 input: InputRule::Original,
                 label: LabelRule::Original,
                 void: VoidLabel::Background,
@@ -143,7 +134,6 @@ impl Preset {
                 small_objects: SmallObjectRule::OslsmGrid,
             },
             Preset::Hsnet => PresetSettings {
-                name: "hsnet",
                 input: InputRule::Stretch(InputSize::new(400, 400)),
                 label: LabelRule::ResizedToInput,
                 void: VoidLabel::Ignore,
@@ -154,7 +144,6 @@ impl Preset {
                 small_objects: SmallObjectRule::ShippedLists,
             },
             Preset::Pfenet => PresetSettings {
-                name: "pfenet",
                 input: InputRule::LongerSidePadded {
                     pascal: 473,
                     coco: 641,
@@ -168,7 +157,6 @@ impl Preset {
                 small_objects: SmallObjectRule::MinPixels(2048),
             },
             Preset::Bam => PresetSettings {
-                name: "bam",
                 input: InputRule::LongerSidePadded {
                     pascal: 473,
                     coco: 641,
@@ -280,6 +268,7 @@ impl PresetSettings {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fss_core::choice::Choice;
 
     #[test]
     fn table_matches_methods_7_4() {
@@ -323,9 +312,8 @@ mod tests {
         assert_eq!(b.episodes_pascal, 1000);
         assert_eq!(b.input, f.input);
 
-        for p in Preset::ALL {
+        for &(p, _, _) in Preset::VARIANTS {
             let s = p.settings();
-            assert_eq!(p.name(), s.name);
             assert!(!s.seeds.is_empty());
             // Seeds are consecutive, so `--seed S --runs R` expresses them.
             assert!(s.seeds.windows(2).all(|w| w[1] == w[0] + 1));

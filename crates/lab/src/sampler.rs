@@ -53,7 +53,8 @@ use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::data::coco::{base_classes, check_fold, fold_classes, CocoMaskDataset, FoldSplit};
+use crate::data::coco::{base_classes, check_fold, CocoFolds, CocoMaskDataset, FoldSplit};
+use crate::episodes::{draw_episodes, Eligibility};
 use fss_core::error::{EdgeError, Result};
 use fss_core::tensor::Mask;
 
@@ -97,19 +98,19 @@ impl EpisodeSpec {
     }
 }
 
-/// One 1-way K-shot episode (pool indices into the dataset).
+/// One 1-way K-shot episode, the one episode type of every dataset, sampler and harness: image
+/// indices into the dataset's list and the class as the dataset keys it (COCO class index
+/// 1..=80, VOC id 1..=20, folder position + 1; see [`crate::episodes::EpisodeSource`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Episode {
     pub fold: usize,
-    /// Class index 1..=80.
-    pub class_index: u8,
-    /// COCO category id of the class.
-    pub class_id: u8,
+    pub class: u8,
     pub supports: Vec<usize>,
     pub query: usize,
 }
 
-/// One line of an episode list (JSON Lines), paths relative to the dataset root.
+/// One line of an episode list (JSON Lines), paths relative to the dataset root; `class_id` is
+/// the dataset's own id (COCO category id, VOC id, folder position + 1).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EpisodeRecord {
     pub fold: usize,
@@ -118,70 +119,40 @@ pub struct EpisodeRecord {
     pub query: String,
 }
 
-impl Episode {
-    /// The JSON Lines form of this episode.
-    pub fn to_record(&self, dataset: &CocoMaskDataset) -> Result<EpisodeRecord> {
-        let path = |i: usize| dataset.image(i).map(|im| im.rel_path.clone());
+impl EpisodeRecord {
+    /// The record of `episode` in fold `fold` with the dataset's `class_id`, each image named by
+    /// `path(index)`.
+    pub fn of(
+        episode: &Episode,
+        fold: usize,
+        class_id: u32,
+        path: impl Fn(usize) -> Result<String>,
+    ) -> Result<EpisodeRecord> {
         Ok(EpisodeRecord {
-            fold: self.fold,
-            class_id: self.class_id as u32,
-            supports: self
+            fold,
+            class_id,
+            supports: episode
                 .supports
                 .iter()
                 .map(|&i| path(i))
                 .collect::<Result<_>>()?,
-            query: path(self.query)?,
+            query: path(episode.query)?,
         })
     }
 
-    /// Resolves a record against a dataset: unknown class ids or image paths are errors.
-    pub fn from_record(record: &EpisodeRecord, dataset: &CocoMaskDataset) -> Result<Episode> {
-        let class_index = dataset.class_index_of(record.class_id).ok_or_else(|| {
-            EdgeError::input(format!(
-                "episode class_id {} is not one of the dataset's 80 thing categories",
-                record.class_id
-            ))
-        })?;
-        if record.supports.is_empty() {
+    /// The supports' and the query's image indices, each found by `find(path)`; a record
+    /// without supports is an error.
+    pub fn images(&self, find: impl Fn(&str) -> Result<usize>) -> Result<(Vec<usize>, usize)> {
+        if self.supports.is_empty() {
             return Err(EdgeError::input("episode has no support images"));
         }
-        let find = |p: &str| {
-            dataset.find_image(p).ok_or_else(|| {
-                EdgeError::input(format!(
-                    "episode image {p:?} is not in the pool under {}",
-                    dataset.root().display()
-                ))
-            })
-        };
-        Ok(Episode {
-            fold: record.fold,
-            class_index,
-            class_id: dataset.class_id(class_index)?,
-            supports: record
-                .supports
-                .iter()
-                .map(|p| find(p))
-                .collect::<Result<_>>()?,
-            query: find(&record.query)?,
-        })
+        let supports = self
+            .supports
+            .iter()
+            .map(|p| find(p))
+            .collect::<Result<_>>()?;
+        Ok((supports, find(&self.query)?))
     }
-}
-
-/// Records of several episodes.
-pub fn to_records(episodes: &[Episode], dataset: &CocoMaskDataset) -> Result<Vec<EpisodeRecord>> {
-    episodes.iter().map(|e| e.to_record(dataset)).collect()
-}
-
-/// Episodes of several records, errors prefixed with the record number (1-based).
-pub fn from_records(records: &[EpisodeRecord], dataset: &CocoMaskDataset) -> Result<Vec<Episode>> {
-    records
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            Episode::from_record(r, dataset)
-                .map_err(|e| EdgeError::input(format!("episode {}: {e}", i + 1)))
-        })
-        .collect()
 }
 
 /// Writes an episode list as JSON Lines, atomically (a temporary file in the same folder, then
@@ -278,31 +249,6 @@ pub fn draw_distinct<R: Rng>(rng: &mut R, m: usize, k: usize) -> Vec<usize> {
     p
 }
 
-/// One episode: class uniform over `classes`, then K+1 distinct images of its eligible list.
-fn draw_episode<R: Rng>(
-    rng: &mut R,
-    dataset: &CocoMaskDataset,
-    fold: usize,
-    classes: &[u8],
-    eligible: &[Vec<usize>],
-    shots: usize,
-) -> Result<Episode> {
-    let n = classes.len();
-    let ci = rng.random_range(0..n as u32) as usize;
-    let class_index = classes[ci];
-    let e = &eligible[ci];
-    let pos = draw_distinct(rng, e.len(), shots + 1);
-    let mut imgs: Vec<usize> = pos.into_iter().map(|p| e[p]).collect();
-    let query = imgs.pop().expect("shots + 1 >= 1 images");
-    Ok(Episode {
-        fold,
-        class_index,
-        class_id: dataset.class_id(class_index)?,
-        supports: imgs,
-        query,
-    })
-}
-
 /// The episodes of one fold and run, and the fold's taking-part classes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EpisodeSet {
@@ -312,51 +258,22 @@ pub struct EpisodeSet {
 }
 
 /// Generates `spec.episodes` evaluation episodes of `spec.fold` for run seed `seed` over the
-/// whole pool (see the module doc for the exact draw order).
+/// whole pool (see the module doc for the exact draw order; [`draw_episodes`] draws them).
 pub fn generate_episodes(
     dataset: &CocoMaskDataset,
     spec: &EpisodeSpec,
     seed: u64,
 ) -> Result<EpisodeSet> {
-    check_fold(spec.fold)?;
-    if spec.shots == 0 {
-        return Err(EdgeError::input("shots must be at least 1"));
-    }
-    let classes = fold_classes(spec.split, spec.fold);
-    let taking_part = taking_part_classes_with(
+    let source = CocoFolds {
         dataset,
-        &classes,
-        spec.shots,
-        spec.min_pixels,
-        spec.oslsm_grid,
-    );
-    if taking_part.is_empty() && spec.episodes > 0 {
-        return Err(EdgeError::input(format!(
-            "fold {} ({} split) has no class with at least {} images of >= {} px{}",
-            spec.fold,
-            spec.split,
-            spec.shots + 1,
-            spec.min_pixels,
-            crate::data::oslsm_rule_text(spec.oslsm_grid)
-        )));
-    }
-    let eligible: Vec<Vec<usize>> = taking_part
-        .iter()
-        .map(|&c| dataset.eligible_images_with(c, spec.min_pixels, spec.oslsm_grid))
-        .collect();
-    let mut rng = eval_rng(seed, spec.fold);
-    let episodes = (0..spec.episodes)
-        .map(|_| {
-            draw_episode(
-                &mut rng,
-                dataset,
-                spec.fold,
-                &taking_part,
-                &eligible,
-                spec.shots,
-            )
-        })
-        .collect::<Result<Vec<_>>>()?;
+        split: spec.split,
+    };
+    let rule = Eligibility {
+        min_pixels: spec.min_pixels,
+        oslsm_grid: spec.oslsm_grid,
+    };
+    let (taking_part, episodes) =
+        draw_episodes(&source, spec.fold, spec.shots, spec.episodes, rule, seed)?;
     Ok(EpisodeSet {
         taking_part,
         episodes,
@@ -379,9 +296,9 @@ pub fn episode_labels(dataset: &CocoMaskDataset, episode: &Episode) -> Result<Ep
         supports: episode
             .supports
             .iter()
-            .map(|&i| dataset.class_mask(i, episode.class_index))
+            .map(|&i| dataset.class_mask(i, episode.class))
             .collect::<Result<_>>()?,
-        query: dataset.class_mask(episode.query, episode.class_index)?,
+        query: dataset.class_mask(episode.query, episode.class)?,
     })
 }
 
@@ -413,8 +330,6 @@ pub struct TrainingSampler {
     spec: TrainingSpec,
     /// Base classes with at least K+1 eligible images in the subset (ascending).
     classes: Vec<u8>,
-    /// COCO ids of `classes`.
-    class_ids: Vec<u8>,
     /// Per class, eligible pool indices of the subset (ascending).
     eligible: Vec<Vec<usize>>,
     rng: ChaCha8Rng,
@@ -434,13 +349,11 @@ impl TrainingSampler {
             return Err(EdgeError::input("shots must be at least 1"));
         }
         let mut classes = Vec::new();
-        let mut class_ids = Vec::new();
         let mut eligible = Vec::new();
         for c in base_classes(spec.split, spec.fold) {
             let e = dataset.eligible_images_in(c, spec.min_pixels, subset);
             if e.len() > spec.shots {
                 classes.push(c);
-                class_ids.push(dataset.class_id(c)?);
                 eligible.push(e);
             }
         }
@@ -457,7 +370,6 @@ impl TrainingSampler {
         Ok(TrainingSampler {
             spec,
             classes,
-            class_ids,
             eligible,
             rng,
             drawn: 0,
@@ -497,8 +409,7 @@ impl TrainingSampler {
         TrainingEpisode {
             episode: Episode {
                 fold: self.spec.fold,
-                class_index: self.classes[ci],
-                class_id: self.class_ids[ci],
+                class: self.classes[ci],
                 supports: imgs,
                 query,
             },
@@ -520,7 +431,8 @@ impl TrainingSampler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::coco::fixture;
+    use crate::data::coco::{fixture, fold_classes};
+    use crate::episodes::EpisodeSource;
     use fss_tests::fixture_files::TempDir;
 
     fn dataset(dir: &TempDir) -> CocoMaskDataset {
@@ -597,8 +509,7 @@ mod tests {
             for e in &set.episodes {
                 assert_eq!(e.fold, 2);
                 assert_eq!(e.supports.len(), shots);
-                assert!(set.taking_part.contains(&e.class_index));
-                assert_eq!(e.class_id, ds.class_id(e.class_index).unwrap());
+                assert!(set.taking_part.contains(&e.class));
                 let mut all = e.supports.clone();
                 all.push(e.query);
                 let mut dedup = all.clone();
@@ -606,9 +517,9 @@ mod tests {
                 dedup.dedup();
                 assert_eq!(dedup.len(), all.len(), "images not distinct: {e:?}");
                 for &i in &all {
-                    assert!(ds.is_eligible(i, e.class_index, 16));
+                    assert!(ds.is_eligible(i, e.class, 16));
                 }
-                classes_seen.insert(e.class_index);
+                classes_seen.insert(e.class);
             }
             assert_eq!(
                 classes_seen.into_iter().collect::<Vec<_>>(),
@@ -627,7 +538,20 @@ mod tests {
         let dir = TempDir::new("sampler_jsonl");
         let ds = dataset(&dir);
         let set = generate_episodes(&ds, &spec(0, 2, 30), 9).unwrap();
-        let records = to_records(&set.episodes, &ds).unwrap();
+        let source = CocoFolds {
+            dataset: &ds,
+            split: FoldSplit::Interleaved,
+        };
+        let records: Vec<EpisodeRecord> = set
+            .episodes
+            .iter()
+            .map(|e| source.record(e).unwrap())
+            .collect();
+        // The record names the COCO category id; the episode keeps the class index.
+        assert_eq!(
+            records[0].class_id,
+            ds.class_id(set.episodes[0].class).unwrap() as u32
+        );
         assert!(records[0].supports[0].starts_with("images/"));
         let path = dir.path().join("episodes.jsonl");
         write_jsonl(&path, &records).unwrap();
@@ -648,7 +572,7 @@ mod tests {
         assert!(leftovers.is_empty());
         let back = read_jsonl(&path).unwrap();
         assert_eq!(back, records);
-        let replay = from_records(&back, &ds).unwrap();
+        let replay: Vec<Episode> = back.iter().map(|r| source.episode(r).unwrap()).collect();
         assert_eq!(replay, set.episodes);
     }
 
@@ -670,20 +594,29 @@ mod tests {
             supports: vec!["images/train2017/000000001000.jpg".into()],
             query: "images/train2017/000000001008.jpg".into(),
         };
-        let ep = Episode::from_record(&good, &ds).unwrap();
-        assert_eq!(
-            (ep.class_index, ep.supports.clone(), ep.query),
-            (1, vec![0], 8)
-        );
+        let source = CocoFolds {
+            dataset: &ds,
+            split: FoldSplit::Interleaved,
+        };
+        let ep = source.episode(&good).unwrap();
+        assert_eq!((ep.class, ep.supports.clone(), ep.query), (1, vec![0], 8));
         let mut unknown = good.clone();
         unknown.query = "images/train2017/nope.jpg".into();
-        let e = from_records(&[good.clone(), unknown], &ds)
+        let sampling = crate::episodes::Sampling {
+            shots: 1,
+            episodes: 0,
+            runs: 1,
+            seed: 0,
+            folds: vec![0],
+            rule: Eligibility::min_pixels(1),
+        };
+        let e = crate::episodes::plan_episodes(&source, &sampling, Some(&[good.clone(), unknown]))
             .unwrap_err()
             .to_string();
         assert!(e.contains("episode 2") && e.contains("nope.jpg"), "{e}");
         let mut stuff = good;
         stuff.class_id = 150;
-        assert!(Episode::from_record(&stuff, &ds).is_err());
+        assert!(source.episode(&stuff).is_err());
     }
 
     #[test]
@@ -693,7 +626,7 @@ mod tests {
         let set = generate_episodes(&ds, &spec(0, 1, 5), 0).unwrap();
         for e in &set.episodes {
             let l = episode_labels(&ds, e).unwrap();
-            let expect = ds.pixels(e.query, e.class_index) as usize;
+            let expect = ds.pixels(e.query, e.class) as usize;
             assert_eq!(l.query.count_nonzero(), expect);
             assert!(l.query.data.iter().all(|&v| v <= 1));
             assert_eq!(l.supports.len(), 1);
@@ -721,7 +654,7 @@ mod tests {
             assert!(t.episode.supports.iter().all(|s| train.contains(s)));
             assert_ne!(t.episode.supports[0], t.episode.query);
             assert_eq!(t.flips.len(), 2);
-            assert_ne!(t.episode.class_index % 4, 1, "novel class drawn");
+            assert_ne!(t.episode.class % 4, 1, "novel class drawn");
         }
         let saved = a.to_json().unwrap();
         let mut b = TrainingSampler::from_json(&saved).unwrap();

@@ -4,10 +4,11 @@
 use super::{apply_threads, parse_size};
 use anyhow::{bail, Result};
 use clap::Args;
+use fss_cli::{progress_bar, ProtocolArgs};
+use fss_core::choice::Choice;
 use fss_core::davis::DavisDataset;
 use fss_core::preprocess::InputSize;
 use fss_core::report::EvalReport;
-use fss_lab::cli::{progress_bar, ProtocolArgs};
 use fss_lab::eval::{davis_agreement, Protocol};
 use fss_runtime::BundleEncoder;
 use std::path::PathBuf;

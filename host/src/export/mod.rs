@@ -30,6 +30,7 @@ pub mod head;
 pub mod onnx;
 pub mod quant;
 
+use fss_core::choice::Choice;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 

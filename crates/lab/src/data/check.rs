@@ -33,13 +33,13 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use super::folder::{sorted_images, sorted_subdirs};
+use fss_core::choice::Choice;
 use fss_core::error::EdgeError;
 use fss_core::image_io::{label_png_info, load_label_png, load_rgb};
 use fss_core::tensor::Mask;
 
 /// The dataset layouts that can be checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 pub enum DataFormat {
     Davis,
     Coco,
@@ -47,16 +47,12 @@ pub enum DataFormat {
     Pascal,
 }
 
-impl DataFormat {
-    pub fn name(self) -> &'static str {
-        match self {
-            DataFormat::Davis => "davis",
-            DataFormat::Coco => "coco",
-            DataFormat::Folder => "folder",
-            DataFormat::Pascal => "pascal",
-        }
-    }
-}
+fss_core::choices!(DataFormat {
+    Davis => "davis", "";
+    Coco => "coco", "";
+    Folder => "folder", "";
+    Pascal => "pascal", "";
+});
 
 impl fmt::Display for DataFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

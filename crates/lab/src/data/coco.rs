@@ -29,9 +29,12 @@ use std::str::FromStr;
 
 use image::RgbImage;
 
+use crate::episodes::{Eligibility, EpisodeSource};
+use crate::sampler::{Episode, EpisodeRecord};
 use fss_core::davis::check_same_size;
 use fss_core::error::{EdgeError, Result};
 use fss_core::image_io::{image_size, load_label_png, load_rgb};
+use fss_core::preprocess::InputSize;
 use fss_core::tensor::Mask;
 
 /// Number of thing classes (class indices 1..=80).
@@ -489,6 +492,101 @@ impl CocoMaskDataset {
             (mask.width as u32, mask.height as u32),
         )?;
         Ok((img, mask))
+    }
+}
+
+/// A COCO pool with its fold split: the [`EpisodeSource`] of the COCO-20i protocol (classes
+/// keyed by class index 1..=80; records name the COCO category id).
+#[derive(Clone, Copy)]
+pub struct CocoFolds<'a> {
+    pub dataset: &'a CocoMaskDataset,
+    pub split: FoldSplit,
+}
+
+impl EpisodeSource for CocoFolds<'_> {
+    fn fold_classes(&self, fold: usize) -> Result<Vec<u8>> {
+        check_fold(fold)?;
+        let mut classes = fold_classes(self.split, fold);
+        classes.sort_unstable();
+        classes.dedup();
+        Ok(classes)
+    }
+
+    fn eligible_images(&self, class: u8, rule: Eligibility) -> Vec<usize> {
+        self.dataset
+            .eligible_images_with(class, rule.min_pixels, rule.oslsm_grid)
+    }
+
+    fn no_class_error(&self, fold: usize, shots: usize, rule: Eligibility) -> EdgeError {
+        EdgeError::input(format!(
+            "fold {fold} ({} split) has no class with at least {} images of >= {} px{}",
+            self.split,
+            shots + 1,
+            rule.min_pixels,
+            super::oslsm_rule_text(rule.oslsm_grid)
+        ))
+    }
+
+    fn record(&self, episode: &Episode) -> Result<EpisodeRecord> {
+        let class_id = self.dataset.class_id(episode.class)? as u32;
+        EpisodeRecord::of(episode, episode.fold, class_id, |i| {
+            self.dataset.image(i).map(|im| im.rel_path.clone())
+        })
+    }
+
+    /// Unknown class ids (stuff, ids of no category) and image paths are errors.
+    fn episode(&self, record: &EpisodeRecord) -> Result<Episode> {
+        let class = self
+            .dataset
+            .class_index_of(record.class_id)
+            .ok_or_else(|| {
+                EdgeError::input(format!(
+                    "episode class_id {} is not one of the dataset's 80 thing categories",
+                    record.class_id
+                ))
+            })?;
+        let (supports, query) = record.images(|p| {
+            self.dataset.find_image(p).ok_or_else(|| {
+                EdgeError::input(format!(
+                    "episode image {p:?} is not in the pool under {}",
+                    self.dataset.root().display()
+                ))
+            })
+        })?;
+        Ok(Episode {
+            fold: record.fold,
+            class,
+            supports,
+            query,
+        })
+    }
+
+    fn source_size(&self, i: usize) -> Result<InputSize> {
+        let im = self.dataset.image(i)?;
+        Ok(InputSize::new(im.height as usize, im.width as usize))
+    }
+
+    fn load_image(&self, i: usize) -> Result<RgbImage> {
+        self.dataset.load_image(i)
+    }
+
+    fn class_mask(&self, i: usize, class: u8) -> Result<Mask> {
+        self.dataset.class_mask(i, class)
+    }
+
+    fn describe(&self, i: usize, class: u8) -> Result<(PathBuf, String)> {
+        Ok((
+            self.dataset.image(i)?.mask_path.clone(),
+            self.dataset.class_name(class)?.into(),
+        ))
+    }
+
+    /// Keyed by COCO category id.
+    fn class_entry(&self, class: u8) -> Result<Option<(String, String)>> {
+        Ok(Some((
+            self.dataset.class_id(class)?.to_string(),
+            self.dataset.class_name(class)?.to_string(),
+        )))
     }
 }
 

@@ -12,11 +12,13 @@
 //!   size is an error at open (use `data::check` to list every problem at once). Masks are
 //!   decoded once at open to count their object pixels.
 //! * **Pool indices**: the images of class 0, then class 1, ..., in that order.
-//! * **Episodes** ([`generate_folder_episodes`]): 1-way K-shot, exactly the draw order of
-//!   [`crate::sampler`] with the RNG of fold 0 (`eval_rng(seed, 0)`): the class uniform over the
-//!   *taking-part* classes (those with at least K+1 images whose mask has `>= min_pixels` object
-//!   pixels; [`FOLDER_MIN_PIXELS`] = 1, i.e. non-empty, by default), then K+1 distinct images of
-//!   that class by a partial Fisher-Yates shuffle (K supports in order, then the query).
+//! * **Episodes** (the dataset is an [`EpisodeSource`] of one fold, 0, drawn by
+//!   [`crate::episodes::draw_episodes`]): 1-way K-shot, the draw order of [`crate::sampler`]
+//!   with the RNG of fold 0 (`eval_rng(seed, 0)`): the class uniform over the *taking-part*
+//!   classes (those with at least K+1 images whose mask has `>= min_pixels` object pixels;
+//!   [`FOLDER_MIN_PIXELS`] = 1, i.e. non-empty, by default), then K+1 distinct images of that
+//!   class by a partial Fisher-Yates shuffle (K supports in order, then the query). The
+//!   episode's class key is the class position + 1.
 //! * **Episode lists**: the [`EpisodeRecord`] JSON Lines form with `fold` 0, `class_id` = class
 //!   position + 1 and paths relative to the root (`<class>/images/<file>`).
 
@@ -24,12 +26,13 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use image::RgbImage;
-use rand::Rng;
 
-use crate::sampler::{eval_rng, EpisodeRecord};
+use crate::episodes::{Eligibility, EpisodeSource};
+use crate::sampler::{Episode, EpisodeRecord};
 use fss_core::davis::check_same_size;
 use fss_core::error::{EdgeError, Result};
 use fss_core::image_io::{image_size, load_label_png, load_rgb};
+use fss_core::preprocess::InputSize;
 use fss_core::tensor::Mask;
 
 /// Default eligibility threshold of user folders: any non-empty mask.
@@ -277,118 +280,99 @@ impl FolderDataset {
     }
 }
 
-/// One 1-way K-shot episode of a folder dataset (pool indices).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FolderEpisode {
-    /// Class position (0-based).
-    pub class: usize,
-    pub supports: Vec<usize>,
-    pub query: usize,
-}
+/// Folder episodes: classes keyed by position + 1 (1..=255), one fold (0); records name the
+/// key as `class_id` and the images by their paths under the root.
+impl EpisodeSource for FolderDataset {
+    /// Every class folder; fold 0 is the only fold.
+    fn fold_classes(&self, fold: usize) -> Result<Vec<u8>> {
+        if fold != 0 {
+            return Err(EdgeError::input(format!(
+                "a folder dataset has one fold (0), not fold {fold}"
+            )));
+        }
+        Ok((1..=self.classes.len()).map(|k| k as u8).collect())
+    }
 
-impl FolderEpisode {
-    /// The JSON Lines form (`fold` 0, `class_id` = class + 1).
-    pub fn to_record(&self, dataset: &FolderDataset) -> Result<EpisodeRecord> {
-        let path = |i: usize| dataset.image(i).map(|im| im.rel_path.clone());
-        Ok(EpisodeRecord {
-            fold: 0,
-            class_id: self.class as u32 + 1,
-            supports: self
-                .supports
-                .iter()
-                .map(|&i| path(i))
-                .collect::<Result<_>>()?,
-            query: path(self.query)?,
+    /// Images whose mask has `>= min_pixels` object pixels (and at least 1); a folder has no
+    /// OSLSM grid rule.
+    fn eligible_images(&self, class: u8, rule: Eligibility) -> Vec<usize> {
+        (class as usize)
+            .checked_sub(1)
+            .map(|c| FolderDataset::eligible_images(self, c, rule.min_pixels))
+            .unwrap_or_default()
+    }
+
+    fn no_class_error(&self, _fold: usize, shots: usize, rule: Eligibility) -> EdgeError {
+        EdgeError::invalid(
+            self.root(),
+            format!(
+                "no class has at least {} images with a mask of >= {} object pixels",
+                shots + 1,
+                rule.min_pixels
+            ),
+        )
+    }
+
+    fn record(&self, episode: &Episode) -> Result<EpisodeRecord> {
+        EpisodeRecord::of(episode, 0, episode.class as u32, |i| {
+            self.image(i).map(|im| im.rel_path.clone())
         })
     }
 
-    /// Resolves a record: every image must be in the dataset and in the query's class.
-    pub fn from_record(record: &EpisodeRecord, dataset: &FolderDataset) -> Result<FolderEpisode> {
-        let find = |p: &str| {
-            dataset.find_image(p).ok_or_else(|| {
+    /// The class is the query's folder; every support must be of it.
+    fn episode(&self, record: &EpisodeRecord) -> Result<Episode> {
+        let (supports, query) = record.images(|p| {
+            self.find_image(p).ok_or_else(|| {
                 EdgeError::input(format!(
                     "episode image {p:?} is not in the dataset under {}",
-                    dataset.root().display()
+                    self.root().display()
                 ))
             })
-        };
-        if record.supports.is_empty() {
-            return Err(EdgeError::input("episode has no support images"));
-        }
-        let query = find(&record.query)?;
-        let class = dataset.images[query].class;
-        let supports = record
-            .supports
-            .iter()
-            .map(|p| find(p))
-            .collect::<Result<Vec<_>>>()?;
-        if let Some(&s) = supports.iter().find(|&&s| dataset.images[s].class != class) {
+        })?;
+        let class = self.images[query].class;
+        if let Some(&s) = supports.iter().find(|&&s| self.images[s].class != class) {
             return Err(EdgeError::input(format!(
                 "episode support {:?} is not of the query's class {:?}",
-                dataset.images[s].rel_path, dataset.classes[class].name
+                self.images[s].rel_path, self.classes[class].name
             )));
         }
-        Ok(FolderEpisode {
-            class,
+        Ok(Episode {
+            fold: 0,
+            class: class as u8 + 1,
             supports,
             query,
         })
     }
-}
 
-/// The classes (ascending positions) with at least `shots + 1` eligible images.
-pub fn folder_taking_part(dataset: &FolderDataset, shots: usize, min_pixels: u64) -> Vec<usize> {
-    (0..dataset.classes().len())
-        .filter(|&c| dataset.eligible_images(c, min_pixels).len() > shots)
-        .collect()
-}
+    fn source_size(&self, i: usize) -> Result<InputSize> {
+        let im = self.image(i)?;
+        Ok(InputSize::new(im.height as usize, im.width as usize))
+    }
 
-/// `episodes` episodes for run seed `seed` (the draw order of [`crate::sampler`] on
-/// `eval_rng(seed, 0)`), and the taking-part classes.
-pub fn generate_folder_episodes(
-    dataset: &FolderDataset,
-    shots: usize,
-    episodes: usize,
-    min_pixels: u64,
-    seed: u64,
-) -> Result<(Vec<usize>, Vec<FolderEpisode>)> {
-    if shots == 0 {
-        return Err(EdgeError::input("shots must be at least 1"));
+    fn load_image(&self, i: usize) -> Result<RgbImage> {
+        FolderDataset::load_image(self, i)
     }
-    let taking_part = folder_taking_part(dataset, shots, min_pixels);
-    if taking_part.is_empty() && episodes > 0 {
-        return Err(EdgeError::invalid(
-            dataset.root(),
-            format!(
-                "no class has at least {} images with a mask of >= {min_pixels} object pixels",
-                shots + 1
-            ),
-        ));
+
+    /// The image's own mask (every image of an episode is of its class).
+    fn class_mask(&self, i: usize, _class: u8) -> Result<Mask> {
+        self.load_mask(i)
     }
-    let eligible: Vec<Vec<usize>> = taking_part
-        .iter()
-        .map(|&c| dataset.eligible_images(c, min_pixels))
-        .collect();
-    let mut rng = eval_rng(seed, 0);
-    let mut out = Vec::with_capacity(episodes);
-    for _ in 0..episodes {
-        let ci = rng.random_range(0..taking_part.len() as u32) as usize;
-        let e = &eligible[ci];
-        let m = e.len();
-        let mut p: Vec<usize> = (0..m).collect();
-        for i in 0..=shots {
-            let j = rng.random_range(i as u32..m as u32) as usize;
-            p.swap(i, j);
-        }
-        let mut imgs: Vec<usize> = p[..=shots].iter().map(|&k| e[k]).collect();
-        let query = imgs.pop().expect("shots + 1 >= 1 images");
-        out.push(FolderEpisode {
-            class: taking_part[ci],
-            supports: imgs,
-            query,
-        });
+
+    fn describe(&self, i: usize, class: u8) -> Result<(PathBuf, String)> {
+        let name = self.classes.get((class as usize).wrapping_sub(1));
+        Ok((
+            self.image(i)?.mask_path.clone(),
+            name.map_or("?", |c| c.name.as_str()).into(),
+        ))
     }
-    Ok((taking_part, out))
+
+    /// Keyed by the class folder's name.
+    fn class_entry(&self, class: u8) -> Result<Option<(String, String)>> {
+        Ok(self
+            .classes
+            .get((class as usize).wrapping_sub(1))
+            .map(|c| (c.name.clone(), c.name.clone())))
+    }
 }
 
 #[cfg(test)]
@@ -444,38 +428,53 @@ mod tests {
         assert_eq!(ds.eligible_images(1, 1), vec![4]);
         assert_eq!(ds.eligible_images(0, 9), vec![2, 3]);
 
-        // 1-shot: apple and zebra take part, cup has one image only.
-        let (tp, eps) = generate_folder_episodes(&ds, 1, 200, 1, 7).unwrap();
-        assert_eq!(tp, vec![0, 2]);
+        // 1-shot: apple and zebra take part (keys 1 and 3), cup has one image only.
+        let draw = |shots, episodes, seed| {
+            crate::episodes::draw_episodes(
+                &ds,
+                0,
+                shots,
+                episodes,
+                Eligibility::min_pixels(1),
+                seed,
+            )
+        };
+        let (tp, eps) = draw(1, 200, 7).unwrap();
+        assert_eq!(tp, vec![1, 3]);
         assert_eq!(eps.len(), 200);
         let mut seen = [0usize; 3];
         for e in &eps {
-            seen[e.class] += 1;
+            let class = e.class as usize - 1;
+            seen[class] += 1;
             assert_eq!(e.supports.len(), 1);
             assert_ne!(e.supports[0], e.query);
-            assert!(ds.classes()[e.class].images.contains(&e.query));
-            assert!(ds.classes()[e.class].images.contains(&e.supports[0]));
-            let r = e.to_record(&ds).unwrap();
-            assert_eq!(&FolderEpisode::from_record(&r, &ds).unwrap(), e);
+            assert!(ds.classes()[class].images.contains(&e.query));
+            assert!(ds.classes()[class].images.contains(&e.supports[0]));
+            let r = ds.record(e).unwrap();
+            assert_eq!(r.class_id, e.class as u32);
+            assert_eq!(&ds.episode(&r).unwrap(), e);
         }
         assert!(seen[0] > 60 && seen[2] > 60 && seen[1] == 0, "{seen:?}");
         // Same seed, same episodes; another seed, other episodes.
-        assert_eq!(generate_folder_episodes(&ds, 1, 200, 1, 7).unwrap().1, eps);
-        assert_ne!(generate_folder_episodes(&ds, 1, 200, 1, 8).unwrap().1, eps);
+        assert_eq!(draw(1, 200, 7).unwrap().1, eps);
+        assert_ne!(draw(1, 200, 8).unwrap().1, eps);
         // 3-shot: only apple (4 images); every episode uses all 4, distinct.
-        let (tp, eps) = generate_folder_episodes(&ds, 3, 10, 1, 0).unwrap();
-        assert_eq!(tp, vec![0]);
+        let (tp, eps) = draw(3, 10, 0).unwrap();
+        assert_eq!(tp, vec![1]);
         for e in eps {
             let mut all = e.supports.clone();
             all.push(e.query);
             all.sort();
             assert_eq!(all, vec![0, 1, 2, 3]);
         }
-        let e = generate_folder_episodes(&ds, 4, 10, 1, 0)
+        let e = draw(4, 10, 0).unwrap_err().to_string();
+        assert!(e.contains("at least 5 images"), "{e}");
+        assert!(draw(0, 10, 0).is_err());
+        // A folder has one fold.
+        let e = crate::episodes::draw_episodes(&ds, 1, 1, 1, Eligibility::min_pixels(1), 0)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("at least 5 images"), "{e}");
-        assert!(generate_folder_episodes(&ds, 0, 10, 1, 0).is_err());
+        assert!(e.contains("one fold"), "{e}");
         // A support of another class is refused on replay.
         let bad = EpisodeRecord {
             fold: 0,
@@ -483,9 +482,7 @@ mod tests {
             supports: vec!["cup/images/img00.jpg".into()],
             query: "apple/images/img00.jpg".into(),
         };
-        let e = FolderEpisode::from_record(&bad, &ds)
-            .unwrap_err()
-            .to_string();
+        let e = ds.episode(&bad).unwrap_err().to_string();
         assert!(e.contains("not of the query's class"), "{e}");
     }
 

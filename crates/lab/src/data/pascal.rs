@@ -28,9 +28,13 @@ use std::str::FromStr;
 
 use image::RgbImage;
 
+use crate::episodes::{Eligibility, EpisodeSource};
+use crate::sampler::{Episode, EpisodeRecord};
+use fss_core::choice::Choice;
 use fss_core::davis::check_same_size;
 use fss_core::error::{EdgeError, Result};
 use fss_core::image_io::{image_size, load_label_png, load_rgb};
+use fss_core::preprocess::InputSize;
 use fss_core::tensor::Mask;
 
 /// The 20 VOC classes; `VOC_CLASSES[i]` is id `i + 1`.
@@ -80,7 +84,6 @@ pub fn pascal_base_classes(fold: usize) -> Result<Vec<u8>> {
 
 /// What label 255 becomes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "snake_case")]
 pub enum VoidLabel {
     /// Kept as 255 in masks: excluded from prediction and ground truth when scoring.
@@ -90,16 +93,20 @@ pub enum VoidLabel {
     Background,
 }
 
+fss_core::choices!(VoidLabel {
+    Ignore => "ignore", "Kept as 255 in masks: excluded from prediction and ground truth when scoring";
+    Background => "background", "Turned into background (0)";
+});
+
 impl FromStr for VoidLabel {
     type Err = EdgeError;
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "ignore" => Ok(VoidLabel::Ignore),
-            "background" => Ok(VoidLabel::Background),
-            _ => Err(EdgeError::input(format!(
-                "unknown 255 handling {s:?} (expected ignore or background)"
-            ))),
-        }
+        Self::from_name(s).ok_or_else(|| {
+            EdgeError::input(format!(
+                "unknown 255 handling {s:?} (expected {})",
+                Self::names()
+            ))
+        })
     }
 }
 
@@ -381,6 +388,100 @@ impl PascalDataset {
     /// The image as RGB.
     pub fn load_image(&self, idx: usize) -> Result<RgbImage> {
         load_rgb(&self.image(idx)?.image_path)
+    }
+}
+
+/// PASCAL-5i episodes: classes keyed by VOC id 1..=20; records name the VOC id and the image
+/// as `JPEGImages/<name>.jpg`.
+impl EpisodeSource for PascalDataset {
+    fn fold_classes(&self, fold: usize) -> Result<Vec<u8>> {
+        pascal_fold_classes(fold)
+    }
+
+    fn eligible_images(&self, class: u8, rule: Eligibility) -> Vec<usize> {
+        self.eligible_images_with(class, rule.min_pixels, rule.oslsm_grid)
+    }
+
+    fn no_class_error(&self, fold: usize, shots: usize, rule: Eligibility) -> EdgeError {
+        EdgeError::invalid(
+            self.root(),
+            format!(
+                "PASCAL-5i fold {fold} has no class with at least {} images of >= {} px{} in the list",
+                shots + 1,
+                rule.min_pixels,
+                super::oslsm_rule_text(rule.oslsm_grid)
+            ),
+        )
+    }
+
+    fn record(&self, episode: &Episode) -> Result<EpisodeRecord> {
+        EpisodeRecord::of(episode, episode.fold, episode.class as u32, |i| {
+            self.image(i)
+                .map(|im| format!("JPEGImages/{}.jpg", im.name))
+        })
+    }
+
+    /// Images are found by name in the list (`JPEGImages/` and the extension optional).
+    fn episode(&self, record: &EpisodeRecord) -> Result<Episode> {
+        if !(1..=20).contains(&record.class_id) {
+            return Err(EdgeError::input(format!(
+                "episode class_id {} is not a VOC class id (1..=20)",
+                record.class_id
+            )));
+        }
+        let (supports, query) = record.images(|p| {
+            let name = Path::new(p)
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("");
+            self.images()
+                .iter()
+                .position(|im| im.name == name)
+                .ok_or_else(|| {
+                    EdgeError::input(format!(
+                        "episode image {p:?} is not in the list of {}",
+                        self.root().display()
+                    ))
+                })
+        })?;
+        Ok(Episode {
+            fold: record.fold,
+            class: record.class_id as u8,
+            supports,
+            query,
+        })
+    }
+
+    fn source_size(&self, i: usize) -> Result<InputSize> {
+        let im = self.image(i)?;
+        Ok(InputSize::new(im.height as usize, im.width as usize))
+    }
+
+    fn load_image(&self, i: usize) -> Result<RgbImage> {
+        PascalDataset::load_image(self, i)
+    }
+
+    fn class_mask(&self, i: usize, class: u8) -> Result<Mask> {
+        PascalDataset::class_mask(self, i, class)
+    }
+
+    fn describe(&self, i: usize, class: u8) -> Result<(PathBuf, String)> {
+        let name = VOC_CLASSES.get((class as usize).wrapping_sub(1)).copied();
+        Ok((
+            self.image(i)?.label_path.clone(),
+            name.unwrap_or("?").into(),
+        ))
+    }
+
+    fn ignore_label(&self) -> Option<u8> {
+        PascalDataset::ignore_label(self)
+    }
+
+    /// Keyed by VOC id.
+    fn class_entry(&self, class: u8) -> Result<Option<(String, String)>> {
+        Ok(VOC_CLASSES
+            .get((class as usize).wrapping_sub(1))
+            .map(|name| (class.to_string(), name.to_string())))
     }
 }
 

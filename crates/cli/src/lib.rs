@@ -1,15 +1,37 @@
-//! The evaluation flags shared by `host eval` and `edge eval` (flattened into both, so the two
-//! commands take the same flags with the same meaning) and their progress bar. Only with the
-//! `cli` feature, which the two binaries turn on: the library itself needs neither clap nor
-//! indicatif.
+//! `fss-cli`: the command-line surface `host` and `edge` share, so that the libraries
+//! (`fss-core`, `fss-runtime`, `fss-lab`) need neither clap nor indicatif:
+//!
+//! - [`choice`]: the clap value parser of any [`Choice`] (protocols, presets, SMCP guidance,
+//!   ...), with the names and one-line help the library declares;
+//! - [`ProtocolArgs`] and [`PascalArgs`]: the evaluation flags, flattened into `host eval` and
+//!   `edge eval` so the two commands take the same flags with the same meaning;
+//! - [`progress_bar`]: their stderr progress bar.
 
-use crate::data::pascal::PascalOptions;
-use crate::eval::{run_protocol, Protocol, ProtocolRequest};
-use crate::presets::{Benchmark, Preset, PresetHarness};
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+use fss_core::choice::Choice;
 use fss_core::error::Result;
 use fss_core::model::{FeatureEncoder, ScoringInput};
 use fss_core::report::EvalReport;
+use fss_lab::data::pascal::{PascalOptions, VoidLabel};
+use fss_lab::eval::{run_protocol, Protocol, ProtocolRequest};
+use fss_lab::presets::{Benchmark, Preset, PresetHarness};
 use std::path::PathBuf;
+
+/// The clap value parser of a [`Choice`]: its names as the possible values (listed in `--help`
+/// with their descriptions), parsed to the value.
+pub fn choice<T: Choice>() -> impl TypedValueParser<Value = T> {
+    PossibleValuesParser::new(T::VARIANTS.iter().map(|&(_, name, help)| {
+        let value = PossibleValue::new(name);
+        if help.is_empty() {
+            value
+        } else {
+            value.help(help)
+        }
+    }))
+    .try_map(|name: String| {
+        T::from_name(&name).ok_or_else(|| format!("{name:?} is not one of {}", T::names()))
+    })
+}
 
 /// The stderr progress bar of the evaluation commands.
 pub fn progress_bar(label: &str) -> indicatif::ProgressBar {
@@ -32,8 +54,8 @@ pub struct PascalArgs {
     #[arg(long)]
     pub pascal_labels: Option<String>,
     /// PASCAL: label 255 (object boundaries) is ignored (PANet, PFENet, HSNet) or background (OSLSM, SG-One).
-    #[arg(long, value_enum, default_value = "ignore")]
-    pub void: crate::data::pascal::VoidLabel,
+    #[arg(long, value_parser = choice::<VoidLabel>(), default_value = "ignore")]
+    pub void: VoidLabel,
 }
 
 impl PascalArgs {
@@ -50,7 +72,7 @@ impl PascalArgs {
 /// commands take the same flags with the same meaning).
 #[derive(Debug, Clone, clap::Args)]
 pub struct ProtocolArgs {
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choice::<Protocol>())]
     pub protocol: Protocol,
     /// Dataset root: DAVIS layout (davis), COCO128 layout (coco), class folders (folder),
     /// VOC2012 layout (pascal).
@@ -81,15 +103,15 @@ pub struct ProtocolArgs {
     /// COCO or PASCAL: a published harness's settings (input geometry, label resolution, 255
     /// handling, small-object rule, episodes, seeds, split; methods.md §7.4). Replaces --runs,
     /// --seed, --void and, unless given, --episodes.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choice::<Preset>())]
     pub preset: Option<Preset>,
     /// SMCP: the prototype that guides the final pass: fused (the paper's inference), support
     /// (one pass, the support prototype alone) or pseudo (the query's pseudo-prototype alone).
-    #[arg(long, value_enum, default_value = "fused")]
+    #[arg(long, value_parser = choice::<fss_core::smcp::SmcpGuidance>(), default_value = "fused")]
     pub smcp_guidance: fss_core::smcp::SmcpGuidance,
     /// SG-One with several shots: avg (one pass with the mean of the shots' guidance vectors,
     /// the paper's better variant) or max (one pass per shot, union of the predictions).
-    #[arg(long, value_enum, default_value = "avg")]
+    #[arg(long, value_parser = choice::<fss_core::sgone::SgOneKShot>(), default_value = "avg")]
     pub sgone_kshot: fss_core::sgone::SgOneKShot,
     /// Also write the results as a Markdown table (per fold mIoU and FB-IoU, mean ± std over
     /// runs) to FILE.
@@ -161,5 +183,78 @@ impl ProtocolArgs {
             fss_core::fsutil::write_atomic(path, report.markdown_table().as_bytes())?;
         }
         Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, FromArgMatches, Parser};
+
+    #[derive(Debug, Parser)]
+    struct Eval {
+        #[command(flatten)]
+        eval: ProtocolArgs,
+    }
+
+    fn parse(args: &[&str]) -> std::result::Result<Eval, clap::Error> {
+        let matches = Eval::command().try_get_matches_from(args)?;
+        Eval::from_arg_matches(&matches)
+    }
+
+    #[test]
+    fn choices_parse_by_name_with_their_defaults() {
+        let e = parse(&[
+            "eval",
+            "--protocol",
+            "pascal",
+            "--data",
+            "d",
+            "--preset",
+            "pfenet",
+        ])
+        .unwrap()
+        .eval;
+        assert_eq!(e.protocol, Protocol::Pascal);
+        assert_eq!(e.preset, Some(Preset::Pfenet));
+        assert_eq!(e.smcp_guidance, fss_core::smcp::SmcpGuidance::Fused);
+        assert_eq!(e.sgone_kshot, fss_core::sgone::SgOneKShot::Avg);
+        assert_eq!(e.pascal.void, VoidLabel::Ignore);
+        let e = parse(&[
+            "eval",
+            "--protocol",
+            "coco",
+            "--data",
+            "d",
+            "--void",
+            "background",
+            "--smcp-guidance",
+            "pseudo",
+        ])
+        .unwrap()
+        .eval;
+        assert_eq!(e.pascal.void, VoidLabel::Background);
+        assert_eq!(e.smcp_guidance, fss_core::smcp::SmcpGuidance::Pseudo);
+    }
+
+    #[test]
+    fn an_unknown_name_is_refused_with_the_possible_values() {
+        let e = parse(&["eval", "--protocol", "imagenet", "--data", "d"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("imagenet"), "{e}");
+        for name in ["davis", "coco", "folder", "pascal"] {
+            assert!(e.contains(name), "{e}");
+        }
+    }
+
+    #[test]
+    fn help_lists_every_value_with_its_description() {
+        let help = Eval::command().render_long_help().to_string();
+        for &(_, name, _) in Preset::VARIANTS {
+            assert!(help.contains(name), "{help}");
+        }
+        // The library's one-line description of a value reaches --help.
+        assert!(help.contains("The pseudo-prototype alone"), "{help}");
     }
 }
