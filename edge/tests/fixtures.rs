@@ -278,7 +278,7 @@ fn pascal_protocol_on_the_voc_fixture() {
     );
 
     // Episodes: 2 runs x 12, support and query distinct, same class, in the val list.
-    let records = fss_lab::sampler::read_jsonl(&eps).unwrap();
+    let records = fss_lab::episodes::read_jsonl(&eps).unwrap();
     assert_eq!(records.len(), 24);
     for r in &records {
         assert!(r.class_id == 12 || r.class_id == 15, "{r:?}");
@@ -377,7 +377,7 @@ fn every_preset_runs(protocol: Protocol, data: &Path, folds: Vec<usize>, tag: &s
         );
         let miou = report.miou.unwrap();
         assert!((0.0..=100.0).contains(&miou), "{name}: {miou}");
-        let records = fss_lab::sampler::read_jsonl(&dir.join(format!("{name}-0.jsonl"))).unwrap();
+        let records = fss_lab::episodes::read_jsonl(&dir.join(format!("{name}-0.jsonl"))).unwrap();
         assert_eq!(records.len(), 4 * folds.len() * h.runs, "{name}");
         let (again, episodes_again) = run(1);
         assert_eq!(episodes, episodes_again, "{name}: episode lists differ");

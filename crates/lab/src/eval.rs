@@ -10,9 +10,10 @@ use crate::data::folder::{FolderDataset, FOLDER_MIN_PIXELS};
 use crate::data::pascal::{
     pascal_fold_classes, PascalDataset, PascalOptions, VoidLabel, PASCAL_FOLDS, VOID,
 };
-use crate::episodes::{plan_episodes, Eligibility, EpisodePlan, EpisodeSource, Sampling};
+use crate::episodes::{
+    plan_episodes, Eligibility, Episode, EpisodePlan, EpisodeRecord, EpisodeSource, Sampling,
+};
 use crate::presets::{Benchmark, Preset};
-use crate::sampler::{Episode, EpisodeRecord};
 use fss_core::choice::Choice;
 use fss_core::davis::{check_same_size, DavisDataset};
 use fss_core::error::{EdgeError, Result};
@@ -619,14 +620,14 @@ pub fn run_protocol(
         base.folds = Some(setup.sampling.folds.clone());
     }
     let replay = match &request.episodes_file {
-        Some(p) => Some(crate::sampler::read_jsonl(p)?),
+        Some(p) => Some(crate::episodes::read_jsonl(p)?),
         None => None,
     };
     let mut run = |source: &dyn EpisodeSource, base: EvalReport| -> Result<EvalReport> {
         let plan = plan_episodes(source, &setup.sampling, replay.as_deref())?;
         let result = score_episodes(&mut *encoder, source, setup.scoring, plan, &mut *progress)?;
         if let Some(p) = &request.write_episodes {
-            crate::sampler::write_jsonl(p, &result.episodes)?;
+            crate::episodes::write_jsonl(p, &result.episodes)?;
         }
         episodes_report(base, &setup.protocol, source, &result)
     };
@@ -871,7 +872,7 @@ mod tests {
         assert_eq!(report.seed, 3);
         assert_eq!(report.runs, 2);
         assert_eq!(
-            crate::sampler::read_jsonl(&episodes_path).unwrap().len(),
+            crate::episodes::read_jsonl(&episodes_path).unwrap().len(),
             40
         );
 

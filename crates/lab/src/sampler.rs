@@ -1,35 +1,13 @@
 //! Seeded, reproducible 1-way K-shot episodes over a [`CocoMaskDataset`] (docs/evaluation.md,
-//! "COCO few-shot episodes"; methods.md §11.4).
-//!
-//! # Seeding
-//!
-//! Evaluation episodes of fold `f` for run seed `s` come from
-//! `ChaCha8Rng::seed_from_u64(seed_for(s, f))` with **`seed_for(s, f) = s * 1000 + f`** (wrapping
-//! `u64` arithmetic), ChaCha stream 0 (the default). `--runs R --seed S` uses seeds `S..S+R-1`.
-//! The [`TrainingSampler`] uses the same derivation on ChaCha **stream 1**, so training and
-//! evaluation never share a random sequence.
-//!
-//! # Draw order (evaluation, per episode, in order)
-//!
-//! The fold's *taking-part* classes `T` are its classes (ascending class index) that have at
-//! least K+1 eligible images ([`taking_part_classes`]: `>= min_pixels`, and with
-//! `EpisodeSpec::oslsm_grid` the OSLSM grid rule too); each class's eligible images are sorted by
-//! pool index.
-//!
-//! 1. class: `T[rng.random_range(0..n as u32)]` with `n = |T|`;
-//! 2. images: with `E` = the class's eligible images (`m = |E|`), a partial Fisher-Yates shuffle
-//!    of the positions `p = [0, 1, .., m-1]`: for `i` in `0..K+1`:
-//!    `j = rng.random_range(i as u32..m as u32)`, swap `p[i]` and `p[j]`. The episode's images
-//!    are `E[p[0]], .., E[p[K]]`: the first K are the supports (in that order), the last the
-//!    query. All K+1 are distinct.
-//!
-//! Only `random_range` on `u32` ranges is used (value-stable for rand 0.9, pinned by
-//! `Cargo.lock`, identical on 32- and 64-bit machines); no shuffling or sampling helpers of
-//! rand whose algorithms may change.
+//! "COCO few-shot episodes"; methods.md §11.4): the COCO-20i evaluation episodes
+//! ([`generate_episodes`], drawn by [`crate::episodes::draw_episodes`], whose module doc gives
+//! the seeding and the draw order) and the resumable [`TrainingSampler`].
 //!
 //! # Draw order (training, per episode)
 //!
-//! Steps 1 and 2 as above over the sampler's base classes and image subset; then, only if
+//! The evaluation draw (class, then K+1 distinct images by a partial Fisher-Yates shuffle) over
+//! the sampler's base classes and image subset, on ChaCha **stream 1** of the same seed
+//! derivation (training and evaluation never share a random sequence); then, only if
 //! horizontal flips are on, K+1 flip decisions (supports in order, then the query), each
 //! `rng.next_u32() >> 31 == 1` (a fair coin from the top bit; no rand distribution involved).
 //!
@@ -38,35 +16,15 @@
 //! An episode of class c is labelled binary: support foreground = class c, background =
 //! everything else; the query label is the binary mask of c. Pixels of any other class (novel
 //! classes of the fold included) are background ([`episode_labels`]).
-//!
-//! # Episode lists
-//!
-//! [`EpisodeRecord`] is the JSON Lines form of evaluation.md:
-//! `{"fold": f, "class_id": coco_id, "supports": ["images/train2017/....jpg", ...], "query": "..."}`
-//! with paths relative to the dataset root. [`write_jsonl`] writes atomically (temporary file
-//! then rename), [`read_jsonl`] reports errors with line numbers.
-
-use std::io::{BufRead, Write};
-use std::path::Path;
 
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::data::coco::{base_classes, check_fold, CocoFolds, CocoMaskDataset, FoldSplit};
-use crate::episodes::{draw_episodes, Eligibility};
+use crate::episodes::{draw_distinct, draw_episodes, seed_for, Eligibility, Episode};
 use fss_core::error::{EdgeError, Result};
 use fss_core::tensor::Mask;
-
-/// The RNG seed of fold `fold` for run seed `seed`: `seed * 1000 + fold` (wrapping).
-pub fn seed_for(seed: u64, fold: usize) -> u64 {
-    seed.wrapping_mul(1000).wrapping_add(fold as u64)
-}
-
-/// The evaluation RNG of (seed, fold): `ChaCha8Rng::seed_from_u64(seed_for(seed, fold))`.
-pub fn eval_rng(seed: u64, fold: usize) -> ChaCha8Rng {
-    ChaCha8Rng::seed_from_u64(seed_for(seed, fold))
-}
 
 /// What to generate for one fold and one run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,110 +54,6 @@ impl EpisodeSpec {
             fold,
         }
     }
-}
-
-/// One 1-way K-shot episode, the one episode type of every dataset, sampler and harness: image
-/// indices into the dataset's list and the class as the dataset keys it (COCO class index
-/// 1..=80, VOC id 1..=20, folder position + 1; see [`crate::episodes::EpisodeSource`]).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Episode {
-    pub fold: usize,
-    pub class: u8,
-    pub supports: Vec<usize>,
-    pub query: usize,
-}
-
-/// One line of an episode list (JSON Lines), paths relative to the dataset root; `class_id` is
-/// the dataset's own id (COCO category id, VOC id, folder position + 1).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EpisodeRecord {
-    pub fold: usize,
-    pub class_id: u32,
-    pub supports: Vec<String>,
-    pub query: String,
-}
-
-impl EpisodeRecord {
-    /// The record of `episode` in fold `fold` with the dataset's `class_id`, each image named by
-    /// `path(index)`.
-    pub fn of(
-        episode: &Episode,
-        fold: usize,
-        class_id: u32,
-        path: impl Fn(usize) -> Result<String>,
-    ) -> Result<EpisodeRecord> {
-        Ok(EpisodeRecord {
-            fold,
-            class_id,
-            supports: episode
-                .supports
-                .iter()
-                .map(|&i| path(i))
-                .collect::<Result<_>>()?,
-            query: path(episode.query)?,
-        })
-    }
-
-    /// The supports' and the query's image indices, each found by `find(path)`; a record
-    /// without supports is an error.
-    pub fn images(&self, find: impl Fn(&str) -> Result<usize>) -> Result<(Vec<usize>, usize)> {
-        if self.supports.is_empty() {
-            return Err(EdgeError::input("episode has no support images"));
-        }
-        let supports = self
-            .supports
-            .iter()
-            .map(|p| find(p))
-            .collect::<Result<_>>()?;
-        Ok((supports, find(&self.query)?))
-    }
-}
-
-/// Writes an episode list as JSON Lines, atomically (a temporary file in the same folder, then
-/// rename).
-pub fn write_jsonl(path: &Path, records: &[EpisodeRecord]) -> Result<()> {
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| EdgeError::invalid(path, "not a file path"))?;
-    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| -> Result<()> {
-        let file = std::fs::File::create(&tmp).map_err(|e| EdgeError::io(&tmp, e))?;
-        let mut w = std::io::BufWriter::new(file);
-        for r in records {
-            let line =
-                serde_json::to_string(r).map_err(|e| EdgeError::invalid(path, e.to_string()))?;
-            w.write_all(line.as_bytes())
-                .and_then(|_| w.write_all(b"\n"))
-                .map_err(|e| EdgeError::io(&tmp, e))?;
-        }
-        let file = w
-            .into_inner()
-            .map_err(|e| EdgeError::io(&tmp, e.into_error()))?;
-        file.sync_all().map_err(|e| EdgeError::io(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| EdgeError::io(path, e))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// Reads an episode list (JSON Lines; blank lines skipped, unknown keys ignored). Errors name
-/// the file and the line number.
-pub fn read_jsonl(path: &Path) -> Result<Vec<EpisodeRecord>> {
-    let file = std::fs::File::open(path).map_err(|e| EdgeError::io(path, e))?;
-    let mut out = Vec::new();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.map_err(|e| EdgeError::io(path, e))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let r: EpisodeRecord = serde_json::from_str(&line)
-            .map_err(|e| EdgeError::invalid(path, format!("line {}: {e}", i + 1)))?;
-        out.push(r);
-    }
-    Ok(out)
 }
 
 /// The classes of `classes` (kept in ascending order) that have at least `shots + 1` eligible
@@ -234,19 +88,6 @@ pub fn taking_part_classes_with(
     v.sort_unstable();
     v.dedup();
     v
-}
-
-/// Draws `k` distinct positions out of `0..m` by a partial Fisher-Yates shuffle (see the module
-/// doc). Requires `k <= m <= u32::MAX`.
-pub fn draw_distinct<R: Rng>(rng: &mut R, m: usize, k: usize) -> Vec<usize> {
-    assert!(k <= m && m <= u32::MAX as usize);
-    let mut p: Vec<usize> = (0..m).collect();
-    for i in 0..k {
-        let j = rng.random_range(i as u32..m as u32) as usize;
-        p.swap(i, j);
-    }
-    p.truncate(k);
-    p
 }
 
 /// The episodes of one fold and run, and the fold's taking-part classes.
@@ -432,7 +273,7 @@ impl TrainingSampler {
 mod tests {
     use super::*;
     use crate::data::coco::{fixture, fold_classes};
-    use crate::episodes::EpisodeSource;
+    use crate::episodes::{read_jsonl, write_jsonl, EpisodeRecord, EpisodeSource};
     use fss_tests::fixture_files::TempDir;
 
     fn dataset(dir: &TempDir) -> CocoMaskDataset {

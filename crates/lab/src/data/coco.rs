@@ -29,8 +29,7 @@ use std::str::FromStr;
 
 use image::RgbImage;
 
-use crate::episodes::{Eligibility, EpisodeSource};
-use crate::sampler::{Episode, EpisodeRecord};
+use crate::episodes::{Eligibility, Episode, EpisodeRecord, EpisodeSource};
 use fss_core::davis::check_same_size;
 use fss_core::error::{EdgeError, Result};
 use fss_core::image_io::{image_size, load_label_png, load_rgb};

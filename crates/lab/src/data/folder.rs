@@ -13,7 +13,7 @@
 //!   decoded once at open to count their object pixels.
 //! * **Pool indices**: the images of class 0, then class 1, ..., in that order.
 //! * **Episodes** (the dataset is an [`EpisodeSource`] of one fold, 0, drawn by
-//!   [`crate::episodes::draw_episodes`]): 1-way K-shot, the draw order of [`crate::sampler`]
+//!   [`crate::episodes::draw_episodes`]): 1-way K-shot, the draw order of [`crate::episodes`]
 //!   with the RNG of fold 0 (`eval_rng(seed, 0)`): the class uniform over the *taking-part*
 //!   classes (those with at least K+1 images whose mask has `>= min_pixels` object pixels;
 //!   [`FOLDER_MIN_PIXELS`] = 1, i.e. non-empty, by default), then K+1 distinct images of that
@@ -27,8 +27,7 @@ use std::path::{Path, PathBuf};
 
 use image::RgbImage;
 
-use crate::episodes::{Eligibility, EpisodeSource};
-use crate::sampler::{Episode, EpisodeRecord};
+use crate::episodes::{Eligibility, Episode, EpisodeRecord, EpisodeSource};
 use fss_core::davis::check_same_size;
 use fss_core::error::{EdgeError, Result};
 use fss_core::image_io::{image_size, load_label_png, load_rgb};

@@ -28,8 +28,7 @@ use std::str::FromStr;
 
 use image::RgbImage;
 
-use crate::episodes::{Eligibility, EpisodeSource};
-use crate::sampler::{Episode, EpisodeRecord};
+use crate::episodes::{Eligibility, Episode, EpisodeRecord, EpisodeSource};
 use fss_core::choice::Choice;
 use fss_core::davis::check_same_size;
 use fss_core::error::{EdgeError, Result};
