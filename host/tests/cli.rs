@@ -2,14 +2,10 @@
 
 use fss_tests::{assert_clean_error, write_coco_like, write_davis_like, TempDir};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn host(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_host"))
-        .args(args)
-        .output()
-        .expect("host runs")
-}
+mod common;
+use common::host;
 
 #[test]
 fn binary_links_libtorch_cuda() {

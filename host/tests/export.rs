@@ -6,8 +6,8 @@
 //! needs the venv's python (`.venv/bin/python` with onnx and onnxruntime); both come from
 //! `scripts/setup.sh`, and the tests fail, not skip, without them.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 
 use fss_core::bundle::{sha256_file, Dim, Manifest};
 use fss_tests::{assert_clean_error, write_coco_like, TempDir};
@@ -18,34 +18,8 @@ use host::backbone::{self, Backbone, BackboneKind, BackboneOptions};
 use host::export::{self, onnx};
 use tch::{nn, Device, Kind, Tensor};
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// The converted ImageNet weights of `kind`; a missing file fails the test with the fix.
-fn weights(kind: BackboneKind) -> PathBuf {
-    let p = backbone::default_weights_path(kind);
-    assert!(
-        p.is_file(),
-        "ImageNet weights for {kind} not found at {}: run scripts/setup.sh",
-        p.display()
-    );
-    p
-}
-
-/// The venv python with onnx and onnxruntime; missing fails the test with the fix.
-fn venv_python() -> PathBuf {
-    let p = repo_root().join(".venv/bin/python");
-    assert!(
-        p.is_file(),
-        "{} not found: run scripts/setup.sh (it creates the venv with onnx and onnxruntime)",
-        p.display()
-    );
-    p
-}
+mod common;
+use common::{host, repo_root, venv_python, weights};
 
 /// `scripts/onnx_check.py`: the full ONNX checker, then onnxruntime on `input` compared with
 /// `expected`. Returns the max abs diff it reports; panics on any failure.
@@ -318,13 +292,6 @@ fn graph_builder_names_are_unique_and_outputs_renamed() {
 }
 
 // ---- the `host export` command --------------------------------------------------------------
-
-fn host(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_host"))
-        .args(args)
-        .output()
-        .expect("host runs")
-}
 
 fn assert_bundle(dir: &Path, backbone: &str, channels: usize) -> Manifest {
     let m = Manifest::read(dir).unwrap_or_else(|e| panic!("{e}"));

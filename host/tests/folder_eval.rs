@@ -1,14 +1,9 @@
 //! `host eval --protocol folder` (user class folders) and `--preset` end to end.
 
 use fss_tests::{assert_clean_error, write_coco_like, write_folder_like, TempDir};
-use std::process::{Command, Output};
 
-fn host(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_host"))
-        .args(args)
-        .output()
-        .expect("host runs")
-}
+mod common;
+use common::host;
 
 #[test]
 fn folder_protocol_reports_per_class_iou() {

@@ -21,22 +21,8 @@ use host::export::{self, quant, BundleOptions};
 use prost::Message;
 use tch::{nn, Device};
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn venv_python() -> PathBuf {
-    let p = repo_root().join(".venv/bin/python");
-    assert!(
-        p.is_file(),
-        "{} not found: run scripts/setup.sh (it creates the venv with onnx and onnxruntime)",
-        p.display()
-    );
-    p
-}
+mod common;
+use common::{repo_root, venv_python};
 
 fn mobilenetv2() -> (nn::VarStore, Backbone) {
     let kind = BackboneKind::MobileNetV2;

@@ -12,12 +12,8 @@ use fss_tests::{assert_clean_error, workspace_binary, write_coco_like, write_dav
 use std::path::Path;
 use std::process::{Command, Output};
 
-fn host(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_host"))
-        .args(args)
-        .output()
-        .expect("host runs")
-}
+mod common;
+use common::host;
 
 fn edge(args: &[&str]) -> Output {
     Command::new(workspace_binary("edge"))
