@@ -417,6 +417,45 @@ fn export_command_writes_a_bundle_from_a_trained_run() {
     assert_eq!(m.checks.metrics[0].measured_by, "host eval");
     assert_eq!(m.checks.metrics[0].size, [96, 128]);
 
+    // Re-exporting the same checkpoint gives a byte-identical bundle: SOURCE_DATE_EPOCH fixes
+    // the one time stamp (`provenance.created`); everything else comes from the checkpoint.
+    let export_at = |dir: &Path, epoch: &str| {
+        Command::new(env!("CARGO_BIN_EXE_host"))
+            .env("SOURCE_DATE_EPOCH", epoch)
+            .args(["export", "--checkpoint", r, "--size", "96x128", "--out"])
+            .arg(dir)
+            .output()
+            .expect("host runs")
+    };
+    let (again, twice) = (work.path().join("again"), work.path().join("twice"));
+    for dir in [&again, &twice] {
+        let out = export_at(dir, "1700000000");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let files = |dir: &Path| {
+        let mut names: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(files(&again), files(&twice));
+    for name in files(&again) {
+        assert!(
+            std::fs::read(again.join(&name)).unwrap() == std::fs::read(twice.join(&name)).unwrap(),
+            "{name:?} differs between two exports of the same checkpoint"
+        );
+    }
+    let m = Manifest::read(&again).unwrap();
+    assert_eq!(m.provenance.created, "2023-11-14T22:13:20Z");
+    let out = export_at(&work.path().join("bad-epoch"), "yesterday");
+    fss_tests::assert_clean_error(&out, &["SOURCE_DATE_EPOCH", "yesterday"]);
+
     // The bundle's encoder on the trained weights: tract at another size agrees with tch.
     let vs = nn::VarStore::new(Device::Cpu);
     let bb = Backbone::new(

@@ -662,6 +662,19 @@ pub fn read_metric_checks(
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ` (UTC) of a system time; times before 1970 print as the epoch.
+/// The time a bundle records as `provenance.created`: now, or `SOURCE_DATE_EPOCH` (seconds
+/// since 1970, the reproducible-builds convention) when set, so that exporting the same
+/// checkpoint again gives a byte-identical bundle.
+fn export_time() -> Result<SystemTime> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(secs) => Ok(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(secs)),
+            Err(_) => bail!("SOURCE_DATE_EPOCH={v:?}: not a number of seconds since 1970"),
+        },
+        Err(_) => Ok(SystemTime::now()),
+    }
+}
+
 pub fn utc_timestamp(t: SystemTime) -> String {
     let secs = t
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -707,7 +720,7 @@ struct Source {
 
 fn resolve_source(args: &ExportArgs) -> Result<Source> {
     let host_version = env!("CARGO_PKG_VERSION").to_string();
-    let created = utc_timestamp(SystemTime::now());
+    let created = utc_timestamp(export_time()?);
     match &args.checkpoint {
         Some(ckpt) => {
             if !ckpt.exists() {
