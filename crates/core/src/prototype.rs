@@ -178,11 +178,9 @@ pub fn panet_prototypes(ways: &[Vec<SupportShot>]) -> Result<Prototypes> {
         ));
     }
     let dim = ways[0][0].features.channels;
-    let mut background = vec![0.0f64; dim];
-    let mut foreground = Vec::with_capacity(ways.len());
-    let mut n_shots = 0usize;
+    let mut pooled = Vec::with_capacity(ways.len());
     for (way, shots) in ways.iter().enumerate() {
-        let mut fg = vec![0.0f64; dim];
+        let mut way_pooled = Vec::with_capacity(shots.len());
         for (k, shot) in shots.iter().enumerate() {
             if shot.features.channels != dim {
                 return Err(EdgeError::input(format!(
@@ -196,16 +194,64 @@ pub fn panet_prototypes(ways: &[Vec<SupportShot>]) -> Result<Prototypes> {
                     shot.foreground.height, shot.foreground.width
                 )));
             }
-            for (acc, v) in fg
-                .iter_mut()
-                .zip(masked_average_pool(&shot.features, &shot.foreground))
-            {
+            way_pooled.push((
+                masked_average_pool(&shot.features, &shot.foreground),
+                masked_average_pool(&shot.features, &shot.background),
+            ));
+        }
+        pooled.push(way_pooled);
+    }
+    let ways: Vec<Vec<PooledShot>> = pooled
+        .iter()
+        .map(|shots| {
+            shots
+                .iter()
+                .map(|(foreground, background)| PooledShot {
+                    foreground,
+                    background,
+                })
+                .collect()
+        })
+        .collect();
+    average_pooled_shots(&ways)
+}
+
+/// A support shot reduced to what PANet keeps of it: its foreground and background prototypes
+/// (masked average pools of its features).
+#[derive(Debug, Clone, Copy)]
+pub struct PooledShot<'a> {
+    pub foreground: &'a [f32],
+    pub background: &'a [f32],
+}
+
+/// PANet's averaging of pooled shots (the second half of [`panet_prototypes`], also what the
+/// live target store scores with): per way the mean of its shots' foreground prototypes, and
+/// one background prototype, the mean over all N*K shots' (accumulated in f64, in order).
+/// Ways without shots and prototypes of unequal length are errors.
+pub fn average_pooled_shots(ways: &[Vec<PooledShot>]) -> Result<Prototypes> {
+    if ways.is_empty() || ways.iter().any(|w| w.is_empty()) {
+        return Err(EdgeError::input(
+            "every target needs at least one support shot",
+        ));
+    }
+    let dim = ways[0][0].foreground.len();
+    let mut background = vec![0.0f64; dim];
+    let mut foreground = Vec::with_capacity(ways.len());
+    let mut n_shots = 0usize;
+    for (way, shots) in ways.iter().enumerate() {
+        let mut fg = vec![0.0f64; dim];
+        for (k, shot) in shots.iter().enumerate() {
+            if shot.foreground.len() != dim || shot.background.len() != dim {
+                return Err(EdgeError::input(format!(
+                    "support shot {k} of target {way} has prototypes of {} and {} values, expected {dim}",
+                    shot.foreground.len(),
+                    shot.background.len()
+                )));
+            }
+            for (acc, &v) in fg.iter_mut().zip(shot.foreground) {
                 *acc += v as f64;
             }
-            for (acc, v) in background
-                .iter_mut()
-                .zip(masked_average_pool(&shot.features, &shot.background))
-            {
+            for (acc, &v) in background.iter_mut().zip(shot.background) {
                 *acc += v as f64;
             }
             n_shots += 1;
@@ -456,5 +502,33 @@ mod tests {
         .unwrap();
         assert!((p.foreground[0][0] - 1.5).abs() < 1e-4);
         assert!((p.background[0] - 4.0).abs() < 1e-4);
+    }
+
+    /// Two ways of pooled shots: way means and the all-shot background mean, exactly as the
+    /// f64 accumulation gives them; a shot of another length is an error, not a truncated zip.
+    #[test]
+    fn pooled_shots_average_per_way_and_background_over_all_shots() {
+        let shot = |foreground: &'static [f32], background: &'static [f32]| PooledShot {
+            foreground,
+            background,
+        };
+        let p = average_pooled_shots(&[
+            vec![
+                shot(&[1.0, 2.0], &[0.0, 4.0]),
+                shot(&[3.0, 4.0], &[2.0, 0.0]),
+            ],
+            vec![shot(&[5.0, 5.0], &[1.0, 2.0])],
+        ])
+        .unwrap();
+        assert_eq!(p.foreground, vec![vec![2.0, 3.0], vec![5.0, 5.0]]);
+        assert_eq!(p.background, vec![1.0, 2.0]);
+        let e = average_pooled_shots(&[
+            vec![shot(&[1.0, 2.0], &[0.0, 4.0])],
+            vec![shot(&[1.0], &[1.0])],
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("target 1") && e.contains("expected 2"), "{e}");
+        assert!(average_pooled_shots(&[vec![]]).is_err());
     }
 }

@@ -506,10 +506,16 @@ fn spawn_named(
 }
 
 /// Shows the store's targets to the API and returns what inference scores against: the N-way
-/// prototypes (none without targets) and the target names in label order.
-fn publish_targets(store: &TargetStore, shared: &Shared) -> (Option<Prototypes>, Vec<String>) {
+/// prototypes (none without targets) and the target names in label order. A store whose shots
+/// do not fit together is an error (at start the pipeline does not start; later the previous
+/// targets stay in use and the error is noted).
+fn publish_targets(
+    store: &TargetStore,
+    shared: &Shared,
+) -> Result<(Option<Prototypes>, Vec<String>)> {
+    let prototypes = store.prototypes()?;
     *shared.targets.lock().unwrap_or_else(|p| p.into_inner()) = store.list();
-    (store.prototypes(), store.names())
+    Ok((prototypes, store.names()))
 }
 
 /// The running pipeline's handles (inference runs on the caller's thread in [`run`]).
@@ -561,7 +567,7 @@ impl Pipeline {
             store.refresh(&mut encoder, size)?;
         }
         let mut store_mtime = TargetStore::file_mtime(&opts.state_dir);
-        let (mut protos, mut names) = publish_targets(&store, &shared);
+        let (mut protos, mut names) = publish_targets(&store, &shared)?;
 
         // Capture thread; wait for the first open so a bad folder fails at once.
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -641,7 +647,10 @@ impl Pipeline {
                         let _ = reply.send(r);
                     }
                 }
-                (protos, names) = publish_targets(&store, &shared);
+                match publish_targets(&store, &shared) {
+                    Ok(published) => (protos, names) = published,
+                    Err(e) => crate::live_note!("targets not applied: {e}"),
+                }
                 store_mtime = TargetStore::file_mtime(&opts.state_dir);
             }
             // Edits by `edge support add|remove` from another process.
@@ -657,12 +666,17 @@ impl Pipeline {
                                 }
                             }
                             store = s;
-                            (protos, names) = publish_targets(&store, &shared);
-                            crate::live_note!(
-                                "targets reloaded from {}: {}",
-                                opts.state_dir.display(),
-                                names.join(", ")
-                            );
+                            match publish_targets(&store, &shared) {
+                                Ok(published) => {
+                                    (protos, names) = published;
+                                    crate::live_note!(
+                                        "targets reloaded from {}: {}",
+                                        opts.state_dir.display(),
+                                        names.join(", ")
+                                    );
+                                }
+                                Err(e) => crate::live_note!("targets not reloaded: {e}"),
+                            }
                         }
                         Err(e) => crate::live_note!("targets not reloaded: {e}"),
                     }

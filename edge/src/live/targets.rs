@@ -21,7 +21,8 @@ use fss_core::fsutil::write_atomic;
 use fss_core::overlay::{save_png_atomic, target_colour};
 use fss_core::preprocess::{resize_mask_nearest, InputSize};
 use fss_core::prototype::{
-    cosine_logits, masked_average_pool, pooling_weights, weighted_average_pool, Prototypes, MAP_EPS,
+    average_pooled_shots, cosine_logits, masked_average_pool, pooling_weights,
+    weighted_average_pool, PooledShot, Prototypes, MAP_EPS,
 };
 use fss_core::tensor::{FeatureMap, Mask};
 use fss_runtime::cache::CacheKey;
@@ -445,49 +446,45 @@ impl TargetStore {
             .collect()
     }
 
-    /// The N-way prototypes (None without targets or while stale).
-    pub fn prototypes(&self) -> Option<Prototypes> {
+    /// The N-way prototypes (None without targets or while stale): PANet's averaging of the
+    /// stored shots ([`average_pooled_shots`]) and, for DPNet, every target's shots' memories
+    /// concatenated (none if any shot lacks one). Shots that do not fit together (prototypes
+    /// or memories of different sizes) are an error, not a silently dropped memory.
+    pub fn prototypes(&self) -> Result<Option<Prototypes>> {
         if self.targets.is_empty() || self.stale {
-            return None;
+            return Ok(None);
         }
-        let dim = self.targets[0].shots[0].foreground.len();
-        let mut background = vec![0.0f64; dim];
-        let mut n = 0usize;
-        let mut foreground = Vec::with_capacity(self.targets.len());
-        for t in &self.targets {
-            let mut fg = vec![0.0f64; dim];
-            for s in &t.shots {
-                for (a, v) in fg.iter_mut().zip(&s.foreground) {
-                    *a += *v as f64;
-                }
-                for (a, v) in background.iter_mut().zip(&s.background) {
-                    *a += *v as f64;
-                }
-                n += 1;
-            }
-            let k = t.shots.len() as f64;
-            foreground.push(fg.into_iter().map(|v| (v / k) as f32).collect());
-        }
-        // DPNet: every target's shots' memories, concatenated (none if any shot lacks one).
-        let memories = self
+        let ways: Vec<Vec<PooledShot>> = self
             .targets
             .iter()
             .map(|t| {
-                let parts: Option<Vec<&SupportMemory>> =
-                    t.shots.iter().map(|s| s.memory.as_ref()).collect();
-                parts.and_then(|p| fss_core::dpnet::concat_memories(&p).ok())
+                t.shots
+                    .iter()
+                    .map(|s| PooledShot {
+                        foreground: &s.foreground,
+                        background: &s.background,
+                    })
+                    .collect()
             })
-            .collect::<Option<Vec<_>>>()
-            .unwrap_or_default();
-        Some(Prototypes {
-            background: background
-                .into_iter()
-                .map(|v| (v / n as f64) as f32)
-                .collect(),
-            foreground,
-            memories,
-            ..Prototypes::default()
-        })
+            .collect();
+        let mut prototypes = average_pooled_shots(&ways)?;
+        let mut memories = Vec::with_capacity(self.targets.len());
+        for t in &self.targets {
+            let parts: Option<Vec<&SupportMemory>> =
+                t.shots.iter().map(|s| s.memory.as_ref()).collect();
+            match parts {
+                Some(parts) => memories.push(
+                    fss_core::dpnet::concat_memories(&parts)
+                        .map_err(|e| EdgeError::input(format!("target {:?}: {e}", t.name)))?,
+                ),
+                None => {
+                    memories.clear();
+                    break;
+                }
+            }
+        }
+        prototypes.memories = memories;
+        Ok(Some(prototypes))
     }
 
     /// Adds a shot of `name` (a new target if the name is new; with `replace`, the target's
@@ -693,6 +690,80 @@ mod tests {
             box_scaled(&Mask::new(2, 2, vec![0; 4]).unwrap(), 0.5).count_nonzero(),
             0
         );
+    }
+
+    fn stored_shot(foreground: Vec<f32>, memory: Option<SupportMemory>) -> StoredShot {
+        StoredShot {
+            id: "1".into(),
+            image: "1.png".into(),
+            mask: "1.mask.png".into(),
+            origin: "test".into(),
+            is_box: false,
+            created_ms: 0,
+            background: vec![0.0; foreground.len()],
+            foreground,
+            memory,
+        }
+    }
+
+    fn store_of(targets: Vec<StoredTarget>) -> TargetStore {
+        TargetStore {
+            dir: PathBuf::from("unused"),
+            key: CacheKey {
+                bundle_hash: String::new(),
+                size: [0, 0],
+                mean: [0.0; 3],
+                std: [0.0; 3],
+            },
+            targets,
+            stale: false,
+            next_id: 0,
+        }
+    }
+
+    /// PANet's averaging of the stored shots; DPNet memories concatenated per target, none when
+    /// a shot has none; memories that do not fit together are an error naming the target (they
+    /// used to vanish silently).
+    #[test]
+    fn prototypes_average_the_shots_and_refuse_memories_that_do_not_fit() {
+        let memory = |channels: usize| SupportMemory {
+            channels,
+            locations: 1,
+            features: vec![1.0; channels],
+            mask: vec![1.0],
+        };
+        let target = |name: &str, shots: Vec<StoredShot>| StoredTarget {
+            name: name.into(),
+            shots,
+        };
+        let store = store_of(vec![target(
+            "cup",
+            vec![
+                stored_shot(vec![1.0, 3.0], Some(memory(2))),
+                stored_shot(vec![3.0, 5.0], Some(memory(2))),
+            ],
+        )]);
+        let p = store.prototypes().unwrap().unwrap();
+        assert_eq!(p.foreground, vec![vec![2.0, 4.0]]);
+        assert_eq!((p.memories.len(), p.memories[0].locations), (1, 2));
+        let store = store_of(vec![target(
+            "cup",
+            vec![
+                stored_shot(vec![1.0, 3.0], Some(memory(2))),
+                stored_shot(vec![3.0, 5.0], None),
+            ],
+        )]);
+        assert!(store.prototypes().unwrap().unwrap().memories.is_empty());
+        let store = store_of(vec![target(
+            "cup",
+            vec![
+                stored_shot(vec![1.0, 3.0], Some(memory(2))),
+                stored_shot(vec![3.0, 5.0], Some(memory(3))),
+            ],
+        )]);
+        let e = store.prototypes().unwrap_err().to_string();
+        assert!(e.contains("cup") && e.contains("support memory 1"), "{e}");
+        assert_eq!(store_of(Vec::new()).prototypes().unwrap(), None);
     }
 
     #[test]
