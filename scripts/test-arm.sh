@@ -63,9 +63,14 @@ done
 # Selected with --workspace and the features of scripts/test.sh's workspace run, so cargo unifies
 # the dependencies' features as it did there and reuses that build (`-p edge` alone resolved other
 # features and compiled tract a second time: ~5 GB of target/debug and minutes).
+# The test is #[ignore]d in plain runs (it needs this binary); here it runs with --ignored, and
+# the step fails unless exactly that one test ran and passed.
 t=$(date +%s)
 EDGE_ARM_BIN="$PWD/$BIN" EDGE_ARM_CPUS="$CPUS" EDGE_ARM_QEMU="qemu-aarch64 -L $SYSROOT" \
-  cargo test --workspace --features edge/camera --test arm_parity -- --nocapture
+  cargo test --workspace --features edge/camera --test arm_parity -- --ignored --nocapture \
+  | tee target/arm-parity.log
+grep -q "test result: ok. 1 passed" target/arm-parity.log \
+  || { echo "error: the ARM parity test did not run and pass (target/arm-parity.log)" >&2; exit 1; }
 log "parity test: $(( $(date +%s) - t )) s; all aarch64 steps: $(( $(date +%s) - t0 )) s"
 
 # The .deb and the tarball, unpacked/installed into a scratch root and checked with edge doctor.

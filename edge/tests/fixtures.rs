@@ -22,6 +22,8 @@ use fss_lab::eval::{
 use fss_lab::presets::{Benchmark, Preset};
 use fss_tests::testkit::write_test_bundle;
 
+mod common;
+
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/datasets")
 }
@@ -566,17 +568,14 @@ fn pascal_protocol_void_handling() {
     assert_eq!(counted[0], counted[1]);
 }
 
-/// `edge eval --protocol pascal` on a test bundle.
+/// `edge eval --protocol pascal` on a test bundle (under aarch64 emulation too: the binary is
+/// spawned through the test's qemu runner).
 #[test]
 fn edge_eval_pascal_on_the_voc_fixture() {
-    if cfg!(target_arch = "aarch64") {
-        eprintln!("skipping under aarch64 emulation (cli.rs covers edge eval there)");
-        return;
-    }
     let dir = std::env::temp_dir().join(format!("edge-fixtures-cli-{}", std::process::id()));
     let bundle = dir.join("bundle");
     write_test_bundle(&bundle, 32, 32);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_edge"))
+    let out = common::edge_cmd()
         .args([
             "eval",
             "--protocol",

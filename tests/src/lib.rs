@@ -210,6 +210,20 @@ pub fn shared_data() -> Option<PathBuf> {
     p.is_dir().then_some(p)
 }
 
+/// `../shared/data/<rel>` beside the checkout, for the tests that read the real data (named
+/// `real_*`). Missing, it fails the test with the reason: a fresh clone has `../shared` beside
+/// it, as CI has; without it, `cargo test -- --skip real_` leaves these tests out, visibly.
+pub fn require_shared(rel: &str) -> PathBuf {
+    let p = workspace_root().join("../shared/data").join(rel);
+    assert!(
+        p.exists(),
+        "{} not found: the real-data tests read ../shared/data beside the checkout (without \
+         it, leave them out with `cargo test -- --skip real_`)",
+        p.display()
+    );
+    p
+}
+
 /// A failed run of one of the project's binaries: non-zero exit, no panic, and a first stderr
 /// line `error: ...` that contains every needle.
 pub fn assert_clean_error(out: &std::process::Output, needles: &[&str]) {

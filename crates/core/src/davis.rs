@@ -640,19 +640,10 @@ mod tests {
         assert_eq!(forced.ground_truth(0, 1, None).unwrap(), any);
     }
 
-    /// Real data (`../shared/data/davis2016`), when present.
+    /// Real data (`../shared/data/davis2016`).
     #[test]
-    fn real_davis2016_when_present() {
-        let Some(data) = fss_tests::shared_data() else {
-            eprintln!("skipping: shared data folder ../shared/data is absent");
-            return;
-        };
-        let root = data.join("davis2016");
-        if !root.is_dir() {
-            eprintln!("skipping: {} is absent", root.display());
-            return;
-        }
-        eprintln!("using real data at {}", root.display());
+    fn real_davis2016() {
+        let root = fss_tests::require_shared("davis2016");
         let ds = DavisDataset::open(&root).unwrap();
         assert_eq!(ds.kind(), DavisKind::SingleObject);
         let counts: Vec<usize> = ds.sequences().iter().map(|s| s.len()).collect();

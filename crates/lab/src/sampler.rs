@@ -533,17 +533,8 @@ mod tests {
     /// Real data: taking-part classes per fold, K = 1, 2,048 px, interleaved (evaluation.md
     /// reference: 16 / 18 / 13 / 16).
     #[test]
-    fn real_coco128_taking_part_when_present() {
-        let Some(data) = fss_tests::shared_data() else {
-            eprintln!("skipping: shared data folder ../shared/data is absent");
-            return;
-        };
-        let root = data.join("coco128");
-        if !root.is_dir() {
-            eprintln!("skipping: {} is absent", root.display());
-            return;
-        }
-        eprintln!("using real data at {}", root.display());
+    fn real_coco128_taking_part() {
+        let root = fss_tests::require_shared("coco128");
         let ds = CocoMaskDataset::open(&root).unwrap();
         let counts: Vec<usize> = (0..4)
             .map(|f| {

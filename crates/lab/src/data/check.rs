@@ -707,20 +707,12 @@ mod tests {
 
     /// The shared real datasets check clean.
     #[test]
-    fn real_data_is_clean_when_present() {
-        let Some(data) = fss_tests::shared_data() else {
-            eprintln!("skipping: shared data folder ../shared/data is absent");
-            return;
-        };
+    fn real_data_is_clean() {
         for (name, format) in [
             ("coco128", DataFormat::Coco),
             ("davis2016", DataFormat::Davis),
         ] {
-            let root = data.join(name);
-            if !root.is_dir() {
-                eprintln!("skipping: {} is absent", root.display());
-                continue;
-            }
+            let root = fss_tests::require_shared(name);
             let r = check_dataset(&root, format);
             eprintln!("{}", r.summary());
             assert!(r.is_ok(), "{:?}", messages(&r));

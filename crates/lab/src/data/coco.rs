@@ -770,19 +770,10 @@ mod tests {
         assert!(e.contains("80"), "{e}");
     }
 
-    /// Real data (`../shared/data/coco128`), when present.
+    /// Real data (`../shared/data/coco128`).
     #[test]
-    fn real_coco128_when_present() {
-        let Some(data) = fss_tests::shared_data() else {
-            eprintln!("skipping: shared data folder ../shared/data is absent");
-            return;
-        };
-        let root = data.join("coco128");
-        if !root.is_dir() {
-            eprintln!("skipping: {} is absent", root.display());
-            return;
-        }
-        eprintln!("using real data at {}", root.display());
+    fn real_coco128() {
+        let root = fss_tests::require_shared("coco128");
         let ds = CocoMaskDataset::open(&root).unwrap();
         assert_eq!(ds.len(), 200);
         assert_eq!(ds.indices_of_split("train2017").len(), 100);

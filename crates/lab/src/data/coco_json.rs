@@ -756,17 +756,8 @@ mod tests {
     /// with the PNG masks (COCO panoptic category ids) of every train2017 image that has one.
     #[test]
     fn real_coco128_json_matches_png_masks() {
-        let Some(data) = fss_tests::shared_data() else {
-            eprintln!("skipping: shared data folder ../shared/data is absent");
-            return;
-        };
-        let root = data.join("coco128");
-        let json = root.join("annotations/instances_train2017.json");
-        if !json.is_file() {
-            eprintln!("skipping: {} is absent", json.display());
-            return;
-        }
-        eprintln!("using real data at {}", root.display());
+        let root = fss_tests::require_shared("coco128");
+        let json = fss_tests::require_shared("coco128/annotations/instances_train2017.json");
         let inst = CocoInstances::open(&json).unwrap();
         assert_eq!(inst.categories.len(), 80);
         let thing = |v: u8| inst.is_category(v as u64);
