@@ -407,8 +407,9 @@ fn export_command_writes_a_bundle_from_a_trained_run() {
     assert_eq!(m.provenance.fold, Some(0));
     assert_eq!(m.provenance.iterations, 2);
     assert_eq!(m.provenance.seed, Some(5));
+    // The run as a portable path (its folder and run.json), not this machine's layout.
     assert!(
-        m.provenance.source.ends_with("run.json"),
+        m.provenance.source.ends_with("/run.json") && !m.provenance.source.starts_with('/'),
         "{}",
         m.provenance.source
     );
@@ -541,10 +542,11 @@ fn export_command_no_train_imagenet_backbone() {
     assert_eq!(m.provenance.data, "imagenet");
     assert_eq!(m.provenance.fold, None);
     assert_eq!(m.input.mean, [0.498; 3]);
-    assert!(m
-        .provenance
-        .source
-        .ends_with("efficientnet-lite0.safetensors"));
+    let source = &m.provenance.source;
+    assert!(
+        source.ends_with("efficientnet-lite0.safetensors") && !source.starts_with('/'),
+        "{source}"
+    );
 }
 
 #[test]

@@ -158,7 +158,8 @@ pub struct Provenance {
     pub iterations: usize,
     pub seed: Option<u64>,
     pub host_version: String,
-    /// The training run (its run.json) or the ImageNet weight file it came from.
+    /// The training run (its run.json) or the ImageNet weight file it came from, as a portable
+    /// path: relative to where `host export` ran, or the folder and file name.
     pub source: String,
     pub created: String,
     /// How the model was trained, in words (method settings, schedule, what was frozen).

@@ -700,11 +700,25 @@ pub fn utc_timestamp(t: SystemTime) -> String {
 }
 
 /// `path` made absolute when it exists (for provenance), else as given.
-fn absolute(path: &Path) -> String {
-    std::fs::canonicalize(path)
-        .unwrap_or_else(|_| path.to_path_buf())
-        .display()
-        .to_string()
+/// How a bundle names the file it was exported from, without the exporting machine's layout:
+/// the path relative to the working directory when the file lies under it (`runs/x/run.json`
+/// from a checkout), else its folder and file name (`x/run.json`).
+fn portable_source(path: &Path) -> String {
+    let file = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let cwd = std::env::current_dir().and_then(std::fs::canonicalize);
+    if let Some(rel) = cwd
+        .ok()
+        .and_then(|d| file.strip_prefix(d).ok().map(Path::to_path_buf))
+    {
+        return rel.display().to_string();
+    }
+    let parts: Vec<_> = file.components().rev().take(2).collect();
+    parts
+        .iter()
+        .rev()
+        .map(|c| c.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 /// What `host export` resolved from its arguments.
@@ -764,7 +778,7 @@ fn resolve_source(args: &ExportArgs) -> Result<Source> {
                     iterations: rec.iteration,
                     seed: Some(rec.config.seed),
                     host_version,
-                    source: absolute(&run_json),
+                    source: portable_source(&run_json),
                     created,
                     training: crate::run::describe(&rec.config, rec.iteration),
                 },
@@ -801,7 +815,7 @@ fn resolve_source(args: &ExportArgs) -> Result<Source> {
                     iterations: 0,
                     seed: None,
                     host_version,
-                    source: absolute(&weights),
+                    source: portable_source(&weights),
                     created,
                     training: String::new(),
                 },
