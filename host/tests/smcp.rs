@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 mod common;
-use common::host;
+use common::{assert_loss_falls, host};
 
 fn edge(args: &[&str]) -> Output {
     Command::new(workspace_binary("edge"))
@@ -70,10 +70,6 @@ fn history(run: &Path) -> Vec<[f64; 5]> {
         .collect()
 }
 
-fn mean(rows: &[[f64; 5]], col: usize) -> f64 {
-    rows.iter().map(|r| r[col]).sum::<f64>() / rows.len() as f64
-}
-
 #[test]
 fn smcp_trains_resumes_exports_and_runs_in_edge_with_the_hosts_results() {
     let data = TempDir::new("smcp-data");
@@ -88,9 +84,8 @@ fn smcp_trains_resumes_exports_and_runs_in_edge_with_the_hosts_results() {
     assert_eq!(h.len(), 80);
     let (first, last) = (&h[..20], &h[h.len() - 20..]);
     for (col, name) in [(2, "query"), (3, "support"), (4, "multi-class")] {
-        let (a, b) = (mean(first, col), mean(last, col));
-        eprintln!("{name} loss: mean of the first 20 {a:.4}, last 20 {b:.4}");
-        assert!(b < a, "the {name} loss did not go down: {a} -> {b}");
+        let column = |rows: &[[f64; 5]]| rows.iter().map(|r| r[col]).collect::<Vec<_>>();
+        assert_loss_falls(name, &column(first), &column(last));
     }
     let rec: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run.join("run.json")).unwrap()).unwrap();

@@ -53,3 +53,29 @@ pub fn shared_data() -> PathBuf {
         )
     })
 }
+
+/// Asserts that a loss fell from the `first` window of a training curve to the `last`: the drop
+/// of the window means must exceed twice its standard error (`2 * sqrt(var_first / n_first +
+/// var_last / n_last)`, a one-sided two-sample test at about 98 %), so a flat, noisy curve
+/// fails instead of passing on a lucky draw. Returns the two means.
+pub fn assert_loss_falls(name: &str, first: &[f64], last: &[f64]) -> (f64, f64) {
+    let stats = |w: &[f64]| {
+        assert!(w.len() > 1, "{name}: a window needs two points");
+        let n = w.len() as f64;
+        let mean = w.iter().sum::<f64>() / n;
+        let var = w.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0);
+        (mean, var / n)
+    };
+    let ((a, va), (b, vb)) = (stats(first), stats(last));
+    let margin = 2.0 * (va + vb).sqrt();
+    eprintln!(
+        "{name} loss: first window {a:.4}, last {b:.4}, drop {:.4} vs margin {margin:.4}",
+        a - b
+    );
+    assert!(
+        a - b > margin,
+        "the {name} loss did not fall beyond its noise: {a:.4} -> {b:.4} (drop {:.4}, needed > {margin:.4})",
+        a - b
+    );
+    (a, b)
+}
