@@ -374,6 +374,8 @@ pub fn free_port() -> u16 {
 }
 
 /// A workspace binary built by `cargo test --workspace` next to the running test executable.
+/// A missing binary, or one older than any source it is built from (the libraries, `host`,
+/// `edge`, the manifests, `Cargo.lock`), fails the test: these tests never run a stale build.
 pub fn workspace_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(|d| d.parent()).unwrap();
@@ -383,7 +385,50 @@ pub fn workspace_binary(name: &str) -> PathBuf {
         "{} not built: run `cargo test --workspace` (or cargo build -p host -p edge first)",
         p.display()
     );
+    let built = std::fs::metadata(&p).and_then(|m| m.modified()).unwrap();
+    let root = workspace_root();
+    let sources = ["crates", "host", "edge"]
+        .iter()
+        .map(|d| root.join(d))
+        .chain([root.join("Cargo.lock"), root.join("Cargo.toml")]);
+    if let Some((newer, _)) = sources
+        .filter_map(|s| newest_source(&s))
+        .filter(|(_, t)| *t > built)
+        .max_by_key(|(_, t)| *t)
+    {
+        panic!(
+            "{} is older than {}: rebuild it (`cargo test --workspace` or cargo build -p host -p edge)",
+            p.display(),
+            newer.display()
+        );
+    }
     p
+}
+
+/// The most recently modified `.rs` / `.toml` / `.lock` file under `path` (a file or a folder;
+/// `target` and hidden folders skipped) and its time.
+fn newest_source(path: &Path) -> Option<(PathBuf, std::time::SystemTime)> {
+    let meta = std::fs::metadata(path).ok()?;
+    if meta.is_file() {
+        let source = matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("rs" | "toml" | "lock")
+        );
+        return match source {
+            true => Some((path.to_path_buf(), meta.modified().ok()?)),
+            false => None,
+        };
+    }
+    std::fs::read_dir(path)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            !name.starts_with('.') && name != "target" && name != "tests"
+        })
+        .filter_map(|e| newest_source(&e.path()))
+        .max_by_key(|(_, t)| *t)
 }
 
 /// Intersection over union of two `[x, y, w, h]` boxes.
