@@ -313,6 +313,19 @@ pub struct DpNetLosses {
     pub aux: f64,
 }
 
+impl DpNetLosses {
+    /// The total to back-propagate and the parts the loss curve records.
+    pub fn into_parts(self) -> (Tensor, crate::panet::LossParts) {
+        let parts = crate::panet::LossParts {
+            loss: self.total.double_value(&[]),
+            query: self.query,
+            aux: self.aux,
+            ..Default::default()
+        };
+        (self.total, parts)
+    }
+}
+
 /// `CE(logits) + 1.0 * mean_s CE(aux_s)` for one 1-way K-shot episode (module doc).
 pub fn losses(
     head: &DpNetHead,

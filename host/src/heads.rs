@@ -2,8 +2,9 @@
 //! `host eval` and export to hold whichever the run has.
 
 use crate::dpnet::DpNetHead;
+use crate::panet::{EpisodeTensors, LossParts};
 use crate::sgone::SgOneHead;
-use crate::smcp::SmcpHead;
+use crate::smcp::{SemanticLabels, SmcpHead};
 use tch::Tensor;
 
 #[derive(Debug)]
@@ -40,6 +41,25 @@ impl MethodHead {
             MethodHead::SgOne(h) => h.inference_parameters(),
             MethodHead::DpNet(h) => h.inference_parameters(),
         }
+    }
+
+    /// One training episode's losses, given the encoder features of the supports `[K, C, h, w]`
+    /// and the query `[1, C, h, w]`: the total to back-propagate and the loss curve's parts.
+    /// `semantic` gives the query's multi-class labels; only the methods that train on them
+    /// (SMCP) call it.
+    pub fn episode_losses(
+        &self,
+        support_features: &Tensor,
+        query_features: &Tensor,
+        ep: &EpisodeTensors,
+        semantic: impl FnOnce() -> anyhow::Result<SemanticLabels>,
+    ) -> anyhow::Result<(Tensor, LossParts)> {
+        let (s, q) = (support_features, query_features);
+        Ok(match self {
+            MethodHead::Smcp(h) => crate::smcp::losses(h, s, q, ep, &semantic()?).into_parts(),
+            MethodHead::SgOne(h) => crate::sgone::losses(h, s, q, ep).into_parts(),
+            MethodHead::DpNet(h) => crate::dpnet::losses(h, s, q, ep).into_parts(),
+        })
     }
 
     /// The method's name as bundles and reports write it.

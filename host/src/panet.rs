@@ -31,6 +31,36 @@ pub struct Losses {
     pub align: f64,
 }
 
+impl Losses {
+    /// The total to back-propagate and the parts the loss curve records.
+    pub fn into_parts(self) -> (Tensor, LossParts) {
+        let parts = LossParts {
+            loss: self.query + self.align,
+            query: self.query,
+            align: self.align,
+            ..LossParts::default()
+        };
+        (self.total, parts)
+    }
+}
+
+/// One training episode's losses as the loss curve (`run.json` history, `loss.csv`) records
+/// them, whatever the method; the parts a method does not have stay 0.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LossParts {
+    /// The total's value.
+    pub loss: f64,
+    pub query: f64,
+    /// PANet's prototype alignment loss.
+    pub align: f64,
+    /// SMCP's support self-prototype loss.
+    pub support: f64,
+    /// SMCP's multi-class loss (before its 0.1 weight).
+    pub multi_class: f64,
+    /// DPNet's auxiliary loss (mean over scales, before its weight).
+    pub aux: f64,
+}
+
 /// MAP (methods.md §2.1): features [K, C, h, w] upsampled to the masks' H x W, pooled under
 /// masks [K, H, W] -> [K, C].
 pub fn masked_average_pool(features: &Tensor, masks: &Tensor) -> Tensor {

@@ -227,6 +227,18 @@ pub struct SgOneLosses {
     pub query: f64,
 }
 
+impl SgOneLosses {
+    /// The total to back-propagate and the parts the loss curve records.
+    pub fn into_parts(self) -> (Tensor, crate::panet::LossParts) {
+        let parts = crate::panet::LossParts {
+            loss: self.query,
+            query: self.query,
+            ..Default::default()
+        };
+        (self.total, parts)
+    }
+}
+
 /// Pixel-wise 2-class cross-entropy of the upsampled query logits (methods.md §4.2) for one
 /// 1-way K-shot episode, given encoder features of the supports `[K, C, h, w]` and of the
 /// query `[1, C, h, w]`. `paper`: 255 ignored; `code`: 255 is foreground, no ignore label.

@@ -296,6 +296,20 @@ pub struct SmcpLosses {
     pub multi_class: f64,
 }
 
+impl SmcpLosses {
+    /// The total to back-propagate and the parts the loss curve records.
+    pub fn into_parts(self) -> (Tensor, crate::panet::LossParts) {
+        let parts = crate::panet::LossParts {
+            loss: self.total.double_value(&[]),
+            query: self.query,
+            support: self.support,
+            multi_class: self.multi_class,
+            ..Default::default()
+        };
+        (self.total, parts)
+    }
+}
+
 /// `L = L_q + L_s + 0.1 L_seg` (methods.md §5.2) for one 1-way K-shot episode, given encoder
 /// features of the supports `[K, C, h, w]` and the query `[1, C, h, w]`.
 pub fn losses(

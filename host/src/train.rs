@@ -12,10 +12,9 @@
 
 use crate::backbone::{Backbone, BackboneKind, BackboneOptions};
 use crate::cli::{Method, TrainArgs};
-use crate::heads::MethodHead;
 use crate::optim::Sgd;
 use crate::panet::{self, EpisodeTensors, IGNORE};
-use crate::smcp::{self, SemanticLabels, SmcpVariant};
+use crate::smcp::{SemanticLabels, SmcpVariant};
 use anyhow::{anyhow, bail, Result};
 use fss_core::preprocess::{
     normalize_chw, resize_mask_nearest, resize_rgb, InputSize, Normalization,
@@ -379,58 +378,21 @@ pub fn train(
             backbone.forward_to(&images, cfg.feature_stride, true)?
         };
         let (support_f, query_f) = (feats.narrow(0, 0, k), feats.narrow(0, k, 1));
-        let zero = LossPoint {
-            iteration: it + 1,
-            loss: 0.0,
-            query: 0.0,
-            align: 0.0,
-            support: 0.0,
-            multi_class: 0.0,
-            aux: 0.0,
-            lr,
+        let (total, parts) = match &head {
+            None => panet::losses(&support_f, &query_f, &t, cfg.align).into_parts(),
+            Some(h) => h.episode_losses(&support_f, &query_f, &t, || {
+                semantic_labels(&dataset, &mut cache, &ep, &semantic_lut, device)
+            })?,
         };
-        let (total, mut point) = match &head {
-            None => {
-                let l = panet::losses(&support_f, &query_f, &t, cfg.align);
-                let point = LossPoint {
-                    loss: l.query + l.align,
-                    query: l.query,
-                    align: l.align,
-                    ..zero
-                };
-                (l.total, point)
-            }
-            Some(MethodHead::Smcp(h)) => {
-                let labels = semantic_labels(&dataset, &mut cache, &ep, &semantic_lut, device)?;
-                let l = smcp::losses(h, &support_f, &query_f, &t, &labels);
-                let point = LossPoint {
-                    loss: l.total.double_value(&[]),
-                    query: l.query,
-                    support: l.support,
-                    multi_class: l.multi_class,
-                    ..zero
-                };
-                (l.total, point)
-            }
-            Some(MethodHead::SgOne(h)) => {
-                let l = crate::sgone::losses(h, &support_f, &query_f, &t);
-                let point = LossPoint {
-                    loss: l.query,
-                    query: l.query,
-                    ..zero
-                };
-                (l.total, point)
-            }
-            Some(MethodHead::DpNet(h)) => {
-                let l = crate::dpnet::losses(h, &support_f, &query_f, &t);
-                let point = LossPoint {
-                    loss: l.total.double_value(&[]),
-                    query: l.query,
-                    aux: l.aux,
-                    ..zero
-                };
-                (l.total, point)
-            }
+        let mut point = LossPoint {
+            iteration: it + 1,
+            loss: parts.loss,
+            query: parts.query,
+            align: parts.align,
+            support: parts.support,
+            multi_class: parts.multi_class,
+            aux: parts.aux,
+            lr,
         };
         if !point.loss.is_finite() {
             bail!(
