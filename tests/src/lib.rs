@@ -386,16 +386,17 @@ pub fn workspace_binary(name: &str) -> PathBuf {
         p.display()
     );
     let built = std::fs::metadata(&p).and_then(|m| m.modified()).unwrap();
-    let root = workspace_root();
-    let sources = ["crates", "host", "edge"]
-        .iter()
-        .map(|d| root.join(d))
-        .chain([root.join("Cargo.lock"), root.join("Cargo.toml")]);
-    if let Some((newer, _)) = sources
-        .filter_map(|s| newest_source(&s))
-        .filter(|(_, t)| *t > built)
-        .max_by_key(|(_, t)| *t)
-    {
+    // The sources are walked once per test process, not once per binary started.
+    static NEWEST: std::sync::OnceLock<Option<(PathBuf, std::time::SystemTime)>> =
+        std::sync::OnceLock::new();
+    let newest = NEWEST.get_or_init(|| {
+        let root = workspace_root();
+        ["crates", "host", "edge", "Cargo.lock", "Cargo.toml"]
+            .iter()
+            .filter_map(|s| newest_source(&root.join(s)))
+            .max_by_key(|(_, t)| *t)
+    });
+    if let Some((newer, _)) = newest.as_ref().filter(|(_, t)| *t > built) {
         panic!(
             "{} is older than {}: rebuild it (`cargo test --workspace` or cargo build -p host -p edge)",
             p.display(),

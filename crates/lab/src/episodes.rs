@@ -239,11 +239,10 @@ pub fn draw_episodes(
     if shots == 0 {
         return Err(EdgeError::input("shots must be at least 1"));
     }
-    let (taking_part, eligible): (Vec<u8>, Vec<Vec<usize>>) = classes
-        .into_iter()
-        .map(|c| (c, source.eligible_images(c, rule)))
-        .filter(|(_, images)| images.len() > shots)
-        .unzip();
+    let (taking_part, eligible): (Vec<u8>, Vec<Vec<usize>>) =
+        taking_part(source, &classes, shots, rule)
+            .into_iter()
+            .unzip();
     if taking_part.is_empty() && episodes > 0 {
         return Err(source.no_class_error(fold, shots, rule));
     }
@@ -265,6 +264,21 @@ pub fn draw_episodes(
         });
     }
     Ok((taking_part, out))
+}
+
+/// The classes of `classes` (in their order) with at least `shots + 1` images eligible under
+/// `rule`, each with those images: the taking-part classes of a fold.
+pub fn taking_part(
+    source: &(impl EpisodeSource + ?Sized),
+    classes: &[u8],
+    shots: usize,
+    rule: Eligibility,
+) -> Vec<(u8, Vec<usize>)> {
+    classes
+        .iter()
+        .map(|&c| (c, source.eligible_images(c, rule)))
+        .filter(|(_, images)| images.len() > shots)
+        .collect()
 }
 
 /// What a protocol samples: per fold in `folds` and run `r` in `0..runs`, `episodes` episodes

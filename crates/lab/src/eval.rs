@@ -301,12 +301,17 @@ impl PlacedFeatures<'_> {
             },
         )
     }
+}
 
-    fn get(&self, i: usize) -> Result<&(FeatureMap, Placement)> {
-        self.cache
-            .get(&i)
-            .ok_or_else(|| EdgeError::input(format!("image {i} was not encoded before scoring")))
-    }
+/// Image `i`'s features and placement from the cache (a field of [`PlacedFeatures`], taken
+/// apart from its encoder so the features are borrowed, not copied, while the head runs).
+fn encoded(
+    cache: &HashMap<usize, (FeatureMap, Placement)>,
+    i: usize,
+) -> Result<&(FeatureMap, Placement)> {
+    cache
+        .get(&i)
+        .ok_or_else(|| EdgeError::input(format!("image {i} was not encoded before scoring")))
 }
 
 /// Encodes images given as `(network input size, index)`, each once: sorted by size then index
@@ -353,7 +358,7 @@ fn score_episode(
         .supports
         .iter()
         .map(|&s| {
-            let (f, placement) = features.get(s)?;
+            let (f, placement) = encoded(&features.cache, s)?;
             let m = placement.mask_to_canvas(&source.class_mask(s, e.class)?, VOID);
             let pick = |want: u8| Mask {
                 height: m.height,
@@ -379,11 +384,11 @@ fn score_episode(
         })
         .collect::<Result<Vec<_>>>()?;
     let prototypes = features.encoder.prototypes(&[shots])?;
-    let (query, placement) = features.get(e.query)?;
-    let (query, placement) = (query.clone(), *placement);
+    let (query, placement) = encoded(&features.cache, e.query)?;
+    let placement = *placement;
     let logits = features
         .encoder
-        .head_logits(&prototypes, &query, placement.canvas)?;
+        .head_logits(&prototypes, query, placement.canvas)?;
     let label = source.class_mask(e.query, e.class)?;
     let (mut pred, gt) = if features.scoring.label_at_input {
         let gt = placement.mask_to_canvas(&label, VOID);

@@ -64,30 +64,19 @@ pub fn taking_part_classes(
     shots: usize,
     min_pixels: u64,
 ) -> Vec<u8> {
-    taking_part_classes_with(dataset, classes, shots, min_pixels, false)
-}
-
-/// [`taking_part_classes`] with the OSLSM small-object rule on or off.
-pub fn taking_part_classes_with(
-    dataset: &CocoMaskDataset,
-    classes: &[u8],
-    shots: usize,
-    min_pixels: u64,
-    oslsm_grid: bool,
-) -> Vec<u8> {
-    let mut v: Vec<u8> = classes
-        .iter()
-        .copied()
-        .filter(|&c| {
-            dataset
-                .eligible_images_with(c, min_pixels, oslsm_grid)
-                .len()
-                > shots
-        })
-        .collect();
-    v.sort_unstable();
-    v.dedup();
-    v
+    // Eligibility does not depend on the fold split.
+    let source = CocoFolds {
+        dataset,
+        split: FoldSplit::Interleaved,
+    };
+    let mut classes = classes.to_vec();
+    classes.sort_unstable();
+    classes.dedup();
+    let rule = Eligibility::min_pixels(min_pixels);
+    crate::episodes::taking_part(&source, &classes, shots, rule)
+        .into_iter()
+        .map(|(c, _)| c)
+        .collect()
 }
 
 /// The episodes of one fold and run, and the fold's taking-part classes.
