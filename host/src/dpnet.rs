@@ -46,7 +46,7 @@
 //! Initialisation: PyTorch's conv default; the PIM gate's bias starts at -4 (gate ~0.02) so
 //! that training starts from the un-gated features.
 
-use crate::backbone::layers::{Conv2d, Scope};
+use crate::layers::{Conv2d, Scope};
 use crate::panet::{masked_average_pool, IGNORE};
 use crate::sgone::cosine_map;
 use crate::smcp::{pyramid_pool, tile};

@@ -29,7 +29,7 @@
 //!
 //! Cosine: `dot / (|G| |v| + 1e-8)`, written the same way in the exported graph.
 
-use crate::backbone::layers::{Conv2d, Conv2dConfig, ConvInit, Padding, Scope};
+use crate::layers::{Conv2d, Conv2dConfig, ConvInit, Padding, Scope};
 use crate::panet::{masked_average_pool, IGNORE};
 use crate::tensors::{feature_tensor, first_map};
 use tch::{nn, Kind, Reduction, Tensor};

@@ -18,7 +18,7 @@
 //! the paper says; `code` reproduces the official code, whose support branch skips PFF
 //! (methods.md §10.3). The training schedule of each variant is set by the trainer (`train.rs`).
 
-use crate::backbone::layers::{Conv2d, Conv2dConfig, ConvInit, Scope};
+use crate::layers::{Conv2d, Conv2dConfig, ConvInit, Scope};
 use crate::panet::{masked_average_pool, IGNORE};
 use tch::{nn, Kind, Reduction, Tensor};
 

@@ -11,15 +11,16 @@ use std::process::Command;
 
 use fss_core::bundle::{sha256_file, Dim, Manifest};
 use fss_tests::{assert_clean_error, write_coco_like, TempDir};
-use host::backbone::layers::{
-    Activation, BatchNorm2d, Conv2d, Conv2dConfig, ConvBnAct, Layer, Padding, Scope,
-};
 use host::backbone::{self, Backbone, BackboneKind, BackboneOptions};
-use host::export::{self, onnx};
+use host::export;
+use host::layers::{
+    self, Activation, BatchNorm2d, Conv2d, Conv2dConfig, ConvBnAct, Layer, Padding, Scope,
+};
+use host::onnx;
 use tch::{nn, Device, Kind, Tensor};
 
 mod common;
-use common::{host, repo_root, venv_python, weights};
+use common::{det, host, repo_root, venv_python, weights};
 
 /// `scripts/onnx_check.py`: the full ONNX checker, then onnxruntime on `input` compared with
 /// `expected`. Returns the max abs diff it reports; panics on any failure.
@@ -154,20 +155,6 @@ fn vgg16_encoder_matches_tch() {
 
 /// A single depthwise ConvBnAct with BatchNorm statistics far from identity, ReLU6, stride 2,
 /// TF "SAME" padding: the BN folding, the Clip and `SAME_UPPER` against tch.
-/// Deterministic pseudo-random values in [-0.5, 0.5) * scale + offset, independent of tch's
-/// global generator (which the tests of this file, running in parallel threads, share).
-fn det(shape: &[i64], seed: u32, scale: f64, offset: f64) -> Tensor {
-    let n: i64 = shape.iter().product();
-    let mut st = seed.wrapping_mul(2654435761).wrapping_add(12345);
-    let v: Vec<f32> = (0..n)
-        .map(|_| {
-            st = st.wrapping_mul(1664525).wrapping_add(1013904223);
-            (((st >> 8) as f64 / (1u32 << 24) as f64 - 0.5) * scale + offset) as f32
-        })
-        .collect();
-    Tensor::from_slice(&v).view(shape)
-}
-
 #[test]
 fn conv_bn_relu6_depthwise_tf_same_layer_matches_tch() {
     for kernel in [3i64, 5] {
@@ -199,7 +186,7 @@ fn conv_bn_relu6_depthwise_tf_same_layer_matches_tch() {
             bn: Some(bn),
             act: Activation::Relu6,
         });
-        let model = onnx::layers_model(
+        let model = layers::layers_model(
             std::slice::from_ref(&layer),
             c as usize,
             c as usize,

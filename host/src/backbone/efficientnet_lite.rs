@@ -8,11 +8,11 @@
 //! Stride 16 is the output of `_blocks[10]` (the last 112-channel block), i.e. trunk layer 11.
 //! Drop-connect (stochastic depth, rate 0.2 in the reference's training) is not applied.
 
-use super::layers::{
-    Activation, BatchNorm2d, Conv2d, Conv2dConfig, ConvBnAct, InvertedResidual, Layer, Linear,
-    Padding, Scope,
-};
 use super::{FeatureTap, Net};
+use crate::layers::{
+    Activation, BatchNorm2d, Conv2d, Conv2dConfig, ConvBnAct, GlobalAvgPool, InvertedResidual,
+    Layer, Linear, Padding, Scope,
+};
 
 pub const BN_EPS: f64 = 1e-3;
 pub const BN_MOMENTUM: f64 = 0.01;
@@ -141,7 +141,7 @@ pub(super) fn build(root: &Scope, with_classifier: bool) -> Net {
                 cfg(320, 1280, 1, 1),
                 Activation::Relu6,
             )),
-            Layer::GlobalAvgPool,
+            Layer::GlobalAvgPool(GlobalAvgPool),
             Layer::Linear(Linear::new(&root.sub("_fc"), 1280, 1000, true)),
         ]
     });

@@ -4,11 +4,11 @@
 //! 1280) is the first layer of the classifier head, followed by global average pooling and
 //! `classifier[1]` (Linear 1280 -> 1000; the dropout is not applied).
 
-use super::layers::{
-    Activation, BatchNorm2d, Conv2d, Conv2dConfig, ConvBnAct, InvertedResidual, Layer, Linear,
-    Scope,
-};
 use super::{FeatureTap, Net};
+use crate::layers::{
+    Activation, BatchNorm2d, Conv2d, Conv2dConfig, ConvBnAct, GlobalAvgPool, InvertedResidual,
+    Layer, Linear, Scope,
+};
 
 /// torchvision BatchNorm defaults.
 pub const BN_EPS: f64 = 1e-5;
@@ -123,7 +123,7 @@ pub(super) fn build(root: &Scope, with_classifier: bool) -> Net {
                 Conv2dConfig::new(320, 1280, 1),
                 Activation::Relu6,
             )),
-            Layer::GlobalAvgPool,
+            Layer::GlobalAvgPool(GlobalAvgPool),
             Layer::Linear(Linear::new(
                 &root.sub("classifier").sub("1"),
                 1280,

@@ -1,7 +1,7 @@
 //! Image backbones: EfficientNet-Lite0, MobileNetV2 (ImageNet weights converted to safetensors at
 //! set-up) and the PANet VGG-16 variant.
 //!
-//! A backbone is a flat list of explicit [`layers::Layer`]s (the trunk), a few feature taps (the
+//! A backbone is a flat list of explicit [`crate::layers::Layer`]s (the trunk), a few feature taps (the
 //! trunk outputs at stride 4/8/16/32) and, only when asked for, the ImageNet classifier head. The
 //! same layer structs run forward in tch and can be walked to emit ONNX nodes.
 //!
@@ -18,7 +18,6 @@
 //! ```
 
 pub mod efficientnet_lite;
-pub mod layers;
 pub mod mobilenetv2;
 pub mod vgg;
 
@@ -30,7 +29,7 @@ use std::str::FromStr;
 use anyhow::{anyhow, bail, Context, Result};
 use tch::{nn, Device, Kind, Tensor};
 
-use layers::{Layer, Scope};
+use crate::layers::{Layer, Scope};
 
 /// Environment variable that overrides the weights directory.
 pub const WEIGHTS_DIR_ENV: &str = "FSS_WEIGHTS_DIR";

@@ -8,10 +8,10 @@
 //! directly. Without one, convs get Kaiming-normal weights (fan-out, ReLU gain, as torchvision's
 //! VGG init) and zero biases.
 
-use super::layers::{
+use super::{FeatureTap, Net};
+use crate::layers::{
     Activation, Conv2d, Conv2dConfig, ConvBnAct, ConvInit, Layer, MaxPool2d, Scope,
 };
-use super::{FeatureTap, Net};
 
 /// One entry of the layer plan: a conv (in, out, dilation, relu) or a pool (kernel, stride, pad).
 enum Item {

@@ -20,10 +20,10 @@ use std::path::Path;
 use tract_onnx::pb::tensor_proto::DataType;
 use tract_onnx::pb::ModelProto;
 
-use super::onnx::{attr_int, attr_ints, attr_string, emit_conv, GraphBuilder};
-use crate::backbone::layers::{Activation, Conv2d};
 use crate::dpnet::DpNetHead;
 use crate::heads::MethodHead;
+use crate::layers::{emit_conv, Activation, Conv2d};
+use crate::onnx::{attr_int, attr_ints, attr_string, GraphBuilder};
 use crate::sgone::{SgOneHead, SgOneVariant};
 use crate::smcp::{Aspp, SmcpHead};
 
@@ -562,7 +562,7 @@ fn parity_case(
             let out = tch::no_grad(|| sh.pass(&t(&[1, c, h, w], &f), &t(&[1, c], &p), true));
             Ok((
                 vec![(vec![1, c, h, w], f), (vec![1, c], p)],
-                super::onnx::tensor_f32(&out)?,
+                crate::onnx::tensor_f32(&out)?,
             ))
         }
         MethodHead::SgOne(sg) => {
@@ -580,12 +580,12 @@ fn parity_case(
                     tch::Kind::Float,
                 )
             });
-            let vv = super::onnx::tensor_f32(&v)?;
+            let vv = crate::onnx::tensor_f32(&v)?;
             let out = tch::no_grad(|| sg.pass(&ft, &v));
             let d = vv.len();
             Ok((
                 vec![(vec![1, c, h, w], f), (vec![1, d], vv)],
-                super::onnx::tensor_f32(&out)?,
+                crate::onnx::tensor_f32(&out)?,
             ))
         }
         MethodHead::DpNet(dp) => {
@@ -610,10 +610,10 @@ fn parity_case(
                 vec![
                     (vec![1, c, h, w], f),
                     (vec![1, c], p),
-                    (vec![1, c, n], super::onnx::tensor_f32(&mf)?),
-                    (vec![1, n], super::onnx::tensor_f32(&mm)?),
+                    (vec![1, c, n], crate::onnx::tensor_f32(&mf)?),
+                    (vec![1, n], crate::onnx::tensor_f32(&mm)?),
                 ],
-                super::onnx::tensor_f32(&out)?,
+                crate::onnx::tensor_f32(&out)?,
             ))
         }
     }

@@ -27,7 +27,6 @@
 //! ```
 
 pub mod head;
-pub mod onnx;
 pub mod quant;
 
 use fss_core::choice::Choice;
@@ -50,6 +49,7 @@ use tract_onnx::pb::ModelProto;
 use crate::backbone::{default_weights_path, Backbone, BackboneKind, BackboneOptions};
 use crate::cli::{ExportArgs, Method};
 use crate::heads::MethodHead;
+use crate::onnx;
 use crate::run::RunRecord;
 
 /// File name of the encoder graph inside a bundle.
@@ -125,7 +125,7 @@ pub fn encoder_model(backbone: &Backbone, stride: i64) -> Result<ModelProto> {
         "{} encoder: normalised RGB image -> stride-{stride} features",
         backbone.kind()
     );
-    onnx::layers_model(layers, 3, channels, INPUT_NAME, OUTPUT_NAME, &doc)
+    crate::layers::layers_model(layers, 3, channels, INPUT_NAME, OUTPUT_NAME, &doc)
 }
 
 /// Encodes `model` and writes it atomically to `path`.

@@ -3,9 +3,10 @@
 //!
 //! - Dense and pointwise convs (`groups == 1`) become QOperator nodes:
 //!   `QuantizeLinear(x, s_x, zp_x) -> QLinearConv(.., s_y, zp_y) -> DequantizeLinear`, then the
-//!   activation in f32. Weights: BatchNorm folded first ([`onnx::fold_conv_bn`]), symmetric
-//!   per-tensor int8 (`s_w = max|w| / 127`, zero point 0, values in [-127, 127]); bias int32 at
-//!   scale `s_x * s_w`. Activations: u8, asymmetric, per tensor, from calibrated ranges.
+//!   activation in f32 (written, with its tch simulation, by
+//!   [`crate::layers::conv_bn_act`]). Weights: BatchNorm folded first, symmetric per-tensor int8
+//!   (`s_w = max|w| / 127`, zero point 0, values in [-127, 127]); bias int32 at scale
+//!   `s_x * s_w`. Activations: u8, asymmetric, per tensor, from calibrated ranges.
 //! - Depthwise (and any grouped) convs stay fp32 (`Conv`): tract runs every quantized conv
 //!   through Im2col and depthwise kernels quantize badly per-tensor (measured per layer, see
 //!   [`sensitivity`]). Dense/pointwise convs named in [`Int8Options::fp32_layers`], and the
@@ -43,14 +44,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, bail, Context, Result};
 use fss_core::preprocess::{InputSize, Normalization};
 use tch::{Kind, Tensor};
-use tract_onnx::pb::{tensor_proto::DataType, ModelProto};
+use tract_onnx::pb::ModelProto;
 
-use super::onnx::{
-    self, attr_int, attr_ints, block_name, conv_padding_attrs, emit_activation, fold_conv_bn,
-    FoldedConv, GraphBuilder,
-};
-use crate::backbone::layers::{Activation, ConvBnAct, InvertedResidual, Layer};
 use crate::backbone::Backbone;
+pub use crate::layers::int8::{QParams, Range};
+use crate::layers::{self, encoder_graph, ConvBnAct, Int8Plan, Layer};
+pub use crate::layers::{ConvRanges, QuantConv};
 
 /// Bins of the calibration histograms.
 pub const HIST_BINS: usize = 2048;
@@ -112,27 +111,6 @@ impl std::fmt::Display for CalibrationMethod {
             CalibrationMethod::Percentile(p) => write!(f, "percentile {p}"),
             other => f.write_str(other.name()),
         }
-    }
-}
-
-/// Min and max seen of one tensor.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Range {
-    pub min: f32,
-    pub max: f32,
-}
-
-impl Range {
-    pub const EMPTY: Range = Range {
-        min: f32::INFINITY,
-        max: f32::NEG_INFINITY,
-    };
-
-    fn update(&mut self, t: &Tensor) {
-        let lo = t.min().double_value(&[]) as f32;
-        let hi = t.max().double_value(&[]) as f32;
-        self.min = self.min.min(lo);
-        self.max = self.max.max(hi);
     }
 }
 
@@ -320,97 +298,6 @@ impl Histogram {
     }
 }
 
-/// Calibrated ranges of one conv: its input and its output after the activation.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ConvRanges {
-    pub input: Range,
-    pub output: Range,
-}
-
-/// u8 asymmetric quantization parameters.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct QParams {
-    pub scale: f32,
-    pub zero_point: u8,
-}
-
-impl QParams {
-    /// `scale = (max - min) / 255`, `zero_point = round(-min / scale)` on the range widened to
-    /// contain 0. A degenerate (empty or all-zero) range gets scale 1, zero point 0.
-    pub fn from_range(r: Range) -> QParams {
-        let min = r.min.min(0.0);
-        let max = r.max.max(0.0);
-        let scale = (max - min) / 255.0;
-        if !(scale.is_finite() && scale > 0.0) {
-            return QParams {
-                scale: 1.0,
-                zero_point: 0,
-            };
-        }
-        let zp = (-min / scale).round().clamp(0.0, 255.0) as u8;
-        QParams {
-            scale,
-            zero_point: zp,
-        }
-    }
-}
-
-/// Whether a conv is quantized by default (dense and pointwise: `groups == 1`).
-pub fn is_quantized(l: &ConvBnAct) -> bool {
-    l.conv.groups == 1
-}
-
-/// `dense` (k > 1, groups 1), `pointwise` (1x1) or `depthwise` (grouped).
-pub fn conv_kind(l: &ConvBnAct) -> &'static str {
-    if l.conv.groups != 1 {
-        "depthwise"
-    } else if l.conv.kernel() == [1, 1] {
-        "pointwise"
-    } else {
-        "dense"
-    }
-}
-
-/// Runs `layers` on `x` as `Layer::forward` does in eval mode, except that every `ConvBnAct`
-/// (also inside inverted residuals) is computed by `conv(layer, input)`, which returns its
-/// output after the activation.
-pub fn forward_convs(
-    layers: &[Layer],
-    x: &Tensor,
-    conv: &mut dyn FnMut(&ConvBnAct, &Tensor) -> Tensor,
-) -> Tensor {
-    let mut h = x.shallow_clone();
-    for layer in layers {
-        h = match layer {
-            Layer::ConvBnAct(l) => conv(l, &h),
-            Layer::InvertedResidual(l) => {
-                let mut t = match &l.expand {
-                    Some(e) => conv(e, &h),
-                    None => h.shallow_clone(),
-                };
-                t = conv(&l.depthwise, &t);
-                t = conv(&l.project, &t);
-                if l.residual {
-                    t + &h
-                } else {
-                    t
-                }
-            }
-            other => other.forward(&h, false),
-        };
-    }
-    h
-}
-
-/// Conv + BatchNorm (eval mode), before the activation.
-fn conv_bn(l: &ConvBnAct, x: &Tensor) -> Tensor {
-    let y = l.conv.forward(x, false);
-    match &l.bn {
-        Some(bn) => bn.forward(&y, false),
-        None => y,
-    }
-}
-
 /// Runs `layers` on `x` exactly as `Layer::forward` does in eval mode, calling `hook(conv,
 /// input, output)` for every conv of a `ConvBnAct`, where `output` is the conv + BatchNorm
 /// result before the activation.
@@ -419,33 +306,19 @@ pub fn forward_with_conv_hook(
     x: &Tensor,
     hook: &mut dyn FnMut(&ConvBnAct, &Tensor, &Tensor),
 ) -> Tensor {
-    forward_convs(layers, x, &mut |l, x| {
-        let y = conv_bn(l, x);
+    layers::forward_convs(layers, x, &mut |l, x| {
+        let y = l.forward_pre_activation(x, false);
         hook(l, x, &y);
         l.act.forward(y)
     })
 }
 
-/// The names of every conv in `layers`, in graph order, with their [`conv_kind`].
+/// The names of every conv in `layers`, in graph order, with their kind
+/// ([`ConvBnAct::kind`]).
 pub fn conv_names(layers: &[Layer]) -> Vec<(String, &'static str)> {
-    fn push(l: &ConvBnAct, out: &mut Vec<(String, &'static str)>) {
-        out.push((l.conv.name.clone(), conv_kind(l)));
-    }
-    let mut out = Vec::new();
-    for layer in layers {
-        match layer {
-            Layer::ConvBnAct(l) => push(l, &mut out),
-            Layer::InvertedResidual(l) => {
-                if let Some(e) = &l.expand {
-                    push(e, &mut out);
-                }
-                push(&l.depthwise, &mut out);
-                push(&l.project, &mut out);
-            }
-            _ => {}
-        }
-    }
-    out
+    layers::convs(layers)
+        .map(|l| (l.conv.name.clone(), l.kind()))
+        .collect()
 }
 
 /// The calibration images of a folder: `*.jpg`, `*.jpeg`, `*.png`, sorted by name.
@@ -570,8 +443,8 @@ pub fn calibrate(
     for img in images {
         let x = image_tensor(backbone, img, size);
         let _features = tch::no_grad(|| {
-            forward_convs(layers, &x, &mut |l, input| {
-                let out = l.act.forward(conv_bn(l, input));
+            layers::forward_convs(layers, &x, &mut |l, input| {
+                let out = l.forward(input, false);
                 let s = stats.entry(l.conv.name.clone()).or_insert(ConvStats {
                     input: TensorStats {
                         minmax: Range::EMPTY,
@@ -596,8 +469,8 @@ pub fn calibrate(
         for img in images {
             let x = image_tensor(backbone, img, size);
             let _features = tch::no_grad(|| {
-                forward_convs(layers, &x, &mut |l, input| {
-                    let out = l.act.forward(conv_bn(l, input));
+                layers::forward_convs(layers, &x, &mut |l, input| {
+                    let out = l.forward(input, false);
                     if let Some(s) = stats.get_mut(&l.conv.name) {
                         for (t, v) in [(&mut s.input, input), (&mut s.output, &out)] {
                             if let Some(h) = t.histogram.as_mut() {
@@ -617,137 +490,18 @@ pub fn calibrate(
     })
 }
 
-/// The output range a quantized conv uses: the calibrated range of its output after the
-/// activation, clipped to the activation's own range (a no-op for ranges measured after it).
-fn output_range(act: Activation, r: Range) -> Range {
-    match act {
-        Activation::None => r,
-        Activation::Relu => Range {
-            min: 0.0,
-            max: r.max.max(0.0),
-        },
-        Activation::Relu6 => Range {
-            min: 0.0,
-            max: r.max.clamp(0.0, 6.0),
-        },
-    }
-}
-
-/// One conv in int8: what the ONNX graph stores and the tch simulation uses.
-#[derive(Debug, Clone, PartialEq)]
-pub struct QuantConv {
-    pub x: QParams,
-    pub y: QParams,
-    pub w_scale: f32,
-    /// OIHW int8 weights (BatchNorm folded).
-    pub weight: Vec<i8>,
-    pub shape: Vec<i64>,
-    /// int32 bias at scale `x.scale * w_scale`.
-    pub bias: Vec<i32>,
-}
-
-impl QuantConv {
-    /// Quantizes conv `l` (BatchNorm folded) with its calibrated ranges `r`.
-    pub fn new(l: &ConvBnAct, r: &ConvRanges) -> Result<QuantConv> {
-        let x = QParams::from_range(r.input);
-        let y = QParams::from_range(output_range(l.act, r.output));
-        let FoldedConv {
-            weight,
-            shape,
-            bias,
-        } = fold_conv_bn(&l.conv, l.bn.as_ref())?;
-        let wmax = weight.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let w_scale = if wmax > 0.0 && wmax.is_finite() {
-            wmax / 127.0
-        } else {
-            1.0
-        };
-        let wq = weight
-            .iter()
-            .map(|&v| (v / w_scale).round().clamp(-127.0, 127.0) as i8)
-            .collect();
-        let b_scale = x.scale as f64 * w_scale as f64;
-        let bq = bias
-            .unwrap_or_else(|| vec![0.0; shape[0] as usize])
-            .iter()
-            .map(|&b| {
-                (b as f64 / b_scale)
-                    .round()
-                    .clamp(i32::MIN as f64, i32::MAX as f64) as i32
-            })
-            .collect();
-        Ok(QuantConv {
-            x,
-            y,
-            w_scale,
-            weight: wq,
-            shape,
-            bias: bq,
-        })
-    }
-}
-
 /// Quantizes every conv of `layers` that has calibrated ranges.
 pub fn quantize_convs(
     layers: &[Layer],
     ranges: &BTreeMap<String, ConvRanges>,
 ) -> Result<BTreeMap<String, QuantConv>> {
     let mut out = BTreeMap::new();
-    let mut err = None;
-    let mut visit = |l: &ConvBnAct| {
+    for l in layers::convs(layers) {
         if let Some(r) = ranges.get(&l.conv.name) {
-            match QuantConv::new(l, r) {
-                Ok(q) => {
-                    out.insert(l.conv.name.clone(), q);
-                }
-                Err(e) => err = Some(e),
-            }
-        }
-    };
-    for layer in layers {
-        match layer {
-            Layer::ConvBnAct(l) => visit(l),
-            Layer::InvertedResidual(l) => {
-                if let Some(e) = &l.expand {
-                    visit(e);
-                }
-                visit(&l.depthwise);
-                visit(&l.project);
-            }
-            _ => {}
+            out.insert(l.conv.name.clone(), QuantConv::new(l, r)?);
         }
     }
-    match err {
-        Some(e) => Err(e),
-        None => Ok(out),
-    }
-}
-
-/// u8 quantize-dequantize in tch (round half to even, as ONNX QuantizeLinear).
-fn fake_quant(t: &Tensor, q: QParams) -> Tensor {
-    let (s, zp) = (q.scale as f64, q.zero_point as f64);
-    ((t / s).round() + zp).clamp(0.0, 255.0).g_sub_scalar(zp) * s
-}
-
-/// A conv in simulated int8, from its [`QuantConv`]: the input quantized to u8, the int8
-/// weights and int32 bias dequantized, the conv in f32, the output quantized to u8 and
-/// dequantized, then the activation.
-fn simulated_conv(l: &ConvBnAct, q: &QuantConv, x: &Tensor) -> Tensor {
-    let dev = x.device();
-    let w: Vec<f32> = q.weight.iter().map(|&v| v as f32 * q.w_scale).collect();
-    let w = Tensor::from_slice(&w)
-        .view(q.shape.as_slice())
-        .to_device(dev);
-    let b_scale = q.x.scale as f64 * q.w_scale as f64;
-    let b: Vec<f32> = q
-        .bias
-        .iter()
-        .map(|&v| (v as f64 * b_scale) as f32)
-        .collect();
-    let b = Tensor::from_slice(&b).to_device(dev);
-    let xq = fake_quant(x, q.x);
-    let y = l.conv.forward_with(&xq, &w, Some(&b));
-    l.act.forward(fake_quant(&y, q.y))
+    Ok(out)
 }
 
 /// The encoder output with the convs named in `int8` simulated in int8 (everything else fp32).
@@ -758,12 +512,12 @@ pub fn simulated_forward(
     int8: &HashSet<String>,
 ) -> Tensor {
     tch::no_grad(|| {
-        forward_convs(layers, x, &mut |l, input| match quant
+        layers::forward_convs(layers, x, &mut |l, input| match quant
             .get(&l.conv.name)
             .filter(|_| int8.contains(&l.conv.name))
         {
-            Some(q) => simulated_conv(l, q, input),
-            None => l.act.forward(conv_bn(l, input)),
+            Some(q) => l.simulate_int8(q, input),
+            None => l.forward(input, false),
         })
     })
 }
@@ -845,114 +599,6 @@ pub fn simulated_error(
     (d / n.max(f64::MIN_POSITIVE)).sqrt()
 }
 
-/// Emits graphs with the quantized convs; collects the names of the convs kept fp32.
-struct QEmitter<'a> {
-    quant: &'a BTreeMap<String, QuantConv>,
-    int8: &'a HashSet<String>,
-    layers_fp32: Vec<String>,
-    /// Scale of the last quantized conv's output (one u8 step there).
-    last_output_scale: Option<f32>,
-}
-
-impl QEmitter<'_> {
-    fn scalar_u8(g: &mut GraphBuilder, base: &str, v: u8) -> Result<String> {
-        g.initializer_raw(base, &[], DataType::Uint8, vec![v])
-    }
-
-    fn conv_bn_act(&mut self, g: &mut GraphBuilder, l: &ConvBnAct, x: &str) -> Result<String> {
-        let conv = &l.conv;
-        if !self.int8.contains(&conv.name) {
-            self.layers_fp32.push(conv.name.clone());
-            return onnx::emit_conv_bn_act(g, l, x);
-        }
-        let base = if conv.name.is_empty() {
-            "conv"
-        } else {
-            &conv.name
-        };
-        let q = self.quant.get(&conv.name).ok_or_else(|| {
-            anyhow!(
-                "conv {}: no calibration range (did the calibration run it?)",
-                conv.name
-            )
-        })?;
-        let wq: Vec<u8> = q.weight.iter().map(|&v| v as u8).collect();
-        let bq: Vec<u8> = q.bias.iter().flat_map(|b| b.to_le_bytes()).collect();
-
-        let x_scale = g.initializer_f32(&format!("{base}.x_scale"), &[], &[q.x.scale])?;
-        let x_zp = Self::scalar_u8(g, &format!("{base}.x_zero_point"), q.x.zero_point)?;
-        let w_name =
-            g.initializer_raw(&format!("{base}.weight_q"), &q.shape, DataType::Int8, wq)?;
-        let w_scale_n = g.initializer_f32(&format!("{base}.w_scale"), &[], &[q.w_scale])?;
-        let w_zp = g.initializer_raw(
-            &format!("{base}.w_zero_point"),
-            &[],
-            DataType::Int8,
-            vec![0],
-        )?;
-        let y_scale = g.initializer_f32(&format!("{base}.y_scale"), &[], &[q.y.scale])?;
-        let y_zp = Self::scalar_u8(g, &format!("{base}.y_zero_point"), q.y.zero_point)?;
-        let b_name = g.initializer_raw(
-            &format!("{base}.bias_q"),
-            &[q.shape[0]],
-            DataType::Int32,
-            bq,
-        )?;
-
-        let xq = g.node(
-            "QuantizeLinear",
-            &format!("{base}.xq"),
-            &[x, &x_scale, &x_zp],
-            vec![],
-        );
-        let mut attrs = vec![
-            attr_ints("kernel_shape", &conv.kernel()),
-            attr_ints("strides", &conv.stride),
-            attr_ints("dilations", &conv.dilation),
-            attr_int("group", conv.groups),
-        ];
-        attrs.extend(conv_padding_attrs(conv));
-        let yq = g.node(
-            "QLinearConv",
-            &format!("{base}.yq"),
-            &[
-                &xq, &x_scale, &x_zp, &w_name, &w_scale_n, &w_zp, &y_scale, &y_zp, &b_name,
-            ],
-            attrs,
-        );
-        let y = g.node("DequantizeLinear", base, &[&yq, &y_scale, &y_zp], vec![]);
-        self.last_output_scale = Some(q.y.scale);
-        emit_activation(g, l.act, &y, base)
-    }
-
-    fn inverted_residual(
-        &mut self,
-        g: &mut GraphBuilder,
-        l: &InvertedResidual,
-        x: &str,
-    ) -> Result<String> {
-        let mut h = x.to_string();
-        if let Some(e) = &l.expand {
-            h = self.conv_bn_act(g, e, &h)?;
-        }
-        h = self.conv_bn_act(g, &l.depthwise, &h)?;
-        h = self.conv_bn_act(g, &l.project, &h)?;
-        if l.residual {
-            let base = format!("{}.add", block_name(&l.project.conv.name));
-            h = g.node("Add", &base, &[&h, x], vec![]);
-        }
-        Ok(h)
-    }
-
-    fn layer(&mut self, g: &mut GraphBuilder, layer: &Layer, x: &str, i: usize) -> Result<String> {
-        match layer {
-            Layer::ConvBnAct(l) => self.conv_bn_act(g, l, x),
-            Layer::InvertedResidual(l) => self.inverted_residual(g, l, x),
-            other => onnx::emit_layer(g, other, x, i),
-        }
-    }
-}
-
 /// The int8 model and what the manifest records about it.
 #[derive(Debug, Clone)]
 pub struct QuantizedModel {
@@ -965,7 +611,7 @@ pub struct QuantizedModel {
     pub last_output_scale: Option<f32>,
 }
 
-/// Like [`onnx::layers_model`], with the convs named in `int8` quantized (QLinearConv) from
+/// Like [`crate::layers::layers_model`], with the convs named in `int8` quantized (QLinearConv) from
 /// `quant`.
 #[allow(clippy::too_many_arguments)]
 pub fn quantized_layers_model(
@@ -978,23 +624,17 @@ pub fn quantized_layers_model(
     output_name: &str,
     doc: &str,
 ) -> Result<QuantizedModel> {
-    let mut g = GraphBuilder::new("encoder");
-    let (in_dims, out_dims) = onnx::encoder_dims(in_channels, out_channels);
-    let mut e = QEmitter {
-        quant,
-        int8,
-        layers_fp32: Vec::new(),
-        last_output_scale: None,
-    };
-    let mut x = g.input(input_name, &in_dims)?;
-    for (i, layer) in layers.iter().enumerate() {
-        x = e.layer(&mut g, layer, &x, i)?;
-    }
-    g.output(&x, output_name, &out_dims)?;
+    let e = encoder_graph(
+        layers,
+        (in_channels, out_channels),
+        (input_name, output_name),
+        doc,
+        Some(Int8Plan { quant, int8 }),
+    )?;
     let mut layers_int8: Vec<String> = int8.iter().cloned().collect();
     layers_int8.sort();
     Ok(QuantizedModel {
-        model: g.into_model(doc),
+        model: e.model,
         layers_fp32: e.layers_fp32,
         layers_int8,
         last_output_scale: e.last_output_scale,
@@ -1217,21 +857,6 @@ pub fn export_int8_encoder(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn qparams_contain_zero_and_span_the_range() {
-        let q = QParams::from_range(Range {
-            min: -1.0,
-            max: 3.0,
-        });
-        assert!((q.scale - 4.0 / 255.0).abs() < 1e-7);
-        assert_eq!(q.zero_point, 64);
-        let q = QParams::from_range(Range { min: 0.5, max: 6.0 });
-        assert_eq!(q.zero_point, 0);
-        assert!((q.scale - 6.0 / 255.0).abs() < 1e-7);
-        let q = QParams::from_range(Range::EMPTY);
-        assert_eq!((q.scale, q.zero_point), (1.0, 0));
-    }
 
     /// 20,000 values in a bell shape on [-1, 1] (sum of uniforms), 20 outliers up to 40 and
     /// down to -15, and 5,000 exact zeros (a ReLU's).

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use host::backbone::{self, BackboneKind};
+use tch::Tensor;
 
 /// Runs the `host` binary this test crate was built with.
 pub fn host(args: &[&str]) -> Output {
@@ -78,4 +79,18 @@ pub fn assert_loss_falls(name: &str, first: &[f64], last: &[f64]) -> (f64, f64) 
         a - b
     );
     (a, b)
+}
+
+/// Deterministic pseudo-random values in [-0.5, 0.5) * scale + offset, independent of tch's
+/// global generator (which the tests of this file, running in parallel threads, share).
+pub fn det(shape: &[i64], seed: u32, scale: f64, offset: f64) -> Tensor {
+    let n: i64 = shape.iter().product();
+    let mut st = seed.wrapping_mul(2654435761).wrapping_add(12345);
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            st = st.wrapping_mul(1664525).wrapping_add(1013904223);
+            (((st >> 8) as f64 / (1u32 << 24) as f64 - 0.5) * scale + offset) as f32
+        })
+        .collect();
+    Tensor::from_slice(&v).view(shape)
 }
