@@ -5,48 +5,8 @@ use clap::Args;
 use fss_core::preprocess::InputSize;
 use std::path::PathBuf;
 
-/// The few-shot methods of the project. Only those implemented are accepted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Method {
-    Panet,
-    Smcp,
-    #[serde(rename = "sgone")]
-    SgOne,
-    #[serde(rename = "dpnet")]
-    DpNet,
-}
-
-impl Method {
-    pub const KNOWN: &'static str = "panet, smcp, sgone, dpnet";
-    pub fn name(self) -> &'static str {
-        match self {
-            Method::Panet => "panet",
-            Method::Smcp => "smcp",
-            Method::SgOne => "sgone",
-            Method::DpNet => "dpnet",
-        }
-    }
-}
-
-impl std::str::FromStr for Method {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.to_ascii_lowercase().as_str() {
-            "panet" => Ok(Method::Panet),
-            "smcp" => Ok(Method::Smcp),
-            "sgone" | "sg-one" => Ok(Method::SgOne),
-            "dpnet" => Ok(Method::DpNet),
-            _ => Err(format!("unknown method '{s}' (known: {})", Method::KNOWN)),
-        }
-    }
-}
-
-impl std::fmt::Display for Method {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
+/// The few-shot methods, declared once in the core ([`fss_core::method`]).
+pub use fss_core::method::Method;
 
 /// `cpu`, `cuda` or `cuda:N`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

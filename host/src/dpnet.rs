@@ -359,34 +359,6 @@ pub fn losses(
     }
 }
 
-/// The head in tch as the shared inference's [`fss_core::dpnet::DualPrototypeHead`].
-pub struct TchDualHead<'a> {
-    pub head: &'a DpNetHead,
-    pub device: tch::Device,
-}
-
-impl fss_core::dpnet::DualPrototypeHead for TchDualHead<'_> {
-    fn pass(
-        &mut self,
-        query: &fss_core::FeatureMap,
-        prototype: &[f32],
-        memory: &fss_core::dpnet::SupportMemory,
-    ) -> fss_core::Result<fss_core::FeatureMap> {
-        let d = self.device;
-        let f = crate::tensors::feature_tensor(query, d);
-        let p = Tensor::from_slice(prototype)
-            .view([1, query.channels as i64])
-            .to_device(d);
-        let n = memory.locations as i64;
-        let mf = Tensor::from_slice(&memory.features)
-            .view([1, memory.channels as i64, n])
-            .to_device(d);
-        let mm = Tensor::from_slice(&memory.mask).view([1, n]).to_device(d);
-        let logits = tch::no_grad(|| self.head.pass(&f, &p, &mf, &mm, false).logits);
-        crate::tensors::first_map(&logits, "DPNet head")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

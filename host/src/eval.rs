@@ -3,27 +3,25 @@
 
 use crate::backbone::{Backbone, BackboneKind, BackboneOptions};
 use crate::cli::{EvalArgs, Method};
-use crate::dpnet::TchDualHead;
-use crate::heads::MethodHead;
+use crate::heads::{MethodHead, TchHead};
 use crate::run::{initial_weights, method_head, RunRecord, FEATURE_STRIDE};
-use crate::sgone::TchGuidedHead;
-use crate::smcp::TchPrototypeHead;
 use crate::tensors::tensor_to_maps;
 use anyhow::{bail, Result};
-use fss_core::dpnet::{dpnet_logits, dpnet_prototypes};
+use fss_core::choice::Choice;
+use fss_core::method::{HeadRunner, MethodOptions};
 use fss_core::model::{FeatureEncoder, ScoringInput};
 use fss_core::preprocess::{InputSize, Normalization};
-use fss_core::prototype::{cosine_logits, panet_prototypes, Prototypes, SupportShot, PANET_SCALE};
+use fss_core::prototype::{Prototypes, SupportShot};
 use fss_core::report::EvalReport;
-use fss_core::sgone::{sgone_logits, sgone_prototypes, SgOneKShot};
-use fss_core::smcp::{smcp_logits, SmcpGuidance};
+use fss_core::sgone::SgOneKShot;
+use fss_core::smcp::SmcpGuidance;
 use fss_core::tensor::FeatureMap;
 use std::path::Path;
 use tch::{nn::VarStore, Device, Tensor};
 
 /// The backbone in tch as a [`FeatureEncoder`] for the shared harness, with the method's head
-/// (PANet: the shared cosine scoring; SMCP, SG-One, DPNet: their heads in tch under the shared
-/// inference of `fss_core::smcp`, `fss_core::sgone`, `fss_core::dpnet`).
+/// (PANet: the shared cosine scoring; SMCP, SG-One, DPNet: their heads in tch, run through
+/// [`TchHead`] by the method's shared inference, [`fss_core::method::Method`]).
 pub struct TchEncoder {
     pub backbone: Backbone,
     pub stride: i64,
@@ -79,6 +77,11 @@ impl TchEncoder {
         Ok(enc)
     }
 
+    /// The model's method: its head's, or PANet without one.
+    pub fn method(&self) -> Method {
+        self.head.as_ref().map_or(Method::Panet, MethodHead::method)
+    }
+
     pub fn normalization(&self) -> Normalization {
         let (mean, std) = self.backbone.normalization();
         Normalization { mean, std }
@@ -111,33 +114,27 @@ impl FeatureEncoder for TchEncoder {
         query: &FeatureMap,
         input: InputSize,
     ) -> fss_core::Result<FeatureMap> {
+        let options = MethodOptions {
+            smcp_guidance: self.guidance,
+            sgone_kshot: self.sgone_kshot,
+            ..MethodOptions::default()
+        };
         let device = self.backbone.device();
-        match &self.head {
-            None => cosine_logits(query, &prototypes.ordered(), PANET_SCALE),
-            Some(MethodHead::Smcp(head)) => {
-                let mut pass = TchPrototypeHead { head, device };
-                smcp_logits(&mut pass, prototypes, query, input, self.guidance)
-            }
-            Some(MethodHead::SgOne(head)) => {
-                let mut pass = TchGuidedHead { head, device };
-                sgone_logits(&mut pass, prototypes, query, self.sgone_kshot)
-            }
-            Some(MethodHead::DpNet(head)) => {
-                let mut pass = TchDualHead { head, device };
-                dpnet_logits(&mut pass, prototypes, query)
-            }
-        }
+        let mut runner = self.head.as_ref().map(|head| TchHead { head, device });
+        self.method().logits(
+            runner.as_mut().map(|r| r as &mut dyn HeadRunner),
+            &options,
+            prototypes,
+            query,
+            input,
+        )
     }
 
     fn prototypes(&mut self, ways: &[Vec<SupportShot>]) -> fss_core::Result<Prototypes> {
         let device = self.backbone.device();
-        match &self.head {
-            None | Some(MethodHead::Smcp(_)) => panet_prototypes(ways),
-            Some(MethodHead::SgOne(head)) => {
-                sgone_prototypes(&mut TchGuidedHead { head, device }, ways)
-            }
-            Some(MethodHead::DpNet(_)) => dpnet_prototypes(ways),
-        }
+        let mut runner = self.head.as_ref().map(|head| TchHead { head, device });
+        self.method()
+            .prototypes(runner.as_mut().map(|r| r as &mut dyn HeadRunner), ways)
     }
 }
 

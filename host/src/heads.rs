@@ -1,11 +1,17 @@
 //! The trained head of a method (SMCP, SG-One, DPNet; PANet has none): one type for training,
-//! `host eval` and export to hold whichever the run has.
+//! `host eval` and export to hold whichever the run has, and one adapter ([`TchHead`]) that runs
+//! it as the shared inference's [`HeadRunner`] (the edge runs the head graph through the same
+//! trait).
 
 use crate::dpnet::DpNetHead;
 use crate::panet::{EpisodeTensors, LossParts};
 use crate::sgone::SgOneHead;
 use crate::smcp::{SemanticLabels, SmcpHead};
-use tch::Tensor;
+use crate::tensors::{feature_tensor, first_map};
+use fss_core::dpnet::SupportMemory;
+use fss_core::method::{HeadRunner, Method};
+use fss_core::{EdgeError, FeatureMap};
+use tch::{Device, Tensor};
 
 #[derive(Debug)]
 pub enum MethodHead {
@@ -62,12 +68,63 @@ impl MethodHead {
         })
     }
 
-    /// The method's name as bundles and reports write it.
-    pub fn method_name(&self) -> &'static str {
+    /// The method the head belongs to.
+    pub fn method(&self) -> Method {
         match self {
-            MethodHead::Smcp(_) => "smcp",
-            MethodHead::SgOne(_) => "sgone",
-            MethodHead::DpNet(_) => "dpnet",
+            MethodHead::Smcp(_) => Method::Smcp,
+            MethodHead::SgOne(_) => Method::SgOne,
+            MethodHead::DpNet(_) => Method::DpNet,
+        }
+    }
+}
+
+/// A head in tch (eval mode, no gradients) as the shared inference's [`HeadRunner`].
+pub struct TchHead<'a> {
+    pub head: &'a MethodHead,
+    pub device: Device,
+}
+
+impl HeadRunner for TchHead<'_> {
+    fn pass(
+        &mut self,
+        query: &FeatureMap,
+        prototype: &[f32],
+        memory: Option<&SupportMemory>,
+    ) -> fss_core::Result<FeatureMap> {
+        let d = self.device;
+        let f = feature_tensor(query, d);
+        let p = Tensor::from_slice(prototype)
+            .view([1, prototype.len() as i64])
+            .to_device(d);
+        let (logits, what) = match self.head {
+            MethodHead::Smcp(h) => (tch::no_grad(|| h.pass(&f, &p, true)), "SMCP head"),
+            MethodHead::SgOne(h) => (tch::no_grad(|| h.pass(&f, &p)), "SG-One head"),
+            MethodHead::DpNet(h) => {
+                let m = memory.ok_or_else(|| {
+                    EdgeError::input("the DPNet head needs the target's support memory")
+                })?;
+                let n = m.locations as i64;
+                let mf = Tensor::from_slice(&m.features)
+                    .view([1, m.channels as i64, n])
+                    .to_device(d);
+                let mm = Tensor::from_slice(&m.mask).view([1, n]).to_device(d);
+                let logits = tch::no_grad(|| h.pass(&f, &p, &mf, &mm, false).logits);
+                (logits, "DPNet head")
+            }
+        };
+        first_map(&logits, what)
+    }
+
+    fn guidance(&mut self, features: &FeatureMap) -> fss_core::Result<FeatureMap> {
+        match self.head {
+            MethodHead::SgOne(h) => {
+                let f = feature_tensor(features, self.device);
+                first_map(&tch::no_grad(|| h.guidance(&f)), "SG-One guidance")
+            }
+            other => Err(EdgeError::input(format!(
+                "the {} head has no guidance output",
+                other.method()
+            ))),
         }
     }
 }

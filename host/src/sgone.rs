@@ -31,7 +31,6 @@
 
 use crate::layers::{Conv2d, Conv2dConfig, ConvInit, Padding, Scope};
 use crate::panet::{masked_average_pool, IGNORE};
-use crate::tensors::{feature_tensor, first_map};
 use tch::{nn, Kind, Reduction, Tensor};
 
 /// The parameter scope of the head inside a checkpoint.
@@ -261,34 +260,6 @@ pub fn losses(
     SgOneLosses {
         query: total.double_value(&[]),
         total,
-    }
-}
-
-/// The head in tch as the shared inference's [`fss_core::sgone::GuidedHead`].
-pub struct TchGuidedHead<'a> {
-    pub head: &'a SgOneHead,
-    pub device: tch::Device,
-}
-
-impl fss_core::sgone::GuidedHead for TchGuidedHead<'_> {
-    fn guidance(
-        &mut self,
-        features: &fss_core::FeatureMap,
-    ) -> fss_core::Result<fss_core::FeatureMap> {
-        let f = feature_tensor(features, self.device);
-        first_map(&tch::no_grad(|| self.head.guidance(&f)), "SG-One guidance")
-    }
-
-    fn pass(
-        &mut self,
-        query: &fss_core::FeatureMap,
-        vector: &[f32],
-    ) -> fss_core::Result<fss_core::FeatureMap> {
-        let f = feature_tensor(query, self.device);
-        let v = Tensor::from_slice(vector)
-            .view([1, vector.len() as i64])
-            .to_device(self.device);
-        first_map(&tch::no_grad(|| self.head.pass(&f, &v)), "SG-One head")
     }
 }
 

@@ -345,28 +345,6 @@ pub fn losses(
     }
 }
 
-/// The head in tch as the shared inference's [`fss_core::smcp::PrototypeHead`] (BatchNorm-free, so
-/// eval mode needs nothing).
-pub struct TchPrototypeHead<'a> {
-    pub head: &'a SmcpHead,
-    pub device: tch::Device,
-}
-
-impl fss_core::smcp::PrototypeHead for TchPrototypeHead<'_> {
-    fn pass(
-        &mut self,
-        query: &fss_core::FeatureMap,
-        prototype: &[f32],
-    ) -> fss_core::Result<fss_core::FeatureMap> {
-        let f = crate::tensors::feature_tensor(query, self.device);
-        let p = Tensor::from_slice(prototype)
-            .view([1, query.channels as i64])
-            .to_device(self.device);
-        let logits = tch::no_grad(|| self.head.pass(&f, &p, true));
-        crate::tensors::first_map(&logits, "SMCP head")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

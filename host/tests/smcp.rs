@@ -255,11 +255,11 @@ fn two_pass_logits_agree(
             diff <= 1e-4 * scale,
             "cell {cell}: logits differ by {diff} (scale {scale})"
         );
-        let Some(host::heads::MethodHead::Smcp(smcp_head)) = &tch_model.head else {
+        let Some(method_head @ host::heads::MethodHead::Smcp(_)) = &tch_model.head else {
             panic!("an SMCP model")
         };
-        let mut head = host::smcp::TchPrototypeHead {
-            head: smcp_head,
+        let mut head = host::heads::TchHead {
+            head: method_head,
             device: tch::Device::Cpu,
         };
         let t =

@@ -20,6 +20,7 @@
 //! `[0, m_1, ..., m_N]` with `m_i = fg_i - bg_i` (as SMCP, [`crate::smcp`]).
 
 use crate::error::{EdgeError, Result};
+use crate::method::HeadRunner;
 pub use crate::prototype::SupportMemory;
 use crate::prototype::{foreground_margins, panet_prototypes, Prototypes, SupportShot};
 use crate::tensor::{FeatureMap, Mask};
@@ -136,20 +137,9 @@ pub fn dpnet_prototypes(ways: &[Vec<SupportShot>]) -> Result<Prototypes> {
     Ok(protos)
 }
 
-/// One DPNet head pass: query encoder features `[C, h, w]`, the support prototype `[C]` and
-/// the target's memory -> logits `[2, h, w]`.
-pub trait DualPrototypeHead {
-    fn pass(
-        &mut self,
-        query: &FeatureMap,
-        prototype: &[f32],
-        memory: &SupportMemory,
-    ) -> Result<FeatureMap>;
-}
-
 /// N-way logits `[N + 1, h, w]` (module doc).
 pub fn dpnet_logits(
-    head: &mut dyn DualPrototypeHead,
+    head: &mut dyn HeadRunner,
     prototypes: &Prototypes,
     query: &FeatureMap,
 ) -> Result<FeatureMap> {
@@ -167,7 +157,7 @@ pub fn dpnet_logits(
         .zip(&prototypes.memories)
         .enumerate()
     {
-        let logits = head.pass(query, p, m)?;
+        let logits = head.pass(query, p, Some(m))?;
         if logits.channels != 2 || logits.height != query.height || logits.width != query.width {
             return Err(EdgeError::input(format!(
                 "the DPNet head returned logits {}x{}x{} for {}x{} features",
@@ -232,8 +222,13 @@ mod tests {
     #[test]
     fn logits_without_memories_are_an_error() {
         struct Never;
-        impl DualPrototypeHead for Never {
-            fn pass(&mut self, _: &FeatureMap, _: &[f32], _: &SupportMemory) -> Result<FeatureMap> {
+        impl HeadRunner for Never {
+            fn pass(
+                &mut self,
+                _: &FeatureMap,
+                _: &[f32],
+                _: Option<&SupportMemory>,
+            ) -> Result<FeatureMap> {
                 unreachable!()
             }
         }

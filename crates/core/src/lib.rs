@@ -3,7 +3,8 @@
 //!
 //! Tensors ([`tensor`]), the bundle manifest ([`bundle`]), image decoding ([`image_io`]) and
 //! preprocessing ([`preprocess`]), masked average pooling and the canonical PANet scoring
-//! ([`prototype`]), each head method's shared inference ([`smcp`], [`sgone`], [`dpnet`]), the
+//! ([`prototype`]), the methods declared once ([`method`]) and each head method's shared
+//! inference ([`smcp`], [`sgone`], [`dpnet`]) over one head runner, the
 //! model contract every harness runs ([`model`]), the metrics ([`metrics`]) and report schemas
 //! ([`report`]), the DAVIS sequence reader the device replays ([`davis`]), mask overlays
 //! ([`overlay`]), atomic file writes ([`fsutil`]) and named settings ([`choice`]).
@@ -15,6 +16,7 @@ pub mod dpnet;
 pub mod error;
 pub mod fsutil;
 pub mod image_io;
+pub mod method;
 pub mod metrics;
 pub mod model;
 pub mod overlay;

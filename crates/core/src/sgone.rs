@@ -1,5 +1,5 @@
 //! SG-One's inference (similarity guidance; methods.md §4.4), written once over a
-//! [`GuidedHead`] so that `host eval` (the head in tch) and the edge (the head graph in tract)
+//! [`HeadRunner`] (its `guidance` and one guided `pass`) so that `host eval` (the head in tch) and the edge (the head graph in tract)
 //! run the same logic.
 //!
 //! * The support side: the guidance features `G` of each shot, masked-average-pooled under its
@@ -20,19 +20,11 @@
 //! resizing).
 
 use crate::error::{EdgeError, Result};
+use crate::method::HeadRunner;
 use crate::prototype::{
     foreground_margins, masked_average_pool, panet_prototypes, Prototypes, SupportShot,
 };
 use crate::tensor::FeatureMap;
-
-/// SG-One's head: guidance features of encoder features, and one guided pass.
-pub trait GuidedHead {
-    /// Guidance features `G` `[Cg, h, w]` of encoder features `[C, h, w]`.
-    fn guidance(&mut self, features: &FeatureMap) -> Result<FeatureMap>;
-    /// One pass: query encoder features `[C, h, w]` and a guidance vector `[Cg]` -> logits
-    /// `[2, h', w']` (background, foreground).
-    fn pass(&mut self, query: &FeatureMap, vector: &[f32]) -> Result<FeatureMap>;
-}
 
 /// How K support shots guide the query (methods.md §4.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -54,7 +46,7 @@ crate::choices!(SgOneKShot {
 /// `background` is the mean over all shots' background pools (unused by SG-One's head, kept so
 /// that the vectors' dimension is known). Empty masks are errors, as for PANet.
 pub fn sgone_prototypes(
-    head: &mut dyn GuidedHead,
+    head: &mut dyn HeadRunner,
     ways: &[Vec<SupportShot>],
 ) -> Result<Prototypes> {
     let mut guided = Vec::with_capacity(ways.len());
@@ -85,7 +77,7 @@ pub fn sgone_prototypes(
 /// N-way logits `[N + 1, h', w']`: channel 0 is 0, channel i target i's foreground margin
 /// (module doc).
 pub fn sgone_logits(
-    head: &mut dyn GuidedHead,
+    head: &mut dyn HeadRunner,
     prototypes: &Prototypes,
     query: &FeatureMap,
     kshot: SgOneKShot,
@@ -100,7 +92,7 @@ pub fn sgone_logits(
             _ => vec![mean.as_slice()],
         };
         for v in vectors {
-            let logits = head.pass(query, v)?;
+            let logits = head.pass(query, v, None)?;
             if logits.channels != 2 {
                 return Err(EdgeError::input(format!(
                     "the SG-One head returned {} channels (expected 2)",
@@ -144,11 +136,16 @@ mod tests {
         passes: usize,
     }
 
-    impl GuidedHead for DotHead {
+    impl HeadRunner for DotHead {
         fn guidance(&mut self, features: &FeatureMap) -> Result<FeatureMap> {
             Ok(features.clone())
         }
-        fn pass(&mut self, query: &FeatureMap, v: &[f32]) -> Result<FeatureMap> {
+        fn pass(
+            &mut self,
+            query: &FeatureMap,
+            v: &[f32],
+            _: Option<&crate::dpnet::SupportMemory>,
+        ) -> Result<FeatureMap> {
             self.passes += 1;
             let hw = query.height * query.width;
             let mut out = FeatureMap::zeros(2, query.height, query.width);

@@ -1,5 +1,5 @@
 //! SMCP's inference with fused prototype guidance (methods.md §5.4), written once over a
-//! [`PrototypeHead`] so that `host eval` (the head in tch) and the edge (the head graph in
+//! [`HeadRunner`] so that `host eval` (the head in tch) and the edge (the head graph in
 //! tract) run the very same two-pass logic.
 //!
 //! Per target:
@@ -26,15 +26,10 @@
 
 use crate::choice::Choice;
 use crate::error::{EdgeError, Result};
+use crate::method::HeadRunner;
 use crate::preprocess::InputSize;
 use crate::prototype::{foreground_margins, logits_to_labels, masked_average_pool, Prototypes};
 use crate::tensor::FeatureMap;
-
-/// One pass of a prototype-conditioned head: query features `[C, h, w]` and a prototype `[C]`
-/// -> logits `[2, h, w]` (background, foreground) at feature resolution.
-pub trait PrototypeHead {
-    fn pass(&mut self, query: &FeatureMap, prototype: &[f32]) -> Result<FeatureMap>;
-}
 
 /// Which prototype guides the final pass (methods.md §5.5 reports all three).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -92,7 +87,7 @@ pub struct TwoPass {
 /// The fused-prototype inference for one target (module doc): `input` is the model input size
 /// the pseudo-mask is taken at.
 pub fn two_pass(
-    head: &mut dyn PrototypeHead,
+    head: &mut dyn HeadRunner,
     prototype: &[f32],
     query: &FeatureMap,
     input: InputSize,
@@ -105,7 +100,7 @@ pub fn two_pass(
             query.channels
         )));
     }
-    let first = head.pass(query, prototype)?;
+    let first = head.pass(query, prototype, None)?;
     check_logits(&first, query)?;
     if guidance == SmcpGuidance::Support {
         return Ok(TwoPass {
@@ -132,7 +127,7 @@ pub fn two_pass(
             .map(|(a, b)| 0.5 * (a + b))
             .collect(),
     };
-    let logits = head.pass(query, &guide)?;
+    let logits = head.pass(query, &guide, None)?;
     check_logits(&logits, query)?;
     Ok(TwoPass {
         logits,
@@ -162,7 +157,7 @@ fn check_logits(logits: &FeatureMap, query: &FeatureMap) -> Result<()> {
 /// SMCP has no background prototype): channel 0 is 0, channel i target i's foreground margin
 /// after its two passes (module doc).
 pub fn smcp_logits(
-    head: &mut dyn PrototypeHead,
+    head: &mut dyn HeadRunner,
     prototypes: &Prototypes,
     query: &FeatureMap,
     input: InputSize,
@@ -200,8 +195,13 @@ mod tests {
         }
     }
 
-    impl PrototypeHead for DotHead {
-        fn pass(&mut self, query: &FeatureMap, prototype: &[f32]) -> Result<FeatureMap> {
+    impl HeadRunner for DotHead {
+        fn pass(
+            &mut self,
+            query: &FeatureMap,
+            prototype: &[f32],
+            _: Option<&crate::dpnet::SupportMemory>,
+        ) -> Result<FeatureMap> {
             self.passes.push(prototype.to_vec());
             let hw = query.height * query.width;
             let mut out = FeatureMap::zeros(2, query.height, query.width);
@@ -258,7 +258,7 @@ mod tests {
             threshold,
             passes: vec![],
         }
-        .pass(q, p)
+        .pass(q, p, None)
         .unwrap()
     }
 

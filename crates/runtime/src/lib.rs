@@ -23,13 +23,16 @@ pub use support::{compute_prototypes, SupportShotSpec, TargetSpec};
 pub use tract_backend::TractBackend;
 
 use fss_core::bundle::{sha256_file, Dim, GraphSpec, Manifest, TensorSpec, MANIFEST_FILE};
-use fss_core::dpnet::{dpnet_logits, dpnet_prototypes, DualPrototypeHead, SupportMemory};
+use fss_core::choice::Choice;
+use fss_core::dpnet::SupportMemory;
 use fss_core::error::{EdgeError, Result};
+pub use fss_core::method::HeadInputs;
+use fss_core::method::{HeadContract, HeadRunner, Method, MethodOptions};
 use fss_core::model::{FeatureEncoder, ScoringInput};
 use fss_core::preprocess::{prepare_input, InputSize, Normalization};
-use fss_core::prototype::{cosine_logits, panet_prototypes, Prototypes, SupportShot};
-use fss_core::sgone::{sgone_logits, sgone_prototypes, GuidedHead, SgOneKShot};
-use fss_core::smcp::{smcp_logits, PrototypeHead, SmcpGuidance};
+use fss_core::prototype::{Prototypes, SupportShot};
+use fss_core::sgone::SgOneKShot;
+use fss_core::smcp::SmcpGuidance;
 use fss_core::tensor::FeatureMap;
 use image::RgbImage;
 use std::cell::Cell;
@@ -205,26 +208,38 @@ impl Bundle {
         self.manifest.input.normalization()
     }
 
-    /// The bundle's method, if this edge runs it: PANet (cosine scoring in Rust, no head
-    /// graph) or SMCP (a head graph run twice per target, [`fss_core::smcp`]).
-    pub fn method(&self) -> Result<BundleMethod> {
+    /// The bundle's method, if this edge runs it, with the head graph its contract needs
+    /// ([`fss_core::method`]): PANet (cosine scoring in Rust, no head graph), SMCP, SG-One and
+    /// DPNet (a head graph).
+    pub fn method(&self) -> Result<Method> {
         let m = &self.manifest;
-        match (m.method.as_str(), m.graphs.head.is_some()) {
-            ("panet", false) if m.prototype.kind == "panet" => Ok(BundleMethod::Panet),
-            ("smcp", true) => Ok(BundleMethod::Smcp),
-            ("sgone", true) => Ok(BundleMethod::SgOne),
-            ("dpnet", true) => Ok(BundleMethod::DpNet),
-            (m @ ("smcp" | "sgone" | "dpnet"), false) => Err(EdgeError::invalid(
-                &self.manifest_path(),
-                format!("method '{m}' needs a head graph, but graphs.head is null"),
-            )),
-            _ => Err(EdgeError::invalid(
+        let unsupported = || {
+            EdgeError::invalid(
                 &self.manifest_path(),
                 format!(
-                    "method '{}' (prototype kind '{}') is not supported by this edge: it runs PANet, SMCP, SG-One and DPNet bundles",
-                    m.method, m.prototype.kind
+                    "method '{}' (prototype kind '{}') is not supported by this edge: it runs {} bundles",
+                    m.method,
+                    m.prototype.kind,
+                    Method::VARIANTS
+                        .iter()
+                        .map(|(_, name, _)| *name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        };
+        let method = Method::from_name(&m.method).ok_or_else(unsupported)?;
+        match (method.head(), m.graphs.head.is_some()) {
+            (None, false) if m.prototype.kind == m.method => Ok(method),
+            (Some(_), true) => Ok(method),
+            (Some(_), false) => Err(EdgeError::invalid(
+                &self.manifest_path(),
+                format!(
+                    "method '{}' needs a head graph, but graphs.head is null",
+                    m.method
                 ),
             )),
+            _ => Err(unsupported()),
         }
     }
 
@@ -268,15 +283,6 @@ impl Bundle {
         }
         Ok(())
     }
-}
-
-/// The methods this edge runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BundleMethod {
-    Panet,
-    Smcp,
-    SgOne,
-    DpNet,
 }
 
 /// The first 12 characters of a hash (any string: it may come from a damaged file).
@@ -386,46 +392,10 @@ pub struct BundleEncoder {
     output_index: usize,
     /// Sizes whose output shape has been checked.
     checked: Vec<InputSize>,
-    head: MethodHead,
-}
-
-/// How a bundle's method scores query features.
-enum MethodHead {
-    /// Cosine x`scale` against the prototypes, in Rust.
-    Panet { scale: f32 },
-    /// The head graph, two passes per target.
-    Smcp {
-        graph: HeadGraph,
-        guidance: SmcpGuidance,
-    },
-    /// The head graph with guidance vectors; its `guidance` output pools the supports.
-    SgOne { graph: HeadGraph, kshot: SgOneKShot },
-    /// The head graph with the prototype and the support memory, one pass per target.
-    DpNet { graph: HeadGraph },
-}
-
-/// The inputs a head graph takes, in the order the manifest's `graphs.head.inputs` lists them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HeadInputs {
-    /// `features` `[1, C, h, w]`, `prototype` `[1, D]` (SMCP, SG-One).
-    Prototype,
-    /// ... and `support_features` `[1, C, n]`, `support_mask` `[1, n]` (DPNet).
-    PrototypeAndMemory,
-}
-
-impl HeadInputs {
-    fn names(self) -> &'static str {
-        match self {
-            HeadInputs::Prototype => "features, prototype",
-            HeadInputs::PrototypeAndMemory => "features, prototype, support_features, support_mask",
-        }
-    }
-    fn count(self) -> usize {
-        match self {
-            HeadInputs::Prototype => 2,
-            HeadInputs::PrototypeAndMemory => 4,
-        }
-    }
+    method: Method,
+    /// The method's head graph (none for PANet).
+    head: Option<HeadGraph>,
+    options: MethodOptions,
 }
 
 /// A prototype-conditioned head graph: query features `[1, C, h, w]`, a prototype `[1, D]`
@@ -450,9 +420,9 @@ impl HeadGraph {
         backend: Box<dyn InferenceBackend>,
         spec: &GraphSpec,
         channels: usize,
-        inputs: HeadInputs,
-        outputs: usize,
+        contract: HeadContract,
     ) -> Result<HeadGraph> {
+        let HeadContract { inputs, outputs } = contract;
         let graph = backend.graph_path().to_path_buf();
         let names: Vec<&str> = backend.inputs().iter().map(|p| p.name.as_str()).collect();
         let bad = |msg: String| Err(EdgeError::invalid(&graph, msg));
@@ -608,13 +578,16 @@ impl HeadGraph {
     }
 }
 
-impl PrototypeHead for HeadGraph {
-    fn pass(&mut self, query: &FeatureMap, prototype: &[f32]) -> Result<FeatureMap> {
-        Ok(self.pass_with(query, prototype, None)?.0)
+impl HeadRunner for HeadGraph {
+    fn pass(
+        &mut self,
+        query: &FeatureMap,
+        prototype: &[f32],
+        memory: Option<&SupportMemory>,
+    ) -> Result<FeatureMap> {
+        Ok(self.pass_with(query, prototype, memory)?.0)
     }
-}
 
-impl GuidedHead for HeadGraph {
     fn guidance(&mut self, features: &FeatureMap) -> Result<FeatureMap> {
         let gi = self.guidance_index.ok_or_else(|| {
             EdgeError::invalid(
@@ -648,21 +621,6 @@ impl GuidedHead for HeadGraph {
         }
         FeatureMap::new(self.prototype_dim, features.height, features.width, g.data)
     }
-
-    fn pass(&mut self, query: &FeatureMap, vector: &[f32]) -> Result<FeatureMap> {
-        Ok(self.pass_with(query, vector, None)?.0)
-    }
-}
-
-impl DualPrototypeHead for HeadGraph {
-    fn pass(
-        &mut self,
-        query: &FeatureMap,
-        prototype: &[f32],
-        memory: &SupportMemory,
-    ) -> Result<FeatureMap> {
-        Ok(self.pass_with(query, prototype, Some(memory))?.0)
-    }
 }
 
 impl BundleEncoder {
@@ -681,37 +639,23 @@ impl BundleEncoder {
         bundle: Bundle,
         backend: Box<dyn InferenceBackend>,
     ) -> Result<BundleEncoder> {
-        let head = match bundle.method()? {
-            BundleMethod::Panet => MethodHead::Panet {
-                scale: bundle.manifest.prototype.scale,
-            },
-            method => {
-                let path = bundle.head_path().expect("Bundle::method checked the head");
-                let spec = bundle.manifest.graphs.head.clone().expect("checked");
-                let (inputs, outputs) = match method {
-                    BundleMethod::DpNet => (HeadInputs::PrototypeAndMemory, 1),
-                    BundleMethod::SgOne => (HeadInputs::Prototype, 2),
-                    _ => (HeadInputs::Prototype, 1),
-                };
-                let graph = HeadGraph::new(
-                    Box::new(TractBackend::open(&path)?),
-                    &spec,
-                    bundle.manifest.feature.channels,
-                    inputs,
-                    outputs,
-                )?;
-                match method {
-                    BundleMethod::SgOne => MethodHead::SgOne {
-                        graph,
-                        kshot: SgOneKShot::default(),
-                    },
-                    BundleMethod::DpNet => MethodHead::DpNet { graph },
-                    _ => MethodHead::Smcp {
-                        graph,
-                        guidance: SmcpGuidance::default(),
-                    },
-                }
-            }
+        let method = bundle.method()?;
+        let head = match (
+            method.head(),
+            bundle.head_path(),
+            &bundle.manifest.graphs.head,
+        ) {
+            (Some(contract), Some(path), Some(spec)) => Some(HeadGraph::new(
+                Box::new(TractBackend::open(&path)?),
+                spec,
+                bundle.manifest.feature.channels,
+                contract,
+            )?),
+            _ => None,
+        };
+        let options = MethodOptions {
+            panet_scale: bundle.manifest.prototype.scale,
+            ..MethodOptions::default()
         };
         let spec = &bundle.manifest.graphs.encoder;
         let graph = backend.graph_path().to_path_buf();
@@ -748,73 +692,69 @@ impl BundleEncoder {
             backend,
             output_index,
             checked: Vec::new(),
+            method,
             head,
+            options,
         })
     }
 
-    /// Which prototype guides an SMCP bundle's final pass (no effect on PANet bundles).
+    /// The bundle's method.
+    pub fn method(&self) -> Method {
+        self.method
+    }
+
+    /// Which prototype guides an SMCP bundle's final pass (no effect on other bundles).
     pub fn set_smcp_guidance(&mut self, g: SmcpGuidance) {
-        if let MethodHead::Smcp { guidance, .. } = &mut self.head {
-            *guidance = g;
-        }
+        self.options.smcp_guidance = g;
     }
 
     /// How an SG-One bundle combines K shots (no effect on other bundles).
     pub fn set_sgone_kshot(&mut self, k: SgOneKShot) {
-        if let MethodHead::SgOne { kshot, .. } = &mut self.head {
-            *kshot = k;
-        }
+        self.options.sgone_kshot = k;
     }
 
-    /// The method's prototypes of N targets of K shots holding encoder features (PANet and
-    /// SMCP: masked average pools; SG-One: pools of the head's guidance features; DPNet: with
-    /// the support memories).
+    /// The head graph as the method's [`HeadRunner`] (none for PANet).
+    fn runner(&mut self) -> Option<&mut dyn HeadRunner> {
+        self.head.as_mut().map(|h| h as &mut dyn HeadRunner)
+    }
+
+    /// The method's prototypes of N targets of K shots holding encoder features
+    /// ([`Method::prototypes`]).
     pub fn prototypes(&mut self, ways: &[Vec<SupportShot>]) -> Result<Prototypes> {
-        match &mut self.head {
-            MethodHead::Panet { .. } | MethodHead::Smcp { .. } => panet_prototypes(ways),
-            MethodHead::SgOne { graph, .. } => sgone_prototypes(graph, ways),
-            MethodHead::DpNet { .. } => dpnet_prototypes(ways),
-        }
+        let method = self.method;
+        method.prototypes(self.runner(), ways)
     }
 
     /// The features a support's prototype is pooled from (SG-One: the head's guidance
     /// features; every other method: the encoder features themselves).
     pub fn support_features(&mut self, features: FeatureMap) -> Result<FeatureMap> {
-        match &mut self.head {
-            MethodHead::SgOne { graph, .. } => graph.guidance(&features),
-            _ => Ok(features),
-        }
+        let method = self.method;
+        method.support_features(self.runner(), features)
     }
 
     /// Length of the method's prototypes: the feature channels, or SG-One's guidance width.
     pub fn prototype_dim(&self) -> usize {
         match &self.head {
-            MethodHead::SgOne { graph, .. } => graph.prototype_dim,
+            Some(graph) if self.method.pools_guidance() => graph.prototype_dim,
             _ => self.bundle.manifest.feature.channels,
         }
     }
 
     /// Whether a support shot also keeps a support memory (DPNet).
     pub fn keeps_support_memory(&self) -> bool {
-        matches!(self.head, MethodHead::DpNet { .. })
+        self.method.keeps_support_memory()
     }
 
     /// The method's logits `[N + 1, h, w]` at feature resolution for query `features` encoded
-    /// at `input`: PANet's cosine x`scale`, or SMCP's two passes per target.
+    /// at `input` ([`Method::logits`]).
     pub fn head_logits(
         &mut self,
         prototypes: &Prototypes,
         features: &FeatureMap,
         input: InputSize,
     ) -> Result<FeatureMap> {
-        match &mut self.head {
-            MethodHead::Panet { scale } => cosine_logits(features, &prototypes.ordered(), *scale),
-            MethodHead::Smcp { graph, guidance } => {
-                smcp_logits(graph, prototypes, features, input, *guidance)
-            }
-            MethodHead::SgOne { graph, kshot } => sgone_logits(graph, prototypes, features, *kshot),
-            MethodHead::DpNet { graph } => dpnet_logits(graph, prototypes, features),
-        }
+        let (method, options) = (self.method, self.options);
+        method.logits(self.runner(), &options, prototypes, features, input)
     }
 
     pub fn bundle(&self) -> &Bundle {

@@ -350,8 +350,8 @@ pub fn export_bundle_with_head(
         (m, None) => {
             bail!("a {m} bundle needs its trained head (export a --checkpoint of a {m} run)")
         }
-        (m, Some(h)) if h.method_name() != m.name() => {
-            bail!("a {m} bundle cannot carry a {} head", h.method_name())
+        (m, Some(h)) if h.method() != m => {
+            bail!("a {m} bundle cannot carry a {} head", h.method())
         }
         _ => {}
     }
@@ -449,7 +449,7 @@ pub fn export_bundle_with_head(
                 }
             };
             let info = HeadInfo {
-                kind: h.method_name().into(),
+                kind: h.method().name().into(),
                 width: width as usize,
                 dilations,
                 variant: variant.into(),
