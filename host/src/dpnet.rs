@@ -46,11 +46,19 @@
 //! Initialisation: PyTorch's conv default; the PIM gate's bias starts at -4 (gate ~0.02) so
 //! that training starts from the un-gated features.
 
-use crate::layers::{Conv2d, Scope};
+use crate::layers::{emit_conv, emit_conv_relu, Activation, Conv2d, Scope};
+use crate::onnx::{
+    self, attr_int, attr_ints, avg_pool, binary, concat, l2_norm, reduce_attr, reduce_sum, reshape,
+    resize_like, GraphBuilder,
+};
 use crate::panet::{masked_average_pool, IGNORE};
 use crate::sgone::cosine_map;
 use crate::smcp::{pyramid_pool, tile};
+use anyhow::Result;
+use fss_core::method::{port, Method};
 use tch::{nn, Kind, Reduction, Tensor};
+use tract_onnx::pb::tensor_proto::DataType;
+use tract_onnx::pb::ModelProto;
 
 pub const SCOPE: &str = "dpnet_head";
 /// Added under the square root of L2 norms.
@@ -357,6 +365,195 @@ pub fn losses(
         aux: aux.double_value(&[]),
         total,
     }
+}
+
+impl DpNetHead {
+    /// The head graph (the auxiliary classifiers are training-only): query features, the
+    /// prototype and the support memory -> 2-class logits, the ports of [`Method::DpNet`]'s
+    /// contract.
+    pub fn onnx_model(&self) -> Result<ModelProto> {
+        let head = self;
+        let c = head.shape.feature_channels;
+        let (inputs, outputs) = Method::DpNet
+            .head_ports(c as usize, c as usize)
+            .expect("a method with a head graph");
+        let mut g = GraphBuilder::new("dpnet_head");
+        let f = g.input(port::FEATURES, &inputs[0].shape)?;
+        let p = g.input(port::PROTOTYPE, &inputs[1].shape)?;
+        let sf = g.input(port::SUPPORT_FEATURES, &inputs[2].shape)?;
+        let sm = g.input(port::SUPPORT_MASK, &inputs[3].shape)?;
+        let norm_eps = Some(NORM_EPS as f32);
+        // Cycle comparison.
+        let fq = reshape(&mut g, &f, &[1, c, -1], "ccm.fq")?;
+        let nq = l2_norm(&mut g, &fq, 1, norm_eps, "ccm.fq_norm")?;
+        let fqn = binary(&mut g, "Div", &fq, &nq, "ccm.fqn");
+        let ns = l2_norm(&mut g, &sf, 1, norm_eps, "ccm.fs_norm")?;
+        let sn = binary(&mut g, "Div", &sf, &ns, "ccm.fsn");
+        let fqt = g.node(
+            "Transpose",
+            "ccm.fqn_t",
+            &[&fqn],
+            vec![attr_ints("perm", &[0, 2, 1])],
+        );
+        let a = binary(&mut g, "MatMul", &fqt, &sn, "ccm.affinity");
+        let largest = reduce_attr(&mut g, "ReduceMax", &sm, 1, true, "ccm.mask_max");
+        let half = g.scalar_f32("ccm.inside_fraction", INSIDE_FRACTION as f32)?;
+        let thr = binary(&mut g, "Min", &largest, &half, "ccm.inside_threshold");
+        let inside = binary(&mut g, "GreaterOrEqual", &sm, &thr, "ccm.inside_bool");
+        let inside = g.node(
+            "Cast",
+            "ccm.inside",
+            &[&inside],
+            vec![attr_int("to", DataType::Float as i64)],
+        );
+        let inside3 = reshape(&mut g, &inside, &[1, 1, -1], "ccm.inside3")?;
+        let big = g.scalar_f32("ccm.offset", MASK_OFFSET as f32)?;
+        let one = g.scalar_f32("ccm.one", 1.0)?;
+        let outside_neg = binary(&mut g, "Sub", &inside3, &one, "ccm.inside_minus_one");
+        let off_in = binary(&mut g, "Mul", &outside_neg, &big, "ccm.off_in");
+        let a_in = binary(&mut g, "Add", &a, &off_in, "ccm.a_in");
+        let in_max = reduce_attr(&mut g, "ReduceMax", &a_in, 2, false, "ccm.in_max");
+        let off_out = binary(&mut g, "Mul", &inside3, &big, "ccm.off_out");
+        let a_out = binary(&mut g, "Sub", &a, &off_out, "ccm.a_out");
+        let out_max = reduce_attr(&mut g, "ReduceMax", &a_out, 2, false, "ccm.out_max");
+        let cycle = binary(
+            &mut g,
+            "GreaterOrEqual",
+            &in_max,
+            &out_max,
+            "ccm.cycle_bool",
+        );
+        let cycle = g.node(
+            "Cast",
+            "ccm.cycle",
+            &[&cycle],
+            vec![attr_int("to", DataType::Float as i64)],
+        );
+        let p3 = reshape(&mut g, &p, &[1, c, 1], "ccm.p3")?;
+        let np3 = l2_norm(&mut g, &p3, 1, norm_eps, "ccm.p_norm")?;
+        let pn = binary(&mut g, "Div", &p3, &np3, "ccm.pn");
+        let prod = binary(&mut g, "Mul", &fqn, &pn, "ccm.sim_prod");
+        let sim = reduce_sum(&mut g, &prod, 1, false, "ccm.similarity")?;
+        let mean = reduce_attr(&mut g, "ReduceMean", &sim, 1, true, "ccm.similarity_mean");
+        let above = binary(&mut g, "GreaterOrEqual", &sim, &mean, "ccm.above_bool");
+        let above = g.node(
+            "Cast",
+            "ccm.above",
+            &[&above],
+            vec![attr_int("to", DataType::Float as i64)],
+        );
+        let sel = binary(&mut g, "Mul", &cycle, &above, "ccm.selected");
+        let sel3 = reshape(&mut g, &sel, &[1, 1, -1], "ccm.selected3")?;
+        let weighted = binary(&mut g, "Mul", &fq, &sel3, "ccm.weighted");
+        let num = reduce_sum(&mut g, &weighted, 2, false, "ccm.num_sum")?;
+        let eps = g.scalar_f32("ccm.select_eps", SELECT_EPS as f32)?;
+        let pe = binary(&mut g, "Mul", &p, &eps, "ccm.p_eps");
+        let num = binary(&mut g, "Add", &num, &pe, "ccm.num");
+        let den = reduce_sum(&mut g, &sel, 1, true, "ccm.count")?;
+        let den = binary(&mut g, "Add", &den, &eps, "ccm.den");
+        let pq = binary(&mut g, "Div", &num, &den, "pseudo_prototype");
+        // Prototype interaction.
+        let np = l2_norm(&mut g, &p, 1, norm_eps, "pim.p_norm")?;
+        let npq = l2_norm(&mut g, &pq, 1, norm_eps, "pim.pq_norm")?;
+        let norms = binary(&mut g, "Mul", &np, &npq, "pim.norms");
+        let ppq = binary(&mut g, "Mul", &p, &pq, "pim.p_pq");
+        let corr = binary(&mut g, "Div", &ppq, &norms, "pim.corr_unit");
+        let cs = g.scalar_f32("pim.channels", c as f32)?;
+        let corr = binary(&mut g, "Mul", &corr, &cs, "pim.corr");
+        let corr4 = reshape(&mut g, &corr, &[1, c, 1, 1], "pim.corr4")?;
+        let gate = emit_conv(&mut g, &head.gate, None, Activation::None, &corr4)?;
+        let gate = g.node("Sigmoid", "pim.sigmoid", &[&gate], vec![]);
+        let gain = binary(&mut g, "Add", &gate, &one, "pim.gain");
+        let f2 = binary(&mut g, "Mul", &f, &gain, "pim.features");
+        let p4 = reshape(&mut g, &p, &[1, c, 1, 1], "pim.p4")?;
+        let p2 = binary(&mut g, "Mul", &p4, &gain, "pim.prototype");
+        let pq4 = reshape(&mut g, &pq, &[1, c, 1, 1], "pim.pq4")?;
+        let pq2 = binary(&mut g, "Mul", &pq4, &gain, "pim.pseudo_prototype");
+        // Multi-scale fusion.
+        let x1 = emit_conv_relu(&mut g, &head.reduce, &f2)?;
+        let pr = emit_conv_relu(&mut g, &head.reduce, &p2)?;
+        let pqr = emit_conv_relu(&mut g, &head.reduce, &pq2)?;
+        let x2 = avg_pool(&mut g, &x1, "msf.pool2");
+        let x3 = avg_pool(&mut g, &x2, "msf.pool4");
+        let mut acc: Option<String> = None;
+        for (i, xs) in [&x1, &x2, &x3].into_iter().enumerate() {
+            let base = format!("msf{}", 1 << i);
+            // The 1x1 merge conv over concat[x, tile(P), tile(P_q), cos, cos] as the sum of its
+            // slices: the prototype terms are computed once at 1x1 and broadcast (the same
+            // function; it also keeps tract's optimizer off a broadcast it cannot rewrite).
+            let w = head.shape.width;
+            let parts = split_input_channels(&head.merge[i], &[w, w, w, 2]);
+            let cp = onnx::cosine_map(
+                &mut g,
+                xs,
+                &pr,
+                crate::sgone::COSINE_EPS as f32,
+                &format!("{base}.cos_p"),
+            )?;
+            let cq = onnx::cosine_map(
+                &mut g,
+                xs,
+                &pqr,
+                crate::sgone::COSINE_EPS as f32,
+                &format!("{base}.cos_pq"),
+            )?;
+            let cos = concat(&mut g, &[&cp, &cq], &format!("{base}.cosines"));
+            let tx = emit_conv(&mut g, &parts[0], None, Activation::None, xs)?;
+            let tp = emit_conv(&mut g, &parts[1], None, Activation::None, &pr)?;
+            let tq = emit_conv(&mut g, &parts[2], None, Activation::None, &pqr)?;
+            let tc = emit_conv(&mut g, &parts[3], None, Activation::None, &cos)?;
+            let y = binary(&mut g, "Add", &tx, &tp, &format!("{base}.merge_p"));
+            let y = binary(&mut g, "Add", &y, &tq, &format!("{base}.merge_pq"));
+            let y = binary(&mut g, "Add", &y, &tc, &format!("{base}.merge_cos"));
+            let y = g.node("Relu", &format!("{base}.merge_relu"), &[&y], vec![]);
+            let y = emit_conv_relu(&mut g, &head.refine[i], &y)?;
+            let y = if i == 0 {
+                y
+            } else {
+                resize_like(&mut g, &y, &x1, &format!("{base}.up"))
+            };
+            acc = Some(match acc {
+                None => y,
+                Some(a) => binary(&mut g, "Add", &a, &y, "msf.sum"),
+            });
+        }
+        let mut d = acc.expect("three scales");
+        for conv in &head.decoder {
+            d = emit_conv_relu(&mut g, conv, &d)?;
+        }
+        let logits = emit_conv(&mut g, &head.classifier, None, Activation::None, &d)?;
+        g.output(&logits, port::LOGITS, &outputs[0].shape)?;
+        Ok(g.into_model(
+        "DPNet head (reconstruction): query features + prototype + support memory -> 2-class logits",
+    ))
+    }
+}
+
+/// A conv without groups split by input channels into convs over consecutive slices of
+/// `sizes` channels; the bias goes with the first slice.
+fn split_input_channels(conv: &Conv2d, sizes: &[i64]) -> Vec<Conv2d> {
+    let mut start = 0;
+    sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            let part = Conv2d {
+                name: format!("{}.in{start}", conv.name),
+                weight: conv.weight.narrow(1, start, n).contiguous(),
+                bias: if i == 0 {
+                    conv.bias.as_ref().map(|b| b.shallow_clone())
+                } else {
+                    None
+                },
+                stride: conv.stride,
+                padding: conv.padding,
+                dilation: conv.dilation,
+                groups: conv.groups,
+            };
+            start += n;
+            part
+        })
+        .collect()
 }
 
 #[cfg(test)]

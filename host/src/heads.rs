@@ -68,6 +68,31 @@ impl MethodHead {
         })
     }
 
+    /// The head graph, written beside each head's tch forward.
+    pub fn onnx_model(&self) -> anyhow::Result<tract_onnx::pb::ModelProto> {
+        match self {
+            MethodHead::Smcp(h) => h.onnx_model(),
+            MethodHead::SgOne(h) => h.onnx_model(),
+            MethodHead::DpNet(h) => h.onnx_model(),
+        }
+    }
+
+    /// The feature channels and the prototype length the head takes (SG-One's prototype is
+    /// its guidance vector, of the head width).
+    pub fn port_sizes(&self) -> (usize, usize) {
+        match self {
+            MethodHead::Smcp(h) => {
+                let c = h.shape.feature_channels as usize;
+                (c, c)
+            }
+            MethodHead::SgOne(h) => (h.shape.feature_channels as usize, h.shape.width as usize),
+            MethodHead::DpNet(h) => {
+                let c = h.shape.feature_channels as usize;
+                (c, c)
+            }
+        }
+    }
+
     /// The method the head belongs to.
     pub fn method(&self) -> Method {
         match self {

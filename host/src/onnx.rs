@@ -299,3 +299,126 @@ pub fn tensor_f32(t: &Tensor) -> Result<Vec<f32>> {
         .contiguous();
     Vec::<f32>::try_from(&t.flatten(0, -1)).map_err(|e| anyhow!("reading a tensor: {e}"))
 }
+
+// Graph helpers of the head graphs: small node patterns written once.
+
+/// An int64 vector initializer.
+pub fn int64s(g: &mut GraphBuilder, base: &str, v: &[i64]) -> Result<String> {
+    g.initializer_raw(
+        base,
+        &[v.len() as i64],
+        DataType::Int64,
+        v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    )
+}
+
+/// A two-input node (`Add`, `Mul`, `MatMul`, ...).
+pub fn binary(g: &mut GraphBuilder, op: &str, a: &str, b: &str, base: &str) -> String {
+    g.node(op, base, &[a, b], vec![])
+}
+
+/// `Reshape` to a fixed `shape`.
+pub fn reshape(g: &mut GraphBuilder, x: &str, shape: &[i64], base: &str) -> Result<String> {
+    let s = int64s(g, &format!("{base}.shape"), shape)?;
+    Ok(g.node("Reshape", base, &[x, &s], vec![]))
+}
+
+/// `Concat` along channels.
+pub fn concat(g: &mut GraphBuilder, xs: &[&str], base: &str) -> String {
+    g.node("Concat", base, xs, vec![attr_int("axis", 1)])
+}
+
+/// `ReduceSum(x, axes = [axis])` (opset 13+: axes as an input).
+pub fn reduce_sum(
+    g: &mut GraphBuilder,
+    x: &str,
+    axis: i64,
+    keep: bool,
+    base: &str,
+) -> Result<String> {
+    let axes = int64s(g, &format!("{base}.axes"), &[axis])?;
+    Ok(g.node(
+        "ReduceSum",
+        base,
+        &[x, &axes],
+        vec![attr_int("keepdims", keep as i64)],
+    ))
+}
+
+/// `ReduceMax` / `ReduceMean` (opset 17: axes as an attribute).
+pub fn reduce_attr(
+    g: &mut GraphBuilder,
+    op: &str,
+    x: &str,
+    axis: i64,
+    keep: bool,
+    base: &str,
+) -> String {
+    g.node(
+        op,
+        base,
+        &[x],
+        vec![
+            attr_ints("axes", &[axis]),
+            attr_int("keepdims", keep as i64),
+        ],
+    )
+}
+
+/// `sqrt(sum x^2 over axis (+ eps))`, kept dims.
+pub fn l2_norm(
+    g: &mut GraphBuilder,
+    x: &str,
+    axis: i64,
+    eps: Option<f32>,
+    base: &str,
+) -> Result<String> {
+    let sq = binary(g, "Mul", x, x, &format!("{base}.sq"));
+    let mut s = reduce_sum(g, &sq, axis, true, &format!("{base}.sum"))?;
+    if let Some(e) = eps {
+        let e = g.scalar_f32(&format!("{base}.eps"), e)?;
+        s = binary(g, "Add", &s, &e, &format!("{base}.add_eps"));
+    }
+    Ok(g.node("Sqrt", &format!("{base}.sqrt"), &[&s], vec![]))
+}
+
+/// `cos(x, v) = dot / (|x| |v| + eps)` over channels: `x` `[1, W, h, w]`, `v4` `[1, W, 1, 1]`.
+pub fn cosine_map(g: &mut GraphBuilder, x: &str, v4: &str, eps: f32, base: &str) -> Result<String> {
+    let xv = binary(g, "Mul", x, v4, &format!("{base}.xv"));
+    let dot = reduce_sum(g, &xv, 1, true, &format!("{base}.dot"))?;
+    let nx = l2_norm(g, x, 1, None, &format!("{base}.nx"))?;
+    let nv = l2_norm(g, v4, 1, None, &format!("{base}.nv"))?;
+    let den = binary(g, "Mul", &nx, &nv, &format!("{base}.nxnv"));
+    let eps = g.scalar_f32(&format!("{base}.eps"), eps)?;
+    let den = binary(g, "Add", &den, &eps, &format!("{base}.den"));
+    Ok(binary(g, "Div", &dot, &den, &format!("{base}.cos")))
+}
+
+/// `AveragePool` k3 s2 p1 with the padding counted (torch's `avg_pool2d` defaults).
+pub fn avg_pool(g: &mut GraphBuilder, x: &str, base: &str) -> String {
+    g.node(
+        "AveragePool",
+        base,
+        &[x],
+        vec![
+            attr_ints("kernel_shape", &[3, 3]),
+            attr_ints("strides", &[2, 2]),
+            attr_ints("pads", &[1, 1, 1, 1]),
+            attr_int("count_include_pad", 1),
+        ],
+    )
+}
+
+/// Bilinear (half-pixel) resize of `x` to the shape of `like` (same batch and channels).
+pub fn resize_like(g: &mut GraphBuilder, x: &str, like: &str, base: &str) -> String {
+    let sizes = g.node("Shape", &format!("{base}.sizes"), &[like], vec![]);
+    g.node(
+        "Resize",
+        base,
+        &[x, "", "", &sizes],
+        vec![
+            attr_string("mode", "linear"),
+            attr_string("coordinate_transformation_mode", "half_pixel"),
+        ],
+    )
+}

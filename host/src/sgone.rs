@@ -29,9 +29,15 @@
 //!
 //! Cosine: `dot / (|G| |v| + 1e-8)`, written the same way in the exported graph.
 
-use crate::layers::{Conv2d, Conv2dConfig, ConvInit, Padding, Scope};
+use crate::layers::{
+    emit_conv, emit_conv_relu, Activation, Conv2d, Conv2dConfig, ConvInit, Padding, Scope,
+};
+use crate::onnx::{self, binary, concat, reshape, GraphBuilder};
 use crate::panet::{masked_average_pool, IGNORE};
+use anyhow::Result;
+use fss_core::method::{port, Method};
 use tch::{nn, Kind, Reduction, Tensor};
+use tract_onnx::pb::ModelProto;
 
 /// The parameter scope of the head inside a checkpoint.
 pub const SCOPE: &str = "sgone_head";
@@ -260,6 +266,44 @@ pub fn losses(
     SgOneLosses {
         query: total.double_value(&[]),
         total,
+    }
+}
+
+impl SgOneHead {
+    /// The head graph: query features and a guidance vector -> 2-class logits and the guidance
+    /// features, the ports of [`Method::SgOne`]'s contract.
+    pub fn onnx_model(&self) -> Result<ModelProto> {
+        let head = self;
+        if head.shape.variant == SgOneVariant::Code {
+            anyhow::bail!(
+            "an SG-One model of the `code` variant cannot be exported: its padding-1 exit conv gives (h + 2) x (w + 2) logits, off the feature grid the edge head contract needs (train with --sgone-variant paper)"
+        );
+        }
+        let w = head.shape.width;
+        let (inputs, outputs) = Method::SgOne
+            .head_ports(head.shape.feature_channels as usize, w as usize)
+            .expect("a method with a head graph");
+        let mut g = GraphBuilder::new("sgone_head");
+        let f = g.input(port::FEATURES, &inputs[0].shape)?;
+        let v = g.input(port::PROTOTYPE, &inputs[1].shape)?;
+        let g1 = emit_conv_relu(&mut g, &head.guide[0], &f)?;
+        let g2 = emit_conv_relu(&mut g, &head.guide[1], &g1)?;
+        let guidance = emit_conv(&mut g, &head.cls, None, Activation::None, &g2)?;
+        let s3 = emit_conv_relu(&mut g, &head.seg[0], &f)?;
+        let c4 = concat(&mut g, &[&s3, &g1], "seg4.input");
+        let s4 = emit_conv_relu(&mut g, &head.seg[1], &c4)?;
+        let c5 = concat(&mut g, &[&s4, &g2], "seg5.input");
+        let s5 = emit_conv(&mut g, &head.seg[2], None, Activation::None, &c5)?;
+        let v4 = reshape(&mut g, &v, &[1, w, 1, 1], "vector_4d")?;
+        let sim = onnx::cosine_map(&mut g, &guidance, &v4, COSINE_EPS as f32, "similarity")?;
+        let z = binary(&mut g, "Mul", &s5, &sim, "guided");
+        let h = emit_conv_relu(&mut g, &head.fuse, &z)?;
+        let logits = emit_conv(&mut g, &head.exit, None, Activation::None, &h)?;
+        g.output(&logits, port::LOGITS, &outputs[0].shape)?;
+        g.output(&guidance, port::GUIDANCE, &outputs[1].shape)?;
+        Ok(g.into_model(
+            "SG-One head: query features + guidance vector -> 2-class logits, guidance features",
+        ))
     }
 }
 

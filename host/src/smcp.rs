@@ -18,9 +18,14 @@
 //! the paper says; `code` reproduces the official code, whose support branch skips PFF
 //! (methods.md §10.3). The training schedule of each variant is set by the trainer (`train.rs`).
 
-use crate::layers::{Conv2d, Conv2dConfig, ConvInit, Scope};
+use crate::layers::{emit_conv, emit_conv_relu, Activation, Conv2d, Conv2dConfig, ConvInit, Scope};
+use crate::onnx::{attr_int, avg_pool, resize_like, GraphBuilder};
 use crate::panet::{masked_average_pool, IGNORE};
+use anyhow::Result;
+use fss_core::method::{port, Method};
 use tch::{nn, Kind, Reduction, Tensor};
+use tract_onnx::pb::tensor_proto::DataType;
+use tract_onnx::pb::ModelProto;
 
 /// Weight of the multi-class loss (λ_mcl, methods.md §5.2).
 pub const MCL_WEIGHT: f64 = 0.1;
@@ -342,6 +347,77 @@ pub fn losses(
         support: support.double_value(&[]),
         multi_class: multi.double_value(&[]),
         total,
+    }
+}
+
+impl Aspp {
+    /// The branches' convs on `x`, summed (`{base}.sum`); returns the output tensor name.
+    pub fn emit(&self, g: &mut GraphBuilder, x: &str, base: &str) -> Result<String> {
+        let mut acc = emit_conv(g, &self.branches[0], None, Activation::None, x)?;
+        for b in &self.branches[1..] {
+            let y = emit_conv(g, b, None, Activation::None, x)?;
+            acc = g.node("Add", &format!("{base}.sum"), &[&acc, &y], vec![]);
+        }
+        Ok(acc)
+    }
+}
+
+impl SmcpHead {
+    /// The head graph (its inference part; the multi-class head is training-only): query
+    /// features and a prototype -> 2-class logits, the ports of [`Method::Smcp`]'s contract.
+    pub fn onnx_model(&self) -> Result<ModelProto> {
+        let head = self;
+        let c = head.shape.feature_channels as usize;
+        let (inputs, outputs) = Method::Smcp
+            .head_ports(c, c)
+            .expect("a method with a head graph");
+        let mut g = GraphBuilder::new("smcp_head");
+        let f = g.input(port::FEATURES, &inputs[0].shape)?;
+        let p = g.input(port::PROTOTYPE, &inputs[1].shape)?;
+        // tile(p) over the feature grid.
+        let shape4 = g.initializer_raw(
+            "prototype_shape",
+            &[4],
+            DataType::Int64,
+            [1i64, c as i64, 1, 1]
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect(),
+        )?;
+        let p4 = g.node("Reshape", "prototype_4d", &[&p, &shape4], vec![]);
+        let fshape = g.node("Shape", "features_shape", &[&f], vec![]);
+        let tiled = g.node("Expand", "prototype_tiled", &[&p4, &fshape], vec![]);
+        let x = g.node(
+            "Concat",
+            "fusion_input",
+            &[&f, &tiled],
+            vec![attr_int("axis", 1)],
+        );
+        let x = emit_conv_relu(&mut g, &head.feat_rd, &x)?;
+        // PFF.
+        let pff = &head.pff;
+        let x2 = avg_pool(&mut g, &x, "pff.pool2");
+        let x3 = avg_pool(&mut g, &x2, "pff.pool4");
+        let a1 = emit_conv_relu(&mut g, &pff.scales[0], &x)?;
+        let a2 = emit_conv_relu(&mut g, &pff.scales[1], &x2)?;
+        let a2 = resize_like(&mut g, &a2, &a1, "pff.up2");
+        let a3 = emit_conv_relu(&mut g, &pff.scales[2], &x3)?;
+        let a3 = resize_like(&mut g, &a3, &a1, "pff.up4");
+        let y = g.node("Add", "pff.sum", &[&a1, &a2], vec![]);
+        let mut y = g.node("Add", "pff.sum", &[&y, &a3], vec![]);
+        for conv in &pff.fuse {
+            y = emit_conv_relu(&mut g, conv, &y)?;
+        }
+        for r in &pff.residual {
+            let h = emit_conv_relu(&mut g, &r.reduce, &y)?;
+            let h = emit_conv_relu(&mut g, &r.mid, &h)?;
+            let h = emit_conv(&mut g, &r.expand, None, Activation::None, &h)?;
+            let s = g.node("Add", &format!("{}.add", r.expand.name), &[&y, &h], vec![]);
+            y = g.node("Relu", &format!("{}.relu", r.expand.name), &[&s], vec![]);
+        }
+        let logits = head.binary.emit(&mut g, &y, "binary")?;
+        g.output(&logits, port::LOGITS, &outputs[0].shape)?;
+        Ok(g.into_model("SMCP head: query features + prototype -> 2-class logits"))
     }
 }
 

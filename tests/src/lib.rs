@@ -6,6 +6,7 @@ pub mod fixture_files;
 pub mod testkit;
 
 use image::{GrayImage, Luma, Rgb, RgbImage};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// A temporary directory removed on drop.
@@ -374,8 +375,10 @@ pub fn free_port() -> u16 {
 }
 
 /// A workspace binary built by `cargo test --workspace` next to the running test executable.
-/// A missing binary, or one older than any source it is built from (the libraries, `host`,
-/// `edge`, the manifests, `Cargo.lock`), fails the test: these tests never run a stale build.
+/// A missing binary, or one older than any source it is built from (the libraries, its own
+/// crate — `host/` or `edge/` —, the manifests, `Cargo.lock`), fails the test: these tests never
+/// run a stale build. (`edge` does not depend on `host`, nor `host` on `edge`: cargo leaves one
+/// unlinked when only the other's sources change.)
 pub fn workspace_binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(|d| d.parent()).unwrap();
@@ -387,15 +390,27 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     );
     let built = std::fs::metadata(&p).and_then(|m| m.modified()).unwrap();
     // The sources are walked once per test process, not once per binary started.
-    static NEWEST: std::sync::OnceLock<Option<(PathBuf, std::time::SystemTime)>> =
+    type Newest = Option<(PathBuf, std::time::SystemTime)>;
+    static NEWEST: std::sync::OnceLock<std::sync::Mutex<HashMap<String, Newest>>> =
         std::sync::OnceLock::new();
-    let newest = NEWEST.get_or_init(|| {
-        let root = workspace_root();
-        ["crates", "host", "edge", "Cargo.lock", "Cargo.toml"]
-            .iter()
-            .filter_map(|s| newest_source(&root.join(s)))
-            .max_by_key(|(_, t)| *t)
-    });
+    let newest = NEWEST
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap()
+        .entry(name.to_string())
+        .or_insert_with(|| {
+            let root = workspace_root();
+            let own = if root.join(name).is_dir() {
+                name
+            } else {
+                "crates"
+            };
+            ["crates", own, "Cargo.lock", "Cargo.toml"]
+                .iter()
+                .filter_map(|s| newest_source(&root.join(s)))
+                .max_by_key(|(_, t)| *t)
+        })
+        .clone();
     if let Some((newer, _)) = newest.as_ref().filter(|(_, t)| *t > built) {
         panic!(
             "{} is older than {}: rebuild it (`cargo test --workspace` or cargo build -p host -p edge)",

@@ -10,6 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::bundle::{Dim, TensorSpec};
 use crate::dpnet::{dpnet_logits, dpnet_prototypes, SupportMemory};
 use crate::error::{EdgeError, Result};
 use crate::preprocess::InputSize;
@@ -90,6 +91,65 @@ pub struct HeadContract {
     pub outputs: usize,
 }
 
+/// The port names of the head graphs.
+pub mod port {
+    /// Query features `[1, C, h, w]`.
+    pub const FEATURES: &str = "features";
+    /// The prototype `[1, D]` (C, or SG-One's guidance width).
+    pub const PROTOTYPE: &str = "prototype";
+    /// DPNet's support memory: features `[1, C, n]` and mask cover `[1, n]`.
+    pub const SUPPORT_FEATURES: &str = "support_features";
+    pub const SUPPORT_MASK: &str = "support_mask";
+    /// Logits `[1, 2, h, w]` (background, foreground) at feature resolution.
+    pub const LOGITS: &str = "logits";
+    /// SG-One's guidance features `[1, D, h, w]`.
+    pub const GUIDANCE: &str = "guidance";
+}
+
+impl HeadContract {
+    /// The ports with their shapes, as the manifest's `graphs.head` lists them, for
+    /// `channels`-channel features and `prototype_dim`-value prototypes: `h`, `w` (and DPNet's
+    /// memory length `n`) symbolic, so one graph serves every input size.
+    pub fn ports(
+        self,
+        channels: usize,
+        prototype_dim: usize,
+    ) -> (Vec<TensorSpec>, Vec<TensorSpec>) {
+        let map = |name: &str, c: usize| TensorSpec {
+            name: name.into(),
+            shape: vec![
+                Dim::Fixed(1),
+                Dim::Fixed(c),
+                Dim::Symbol("h".into()),
+                Dim::Symbol("w".into()),
+            ],
+        };
+        let n = || Dim::Symbol("n".into());
+        let mut inputs = vec![
+            map(port::FEATURES, channels),
+            TensorSpec {
+                name: port::PROTOTYPE.into(),
+                shape: vec![Dim::Fixed(1), Dim::Fixed(prototype_dim)],
+            },
+        ];
+        if self.inputs == HeadInputs::PrototypeAndMemory {
+            inputs.push(TensorSpec {
+                name: port::SUPPORT_FEATURES.into(),
+                shape: vec![Dim::Fixed(1), Dim::Fixed(channels), n()],
+            });
+            inputs.push(TensorSpec {
+                name: port::SUPPORT_MASK.into(),
+                shape: vec![Dim::Fixed(1), n()],
+            });
+        }
+        let mut outputs = vec![map(port::LOGITS, 2)];
+        if self.outputs == 2 {
+            outputs.push(map(port::GUIDANCE, prototype_dim));
+        }
+        (inputs, outputs)
+    }
+}
+
 /// A method's head, run by whoever holds it: the head in tch on the host, the head graph in
 /// tract on the edge. One pass scores query features against one prototype.
 pub trait HeadRunner {
@@ -145,6 +205,16 @@ impl Method {
                 outputs: 1,
             }),
         }
+    }
+
+    /// The head graph's ports with their shapes ([`HeadContract::ports`]), or `None` for a
+    /// method without a head.
+    pub fn head_ports(
+        self,
+        channels: usize,
+        prototype_dim: usize,
+    ) -> Option<(Vec<TensorSpec>, Vec<TensorSpec>)> {
+        self.head().map(|h| h.ports(channels, prototype_dim))
     }
 
     /// Head passes per target for one frame, at most (SMCP: two, the second skipped when the

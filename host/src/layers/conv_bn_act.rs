@@ -246,3 +246,8 @@ impl QuantConv {
         })
     }
 }
+
+/// `Conv` then `Relu` (a head conv without BatchNorm).
+pub fn emit_conv_relu(g: &mut GraphBuilder, conv: &Conv2d, x: &str) -> Result<String> {
+    emit_conv(g, conv, None, Activation::Relu, x)
+}

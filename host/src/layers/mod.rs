@@ -44,7 +44,7 @@ pub mod pool;
 pub use activation::Activation;
 pub use batch_norm::{fold_conv_bn, BatchNorm2d, FoldedConv};
 pub use conv::{Conv2d, Conv2dConfig, ConvInit, Padding};
-pub use conv_bn_act::{emit_conv, ConvBnAct, ConvRanges, QuantConv};
+pub use conv_bn_act::{emit_conv, emit_conv_relu, ConvBnAct, ConvRanges, QuantConv};
 pub use inverted_residual::InvertedResidual;
 pub use linear::Linear;
 pub use pool::{GlobalAvgPool, MaxPool2d};
