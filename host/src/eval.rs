@@ -8,10 +8,10 @@ use crate::run::{initial_weights, method_head, RunRecord, FEATURE_STRIDE};
 use crate::tensors::tensor_to_maps;
 use anyhow::{bail, Result};
 use fss_core::choice::Choice;
-use fss_core::method::{HeadRunner, MethodOptions};
+use fss_core::method::{HeadRunner, MethodOptions, SupportState};
 use fss_core::model::{FeatureEncoder, ScoringInput};
 use fss_core::preprocess::{InputSize, Normalization};
-use fss_core::prototype::{Prototypes, SupportShot};
+use fss_core::prototype::SupportShot;
 use fss_core::report::EvalReport;
 use fss_core::sgone::SgOneKShot;
 use fss_core::smcp::SmcpGuidance;
@@ -110,7 +110,7 @@ impl FeatureEncoder for TchEncoder {
 
     fn head_logits(
         &mut self,
-        prototypes: &Prototypes,
+        support: &SupportState,
         query: &FeatureMap,
         input: InputSize,
     ) -> fss_core::Result<FeatureMap> {
@@ -124,13 +124,13 @@ impl FeatureEncoder for TchEncoder {
         self.method().logits(
             runner.as_mut().map(|r| r as &mut dyn HeadRunner),
             &options,
-            prototypes,
+            support,
             query,
             input,
         )
     }
 
-    fn prototypes(&mut self, ways: &[Vec<SupportShot>]) -> fss_core::Result<Prototypes> {
+    fn prototypes(&mut self, ways: &[Vec<SupportShot>]) -> fss_core::Result<SupportState> {
         let device = self.backbone.device();
         let mut runner = self.head.as_ref().map(|head| TchHead { head, device });
         self.method()

@@ -242,11 +242,10 @@ fn two_pass_logits_agree(
     let mut second_passes = 0;
     for cell in 0..features.height * features.width {
         let p: Vec<f32> = (0..c).map(|ch| features.plane(ch)[cell]).collect();
-        let protos = Prototypes {
+        let protos = fss_core::method::SupportState::Smcp(Prototypes {
             background: vec![0.0; c],
             foreground: vec![p.clone()],
-            ..Prototypes::default()
-        };
+        });
         let a = tch_model.head_logits(&protos, &features, size).unwrap();
         let b = FeatureEncoder::head_logits(tract_model, &protos, &features, size).unwrap();
         let scale = a.data.iter().fold(1f32, |m, v| m.max(v.abs()));

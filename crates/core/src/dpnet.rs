@@ -127,34 +127,44 @@ pub fn support_memory(shots: &[SupportShot]) -> Result<SupportMemory> {
     concat_memories(&parts.iter().collect::<Vec<_>>())
 }
 
-/// PANet-style prototypes (the foreground ones are DPNet's `P`) plus each target's memory.
-pub fn dpnet_prototypes(ways: &[Vec<SupportShot>]) -> Result<Prototypes> {
-    let mut protos = panet_prototypes(ways)?;
-    protos.memories = ways
-        .iter()
-        .map(|shots| support_memory(shots))
-        .collect::<Result<_>>()?;
-    Ok(protos)
+/// DPNet's support state: PANet-style prototypes (the foreground ones are DPNet's `P`) and each
+/// target's support memory.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct DualSupport {
+    pub prototypes: Prototypes,
+    pub memories: Vec<SupportMemory>,
+}
+
+/// The prototypes and the support memory of N targets of K shots.
+pub fn dpnet_prototypes(ways: &[Vec<SupportShot>]) -> Result<DualSupport> {
+    Ok(DualSupport {
+        prototypes: panet_prototypes(ways)?,
+        memories: ways
+            .iter()
+            .map(|shots| support_memory(shots))
+            .collect::<Result<_>>()?,
+    })
 }
 
 /// N-way logits `[N + 1, h, w]` (module doc).
 pub fn dpnet_logits(
     head: &mut dyn HeadRunner,
-    prototypes: &Prototypes,
+    support: &DualSupport,
     query: &FeatureMap,
 ) -> Result<FeatureMap> {
-    if prototypes.memories.len() != prototypes.foreground.len() {
+    let prototypes = &support.prototypes;
+    if support.memories.len() != prototypes.foreground.len() {
         return Err(EdgeError::input(format!(
             "DPNet needs a support memory per target: {} targets, {} memories (prototypes computed for another method?)",
             prototypes.foreground.len(),
-            prototypes.memories.len()
+            support.memories.len()
         )));
     }
     let mut out = FeatureMap::zeros(prototypes.foreground.len() + 1, query.height, query.width);
     for (i, (p, m)) in prototypes
         .foreground
         .iter()
-        .zip(&prototypes.memories)
+        .zip(&support.memories)
         .enumerate()
     {
         let logits = head.pass(query, p, Some(m))?;
@@ -232,10 +242,12 @@ mod tests {
                 unreachable!()
             }
         }
-        let p = Prototypes {
-            background: vec![0.0],
-            foreground: vec![vec![1.0]],
-            ..Prototypes::default()
+        let p = DualSupport {
+            prototypes: Prototypes {
+                background: vec![0.0],
+                foreground: vec![vec![1.0]],
+            },
+            memories: Vec::new(),
         };
         let e = dpnet_logits(&mut Never, &p, &FeatureMap::zeros(1, 2, 2)).unwrap_err();
         assert!(e.to_string().contains("support memory"), "{e}");

@@ -11,11 +11,11 @@
 use serde::{Deserialize, Serialize};
 
 use crate::bundle::{Dim, TensorSpec};
-use crate::dpnet::{dpnet_logits, dpnet_prototypes, SupportMemory};
+use crate::dpnet::{dpnet_logits, dpnet_prototypes, DualSupport, SupportMemory};
 use crate::error::{EdgeError, Result};
 use crate::preprocess::InputSize;
 use crate::prototype::{cosine_logits, panet_prototypes, Prototypes, SupportShot, PANET_SCALE};
-use crate::sgone::{sgone_logits, sgone_prototypes, SgOneKShot};
+use crate::sgone::{sgone_logits, sgone_prototypes, GuidanceVectors, SgOneKShot};
 use crate::smcp::{smcp_logits, SmcpGuidance};
 use crate::tensor::FeatureMap;
 
@@ -171,6 +171,128 @@ pub trait HeadRunner {
     }
 }
 
+/// What the supports leave for scoring, one type per method: PANet's and SMCP's prototypes,
+/// SG-One's guidance vectors, DPNet's prototypes with the support memories. Every state has the
+/// shared vectors ([`SupportState::prototypes`]: one background and one foreground vector per
+/// target); caches store it in one form ([`StoredSupport`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum SupportState {
+    Panet(Prototypes),
+    Smcp(Prototypes),
+    SgOne(GuidanceVectors),
+    DpNet(DualSupport),
+}
+
+impl SupportState {
+    /// The method the state belongs to.
+    pub fn method(&self) -> Method {
+        match self {
+            SupportState::Panet(_) => Method::Panet,
+            SupportState::Smcp(_) => Method::Smcp,
+            SupportState::SgOne(_) => Method::SgOne,
+            SupportState::DpNet(_) => Method::DpNet,
+        }
+    }
+
+    /// The vectors every method's state has: one background and one foreground vector per
+    /// target (SG-One: its guidance vectors; DPNet: its prototypes `P`).
+    pub fn prototypes(&self) -> &Prototypes {
+        match self {
+            SupportState::Panet(p) | SupportState::Smcp(p) => p,
+            SupportState::SgOne(g) => &g.vectors,
+            SupportState::DpNet(d) => &d.prototypes,
+        }
+    }
+
+    /// How many targets the state scores.
+    pub fn targets(&self) -> usize {
+        self.prototypes().foreground.len()
+    }
+
+    /// Length of the vectors.
+    pub fn dim(&self) -> usize {
+        self.prototypes().dim()
+    }
+
+    /// The state in its stored form.
+    pub fn stored(&self) -> StoredSupport {
+        let p = self.prototypes();
+        let mut s = StoredSupport {
+            background: p.background.clone(),
+            foreground: p.foreground.clone(),
+            ..StoredSupport::default()
+        };
+        match self {
+            SupportState::SgOne(g) => s.per_shot = g.per_shot.clone(),
+            SupportState::DpNet(d) => s.memories = d.memories.clone(),
+            SupportState::Panet(_) | SupportState::Smcp(_) => {}
+        }
+        s
+    }
+
+    /// `method`'s state from its stored form. Parts another method keeps, and DPNet without a
+    /// memory per target, are errors.
+    pub fn from_stored(method: Method, s: StoredSupport) -> Result<SupportState> {
+        let targets = s.foreground.len();
+        let foreign = |what: &str| {
+            Err(EdgeError::input(format!(
+                "stored {method} prototypes carry {what}, which {method} does not keep"
+            )))
+        };
+        if !s.per_shot.is_empty() && method != Method::SgOne {
+            return foreign("per-shot vectors");
+        }
+        if !s.memories.is_empty() && method != Method::DpNet {
+            return foreign("support memories");
+        }
+        let prototypes = Prototypes {
+            background: s.background,
+            foreground: s.foreground,
+        };
+        Ok(match method {
+            Method::Panet => SupportState::Panet(prototypes),
+            Method::Smcp => SupportState::Smcp(prototypes),
+            Method::SgOne => {
+                if !s.per_shot.is_empty() && s.per_shot.len() != targets {
+                    return Err(EdgeError::input(format!(
+                        "stored SG-One vectors: {targets} targets, per-shot vectors of {}",
+                        s.per_shot.len()
+                    )));
+                }
+                SupportState::SgOne(GuidanceVectors {
+                    vectors: prototypes,
+                    per_shot: s.per_shot,
+                })
+            }
+            Method::DpNet => {
+                if s.memories.len() != targets {
+                    return Err(EdgeError::input(format!(
+                        "stored DPNet prototypes: {targets} targets, {} support memories",
+                        s.memories.len()
+                    )));
+                }
+                SupportState::DpNet(DualSupport {
+                    prototypes,
+                    memories: s.memories,
+                })
+            }
+        })
+    }
+}
+
+/// A support state as caches store it (JSON): the shared vectors, and the parts of the methods
+/// that have them (SG-One's per-shot vectors, DPNet's support memories), each absent when empty
+/// (the form prototype caches have always had).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct StoredSupport {
+    pub background: Vec<f32>,
+    pub foreground: Vec<Vec<f32>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub per_shot: Vec<Vec<Vec<f32>>>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub memories: Vec<SupportMemory>,
+}
+
 /// The inference settings of the methods that have them.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MethodOptions {
@@ -250,12 +372,13 @@ impl Method {
         self,
         head: Option<&mut dyn HeadRunner>,
         ways: &[Vec<SupportShot>],
-    ) -> Result<Prototypes> {
-        match self {
-            Method::Panet | Method::Smcp => panet_prototypes(ways),
-            Method::SgOne => sgone_prototypes(self.need(head)?, ways),
-            Method::DpNet => dpnet_prototypes(ways),
-        }
+    ) -> Result<SupportState> {
+        Ok(match self {
+            Method::Panet => SupportState::Panet(panet_prototypes(ways)?),
+            Method::Smcp => SupportState::Smcp(panet_prototypes(ways)?),
+            Method::SgOne => SupportState::SgOne(sgone_prototypes(self.need(head)?, ways)?),
+            Method::DpNet => SupportState::DpNet(dpnet_prototypes(ways)?),
+        })
     }
 
     /// The features a support's prototype is pooled from: SG-One's guidance features, every
@@ -278,21 +401,25 @@ impl Method {
         self,
         head: Option<&mut dyn HeadRunner>,
         options: &MethodOptions,
-        prototypes: &Prototypes,
+        support: &SupportState,
         query: &FeatureMap,
         input: InputSize,
     ) -> Result<FeatureMap> {
-        match self {
-            Method::Panet => cosine_logits(query, &prototypes.ordered(), options.panet_scale),
-            Method::Smcp => smcp_logits(
-                self.need(head)?,
-                prototypes,
-                query,
-                input,
-                options.smcp_guidance,
-            ),
-            Method::SgOne => sgone_logits(self.need(head)?, prototypes, query, options.sgone_kshot),
-            Method::DpNet => dpnet_logits(self.need(head)?, prototypes, query),
+        match (self, support) {
+            (Method::Panet, SupportState::Panet(p)) => {
+                cosine_logits(query, &p.ordered(), options.panet_scale)
+            }
+            (Method::Smcp, SupportState::Smcp(p)) => {
+                smcp_logits(self.need(head)?, p, query, input, options.smcp_guidance)
+            }
+            (Method::SgOne, SupportState::SgOne(g)) => {
+                sgone_logits(self.need(head)?, g, query, options.sgone_kshot)
+            }
+            (Method::DpNet, SupportState::DpNet(d)) => dpnet_logits(self.need(head)?, d, query),
+            (_, other) => Err(EdgeError::input(format!(
+                "{} support state given to a {self} model: compute the supports with its method",
+                other.method()
+            ))),
         }
     }
 }
@@ -333,7 +460,6 @@ mod tests {
         let p = Prototypes {
             background: vec![0.0],
             foreground: vec![vec![1.0]],
-            ..Prototypes::default()
         };
         let q = FeatureMap::zeros(1, 2, 2);
         let size = InputSize {
@@ -342,15 +468,86 @@ mod tests {
         };
         let o = MethodOptions::default();
         for m in [Method::Smcp, Method::SgOne, Method::DpNet] {
-            let e = m.logits(None, &o, &p, &q, size).unwrap_err().to_string();
+            let state = SupportState::from_stored(
+                m,
+                StoredSupport {
+                    background: p.background.clone(),
+                    foreground: p.foreground.clone(),
+                    memories: if m == Method::DpNet {
+                        vec![SupportMemory {
+                            channels: 1,
+                            locations: 1,
+                            features: vec![1.0],
+                            mask: vec![1.0],
+                        }]
+                    } else {
+                        Vec::new()
+                    },
+                    ..StoredSupport::default()
+                },
+            )
+            .unwrap();
+            let e = m
+                .logits(None, &o, &state, &q, size)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains(m.name()) && e.contains("head"), "{e}");
         }
+        let panet = SupportState::Panet(p.clone());
         assert_eq!(
             Method::Panet
-                .logits(None, &o, &p, &q, size)
+                .logits(None, &o, &panet, &q, size)
                 .unwrap()
                 .channels,
             2
         );
+        // Another method's state is refused, not misread.
+        let e = Method::Smcp
+            .logits(None, &o, &panet, &q, size)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("panet support state given to a smcp model"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn stored_states_round_trip_and_foreign_parts_are_refused() {
+        let p = Prototypes {
+            background: vec![0.5, 1.0],
+            foreground: vec![vec![1.0, 2.0]],
+        };
+        let memory = SupportMemory {
+            channels: 2,
+            locations: 1,
+            features: vec![1.0, 2.0],
+            mask: vec![1.0],
+        };
+        let states = [
+            SupportState::Panet(p.clone()),
+            SupportState::Smcp(p.clone()),
+            SupportState::SgOne(GuidanceVectors {
+                vectors: p.clone(),
+                per_shot: vec![vec![vec![1.0, 2.0]]],
+            }),
+            SupportState::DpNet(DualSupport {
+                prototypes: p.clone(),
+                memories: vec![memory],
+            }),
+        ];
+        for s in &states {
+            let json = serde_json::to_string(&s.stored()).unwrap();
+            let back: StoredSupport = serde_json::from_str(&json).unwrap();
+            assert_eq!(&SupportState::from_stored(s.method(), back).unwrap(), s);
+        }
+        let e = SupportState::from_stored(Method::Panet, states[3].stored())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("support memories"), "{e}");
+        let e = SupportState::from_stored(Method::DpNet, states[0].stored())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("1 targets, 0 support memories"), "{e}");
     }
 }

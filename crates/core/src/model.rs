@@ -3,9 +3,10 @@
 //! implements it in tch, `fss-runtime` on tract; the harnesses of `fss-lab` run either.
 
 use crate::error::Result;
+use crate::method::SupportState;
 use crate::preprocess::{InputSize, Normalization};
 use crate::prototype::{
-    cosine_logits, logits_to_labels, panet_prototypes, Prototypes, SupportShot, PANET_SCALE,
+    cosine_logits, logits_to_labels, panet_prototypes, SupportShot, PANET_SCALE,
 };
 use crate::tensor::{FeatureMap, Mask};
 
@@ -19,22 +20,22 @@ pub trait FeatureEncoder {
         1
     }
     /// The method's logits at feature resolution, `[N + 1, h, w]` (background, then one channel
-    /// per target of `prototypes`), for a query encoded at `input`. The default is PANet's
-    /// cosine x20 scoring; SMCP runs its head twice per target ([`crate::smcp`]).
+    /// per target of `support`), for a query encoded at `input`. The default is PANet's cosine
+    /// x20 scoring; the methods' own are [`crate::method::Method::logits`].
     fn head_logits(
         &mut self,
-        prototypes: &Prototypes,
+        support: &SupportState,
         query: &FeatureMap,
         input: InputSize,
     ) -> Result<FeatureMap> {
         let _ = input;
-        cosine_logits(query, &prototypes.ordered(), PANET_SCALE)
+        cosine_logits(query, &support.prototypes().ordered(), PANET_SCALE)
     }
     /// What the supports leave for scoring: N targets of K shots holding encoder features ->
-    /// the method's prototypes. The default is PANet's (also SMCP's); SG-One pools its
-    /// guidance features ([`crate::sgone`]), DPNet adds support memories ([`crate::dpnet`]).
-    fn prototypes(&mut self, ways: &[Vec<SupportShot>]) -> Result<Prototypes> {
-        panet_prototypes(ways)
+    /// the method's support state. The default is PANet's prototypes; the methods' own are
+    /// [`crate::method::Method::prototypes`].
+    fn prototypes(&mut self, ways: &[Vec<SupportShot>]) -> Result<SupportState> {
+        Ok(SupportState::Panet(panet_prototypes(ways)?))
     }
 }
 
@@ -42,12 +43,12 @@ pub trait FeatureEncoder {
 /// i = i-th target, upsampled and argmaxed as the canonical scoring says.
 pub fn predict_labels(
     model: &mut dyn FeatureEncoder,
-    prototypes: &Prototypes,
+    support: &SupportState,
     query: &FeatureMap,
     input: InputSize,
     label_size: (usize, usize),
 ) -> Result<Mask> {
-    let logits = model.head_logits(prototypes, query, input)?;
+    let logits = model.head_logits(support, query, input)?;
     Ok(logits_to_labels(&logits, label_size.0, label_size.1))
 }
 

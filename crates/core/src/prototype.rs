@@ -138,21 +138,13 @@ impl SupportShot {
     }
 }
 
-/// What an episode's supports leave for scoring the query: one shared background prototype
-/// and one foreground prototype per way (target), in that order when scoring (PANet); SG-One's
-/// guidance vectors (background unused, the per-shot vectors kept for its K-shot "max"); DPNet's
-/// prototypes with each target's support memory ([`crate::dpnet`]).
+/// One shared background prototype and one foreground prototype per way (target), in that
+/// order when scoring: PANet's (and SMCP's) support state, and the vectors every method's
+/// support state has ([`crate::method::SupportState`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct Prototypes {
     pub background: Vec<f32>,
     pub foreground: Vec<Vec<f32>>,
-    /// Per target, the foreground vector of each shot (SG-One's K-shot "max"; empty otherwise).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub per_shot: Vec<Vec<Vec<f32>>>,
-    /// Per target, the downsampled support features and mask of its shots (DPNet; empty
-    /// otherwise).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub memories: Vec<SupportMemory>,
 }
 
 impl Prototypes {
@@ -265,7 +257,6 @@ pub fn average_pooled_shots(ways: &[Vec<PooledShot>]) -> Result<Prototypes> {
             .map(|v| (v / n_shots as f64) as f32)
             .collect(),
         foreground,
-        ..Prototypes::default()
     })
 }
 

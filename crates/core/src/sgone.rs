@@ -41,14 +41,23 @@ crate::choices!(SgOneKShot {
     Max => "max", "One pass per shot, union of the binary predictions";
 });
 
-/// The guidance vectors of N targets of K shots (shots hold encoder features): per target the
-/// mean of its shots' vectors in `foreground` and each shot's vector in `per_shot`;
-/// `background` is the mean over all shots' background pools (unused by SG-One's head, kept so
-/// that the vectors' dimension is known). Empty masks are errors, as for PANet.
+/// SG-One's support state: the guidance vectors of N targets.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct GuidanceVectors {
+    /// Per target the mean of its shots' vectors (`foreground`); `background` is the mean over
+    /// all shots' background pools (unused by SG-One's head, kept so that the vectors'
+    /// dimension is known).
+    pub vectors: Prototypes,
+    /// Per target, each shot's vector (the K-shot "max"); empty when only the means are kept.
+    pub per_shot: Vec<Vec<Vec<f32>>>,
+}
+
+/// The guidance vectors of N targets of K shots (shots hold encoder features). Empty masks are
+/// errors, as for PANet.
 pub fn sgone_prototypes(
     head: &mut dyn HeadRunner,
     ways: &[Vec<SupportShot>],
-) -> Result<Prototypes> {
+) -> Result<GuidanceVectors> {
     let mut guided = Vec::with_capacity(ways.len());
     for shots in ways {
         let mut g = Vec::with_capacity(shots.len());
@@ -61,8 +70,8 @@ pub fn sgone_prototypes(
         }
         guided.push(g);
     }
-    let mut protos = panet_prototypes(&guided)?;
-    protos.per_shot = guided
+    let vectors = panet_prototypes(&guided)?;
+    let per_shot = guided
         .iter()
         .map(|shots| {
             shots
@@ -71,21 +80,22 @@ pub fn sgone_prototypes(
                 .collect()
         })
         .collect();
-    Ok(protos)
+    Ok(GuidanceVectors { vectors, per_shot })
 }
 
 /// N-way logits `[N + 1, h', w']`: channel 0 is 0, channel i target i's foreground margin
 /// (module doc).
 pub fn sgone_logits(
     head: &mut dyn HeadRunner,
-    prototypes: &Prototypes,
+    guidance: &GuidanceVectors,
     query: &FeatureMap,
     kshot: SgOneKShot,
 ) -> Result<FeatureMap> {
+    let prototypes = &guidance.vectors;
     let mut out: Option<FeatureMap> = None;
     let n = prototypes.foreground.len();
     for (i, mean) in prototypes.foreground.iter().enumerate() {
-        let vectors: Vec<&[f32]> = match (kshot, prototypes.per_shot.get(i)) {
+        let vectors: Vec<&[f32]> = match (kshot, guidance.per_shot.get(i)) {
             (SgOneKShot::Max, Some(shots)) if !shots.is_empty() => {
                 shots.iter().map(|v| v.as_slice()).collect()
             }
@@ -192,10 +202,12 @@ mod tests {
         assert_eq!(logits_to_labels(&max, 4, 4).count_nonzero(), 16);
         // The union equals OR of the per-shot binary predictions.
         let one = |v: &[f32], h: &mut DotHead| {
-            let p = Prototypes {
-                background: vec![0.0; 2],
-                foreground: vec![v.to_vec()],
-                ..Prototypes::default()
+            let p = GuidanceVectors {
+                vectors: Prototypes {
+                    background: vec![0.0; 2],
+                    foreground: vec![v.to_vec()],
+                },
+                per_shot: Vec::new(),
             };
             logits_to_labels(
                 &sgone_logits(h, &p, &halves(), SgOneKShot::Avg).unwrap(),

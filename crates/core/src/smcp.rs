@@ -316,7 +316,6 @@ mod tests {
         let protos = Prototypes {
             background: vec![0.0, 0.0],
             foreground: vec![vec![1.0, 0.0], vec![0.0, 1.0], vec![-1.0, -1.0]],
-            ..Prototypes::default()
         };
         let mut head = dot_head(0.5);
         let l = smcp_logits(

@@ -8,8 +8,8 @@
 //! ([`PrototypeCache::same_supports`]).
 
 use fss_core::error::{EdgeError, Result};
+use fss_core::method::{Method, StoredSupport, SupportState};
 use fss_core::preprocess::{InputSize, Normalization};
-use fss_core::prototype::Prototypes;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -58,25 +58,42 @@ pub struct PrototypeCache {
     /// Target names; target i is label i + 1 of a segmentation.
     pub targets: Vec<String>,
     pub supports: Vec<SupportRecord>,
-    pub prototypes: Prototypes,
+    /// The method's support state in its stored form ([`PrototypeCache::support`]).
+    pub prototypes: StoredSupport,
 }
 
 impl PrototypeCache {
+    /// A cache of `support` (its method is recorded with it).
     pub fn new(
         key: CacheKey,
-        method: &str,
         targets: Vec<String>,
         supports: Vec<SupportRecord>,
-        prototypes: Prototypes,
+        support: &SupportState,
     ) -> PrototypeCache {
         PrototypeCache {
             format: CACHE_FORMAT,
             key,
-            method: method.to_string(),
+            method: support.method().to_string(),
             targets,
             supports,
-            prototypes,
+            prototypes: support.stored(),
         }
+    }
+
+    /// The support state the cache holds, for `method` (the bundle's): a cache of another
+    /// method, or one whose parts do not fit the method, is an error naming `path`.
+    pub fn support(&self, path: &Path, method: Method) -> Result<SupportState> {
+        if self.method != method.to_string() {
+            return Err(EdgeError::invalid(
+                path,
+                format!(
+                    "prototype cache of method '{}', the bundle's is '{method}'",
+                    self.method
+                ),
+            ));
+        }
+        SupportState::from_stored(method, self.prototypes.clone())
+            .map_err(|e| EdgeError::invalid(path, format!("damaged prototype cache: {e}")))
     }
 
     /// Reads a cache file and checks that it is a well-formed cache of this format (not
@@ -193,11 +210,11 @@ fn short(h: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fss_core::prototype::Prototypes;
 
     fn sample() -> PrototypeCache {
         PrototypeCache::new(
             CacheKey::new("abc123", InputSize::new(32, 48), &Normalization::IMAGENET),
-            "panet",
             vec!["cat".into()],
             vec![SupportRecord {
                 target: "cat".into(),
@@ -206,11 +223,10 @@ mod tests {
                 mask: "a.png".into(),
                 mask_sha256: "22".into(),
             }],
-            Prototypes {
+            &SupportState::Panet(Prototypes {
                 background: vec![0.1, -0.2, 1e-7],
                 foreground: vec![vec![0.3, 0.4, 0.123_456_79]],
-                ..Prototypes::default()
-            },
+            }),
         )
     }
 
@@ -224,6 +240,13 @@ mod tests {
         let back = PrototypeCache::load(&p, &key).unwrap();
         assert_eq!(back, c);
         assert!(back.same_supports(&c.targets, &c.supports));
+        let state = back.support(&p, Method::Panet).unwrap();
+        assert_eq!(state.prototypes().foreground[0][2], 0.123_456_79);
+        let e = back.support(&p, Method::DpNet).unwrap_err().to_string();
+        assert!(
+            e.contains("method 'panet'") && e.contains("'dpnet'") && e.contains("protos.json"),
+            "{e}"
+        );
         let other = CacheKey::new("def456", InputSize::new(32, 48), &Normalization::IMAGENET);
         let e = PrototypeCache::load(&p, &other).unwrap_err().to_string();
         assert!(

@@ -27,10 +27,10 @@ use fss_core::choice::Choice;
 use fss_core::dpnet::SupportMemory;
 use fss_core::error::{EdgeError, Result};
 pub use fss_core::method::HeadInputs;
-use fss_core::method::{HeadContract, HeadRunner, Method, MethodOptions};
+use fss_core::method::{HeadContract, HeadRunner, Method, MethodOptions, SupportState};
 use fss_core::model::{FeatureEncoder, ScoringInput};
 use fss_core::preprocess::{prepare_input, InputSize, Normalization};
-use fss_core::prototype::{Prototypes, SupportShot};
+use fss_core::prototype::SupportShot;
 use fss_core::sgone::SgOneKShot;
 use fss_core::smcp::SmcpGuidance;
 use fss_core::tensor::FeatureMap;
@@ -720,7 +720,7 @@ impl BundleEncoder {
 
     /// The method's prototypes of N targets of K shots holding encoder features
     /// ([`Method::prototypes`]).
-    pub fn prototypes(&mut self, ways: &[Vec<SupportShot>]) -> Result<Prototypes> {
+    pub fn prototypes(&mut self, ways: &[Vec<SupportShot>]) -> Result<SupportState> {
         let method = self.method;
         method.prototypes(self.runner(), ways)
     }
@@ -749,12 +749,12 @@ impl BundleEncoder {
     /// at `input` ([`Method::logits`]).
     pub fn head_logits(
         &mut self,
-        prototypes: &Prototypes,
+        support: &SupportState,
         features: &FeatureMap,
         input: InputSize,
     ) -> Result<FeatureMap> {
         let (method, options) = (self.method, self.options);
-        method.logits(self.runner(), &options, prototypes, features, input)
+        method.logits(self.runner(), &options, support, features, input)
     }
 
     pub fn bundle(&self) -> &Bundle {
@@ -870,14 +870,14 @@ impl FeatureEncoder for BundleEncoder {
 
     fn head_logits(
         &mut self,
-        prototypes: &Prototypes,
+        support: &SupportState,
         query: &FeatureMap,
         input: InputSize,
     ) -> Result<FeatureMap> {
-        BundleEncoder::head_logits(self, prototypes, query, input)
+        BundleEncoder::head_logits(self, support, query, input)
     }
 
-    fn prototypes(&mut self, ways: &[Vec<SupportShot>]) -> Result<Prototypes> {
+    fn prototypes(&mut self, ways: &[Vec<SupportShot>]) -> Result<SupportState> {
         BundleEncoder::prototypes(self, ways)
     }
 }

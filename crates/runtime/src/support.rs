@@ -12,8 +12,9 @@ use fss_core::bundle::sha256_file;
 use fss_core::davis::check_same_size;
 use fss_core::error::{EdgeError, Result};
 use fss_core::image_io::{load_label_png, load_rgb};
+use fss_core::method::SupportState;
 use fss_core::preprocess::{resize_mask_nearest, InputSize};
-use fss_core::prototype::{Prototypes, SupportShot};
+use fss_core::prototype::SupportShot;
 use fss_core::tensor::{FeatureMap, Mask};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -109,7 +110,7 @@ pub fn compute_prototypes(
     encoder: &mut BundleEncoder,
     targets: &[TargetSpec],
     size: InputSize,
-) -> Result<Prototypes> {
+) -> Result<SupportState> {
     validate_targets(targets)?;
     struct ImageEntry {
         features: FeatureMap,

@@ -290,11 +290,11 @@ fn two_way_segmentation_finds_both_targets() {
     let mut enc = BundleEncoder::open(&dir).unwrap();
     let size = enc.default_size();
     let protos = compute_prototypes(&mut enc, &two_targets(&image, &m1, &m2), size).unwrap();
-    assert_eq!(protos.foreground.len(), 2);
+    assert_eq!(protos.targets(), 2);
     let (q, _, _) = fss_tests::write_two_object_scene(tmp.path(), "query", 120, 90, 8, 0.04);
     let img = fss_core::image_io::load_rgb(&q).unwrap();
     let f = enc.encode_image(&img, size).unwrap();
-    let labels = panet_predict(&f, &protos, (90, 120)).unwrap();
+    let labels = panet_predict(&f, protos.prototypes(), (90, 120)).unwrap();
     assert_eq!((labels.height, labels.width), (90, 120));
     let at = |x: f32, y: f32| labels.data[(y * 90.0) as usize * 120 + (x * 120.0) as usize];
     assert_eq!(at(0.32, 0.35), 1, "red disk centre");
@@ -317,7 +317,7 @@ fn two_way_segmentation_finds_both_targets() {
         ],
     }];
     let p = compute_prototypes(&mut enc, &one, size).unwrap();
-    assert_eq!(p.foreground.len(), 1);
+    assert_eq!(p.targets(), 1);
 }
 
 #[test]
@@ -400,17 +400,14 @@ fn cache_for_another_bundle_is_refused() {
     let records = fss_runtime::support::support_records(&targets).unwrap();
     let path = tmp.path().join("state/protos.json");
     let names = vec!["red".to_string(), "green".to_string()];
-    PrototypeCache::new(
-        key_a.clone(),
-        "panet",
-        names.clone(),
-        records.clone(),
-        protos.clone(),
-    )
-    .write(&path)
-    .unwrap();
+    PrototypeCache::new(key_a.clone(), names.clone(), records.clone(), &protos)
+        .write(&path)
+        .unwrap();
     let c = PrototypeCache::load(&path, &key_a).unwrap();
-    assert_eq!(c.prototypes, protos);
+    assert_eq!(
+        c.support(&path, fss_core::method::Method::Panet).unwrap(),
+        protos
+    );
     assert!(c.same_supports(&names, &records));
     let key_b = CacheKey::new(&bb.hash, size, &bb.normalization());
     one_line_err(

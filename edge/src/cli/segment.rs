@@ -5,9 +5,10 @@ use super::{apply_threads, images_in, ms_since, parse_size};
 use anyhow::{bail, Context, Result};
 use clap::{ArgMatches, Args};
 use fss_core::image_io::{image_size, load_rgb};
+use fss_core::method::SupportState;
 use fss_core::overlay::{overlay_in_place, write_mask_png, write_rgb_png};
 use fss_core::preprocess::InputSize;
-use fss_core::prototype::{logits_to_labels, Prototypes};
+use fss_core::prototype::logits_to_labels;
 use fss_runtime::cache::{CacheKey, PrototypeCache};
 use fss_runtime::support::{support_records, validate_targets};
 use fss_runtime::{compute_prototypes, BundleEncoder, SupportShotSpec, TargetSpec};
@@ -210,7 +211,7 @@ fn prototypes(
     targets: &[TargetSpec],
     size: InputSize,
     cache: Option<&Path>,
-) -> Result<(Prototypes, Vec<String>)> {
+) -> Result<(SupportState, Vec<String>)> {
     let key = CacheKey::new(
         &encoder.bundle().hash,
         size,
@@ -234,7 +235,7 @@ fn prototypes(
             c.targets,
             path.display()
         );
-        return Ok((c.prototypes, c.targets));
+        return Ok((c.support(path, encoder.method())?, c.targets));
     }
     validate_targets(targets)?;
     let records = support_records(targets)?;
@@ -242,8 +243,13 @@ fn prototypes(
         if path.exists() {
             match PrototypeCache::load(path, &key) {
                 Ok(c) if c.same_supports(&names, &records) => {
-                    eprintln!("using cached prototypes from {}", path.display());
-                    return Ok((c.prototypes, c.targets));
+                    match c.support(path, encoder.method()) {
+                        Ok(support) => {
+                            eprintln!("using cached prototypes from {}", path.display());
+                            return Ok((support, c.targets));
+                        }
+                        Err(e) => eprintln!("{e}; recomputing"),
+                    }
                 }
                 Ok(_) => eprintln!(
                     "{}: prototype cache was made from other supports or targets; recomputing",
@@ -255,8 +261,7 @@ fn prototypes(
     }
     let protos = compute_prototypes(encoder, targets, size)?;
     if let Some(path) = cache {
-        let method = encoder.manifest().method.clone();
-        PrototypeCache::new(key, &method, names.clone(), records, protos.clone()).write(path)?;
+        PrototypeCache::new(key, names.clone(), records, &protos).write(path)?;
         eprintln!("wrote prototype cache {}", path.display());
     }
     Ok((protos, names))

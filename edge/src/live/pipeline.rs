@@ -19,8 +19,8 @@ use super::source::{DirectorySource, Frame, FrameSource, SourceError, SyntheticS
 use super::stats::{Stage, Stats, StatsSnapshot};
 use super::targets::{Region, TargetInfo, TargetStore};
 use fss_core::error::{EdgeError, Result};
+use fss_core::method::{Method, SupportState};
 use fss_core::preprocess::{prepare_input, InputSize};
-use fss_core::prototype::Prototypes;
 use fss_core::tensor::Mask;
 use fss_runtime::cache::CacheKey;
 use fss_runtime::BundleEncoder;
@@ -512,8 +512,9 @@ fn spawn_named(
 fn publish_targets(
     store: &TargetStore,
     shared: &Shared,
-) -> Result<(Option<Prototypes>, Vec<String>)> {
-    let prototypes = store.prototypes()?;
+    method: Method,
+) -> Result<(Option<SupportState>, Vec<String>)> {
+    let prototypes = store.prototypes(method)?;
     *shared.targets.lock().unwrap_or_else(|p| p.into_inner()) = store.list();
     Ok((prototypes, store.names()))
 }
@@ -567,7 +568,7 @@ impl Pipeline {
             store.refresh(&mut encoder, size)?;
         }
         let mut store_mtime = TargetStore::file_mtime(&opts.state_dir);
-        let (mut protos, mut names) = publish_targets(&store, &shared)?;
+        let (mut protos, mut names) = publish_targets(&store, &shared, encoder.method())?;
 
         // Capture thread; wait for the first open so a bad folder fails at once.
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -647,7 +648,7 @@ impl Pipeline {
                         let _ = reply.send(r);
                     }
                 }
-                match publish_targets(&store, &shared) {
+                match publish_targets(&store, &shared, encoder.method()) {
                     Ok(published) => (protos, names) = published,
                     Err(e) => crate::live_note!("targets not applied: {e}"),
                 }
@@ -666,7 +667,7 @@ impl Pipeline {
                                 }
                             }
                             store = s;
-                            match publish_targets(&store, &shared) {
+                            match publish_targets(&store, &shared, encoder.method()) {
                                 Ok(published) => {
                                     (protos, names) = published;
                                     crate::live_note!(

@@ -18,11 +18,12 @@
 use fss_core::dpnet::SupportMemory;
 use fss_core::error::{EdgeError, Result};
 use fss_core::fsutil::write_atomic;
+use fss_core::method::{Method, StoredSupport, SupportState};
 use fss_core::overlay::{save_png_atomic, target_colour};
 use fss_core::preprocess::{resize_mask_nearest, InputSize};
 use fss_core::prototype::{
     average_pooled_shots, cosine_logits, masked_average_pool, pooling_weights,
-    weighted_average_pool, PooledShot, Prototypes, MAP_EPS,
+    weighted_average_pool, PooledShot, MAP_EPS,
 };
 use fss_core::tensor::{FeatureMap, Mask};
 use fss_runtime::cache::CacheKey;
@@ -446,11 +447,12 @@ impl TargetStore {
             .collect()
     }
 
-    /// The N-way prototypes (None without targets or while stale): PANet's averaging of the
-    /// stored shots ([`average_pooled_shots`]) and, for DPNet, every target's shots' memories
-    /// concatenated (none if any shot lacks one). Shots that do not fit together (prototypes
-    /// or memories of different sizes) are an error, not a silently dropped memory.
-    pub fn prototypes(&self) -> Result<Option<Prototypes>> {
+    /// The N-way support state of `method` (None without targets or while stale): PANet's
+    /// averaging of the stored shots ([`average_pooled_shots`]); SG-One keeps each shot's
+    /// vector too; DPNet every target's shots' memories concatenated. Shots that do not fit
+    /// together (prototypes or memories of different sizes, a DPNet shot stored without its
+    /// memory) are an error naming the target, not a silently dropped memory.
+    pub fn prototypes(&self, method: Method) -> Result<Option<SupportState>> {
         if self.targets.is_empty() || self.stale {
             return Ok(None);
         }
@@ -467,24 +469,43 @@ impl TargetStore {
                     .collect()
             })
             .collect();
-        let mut prototypes = average_pooled_shots(&ways)?;
-        let mut memories = Vec::with_capacity(self.targets.len());
-        for t in &self.targets {
-            let parts: Option<Vec<&SupportMemory>> =
-                t.shots.iter().map(|s| s.memory.as_ref()).collect();
-            match parts {
-                Some(parts) => memories.push(
+        let mut stored = {
+            let p = average_pooled_shots(&ways)?;
+            StoredSupport {
+                background: p.background,
+                foreground: p.foreground,
+                ..StoredSupport::default()
+            }
+        };
+        if method.pools_guidance() {
+            stored.per_shot = self
+                .targets
+                .iter()
+                .map(|t| t.shots.iter().map(|s| s.foreground.clone()).collect())
+                .collect();
+        }
+        if method.keeps_support_memory() {
+            for t in &self.targets {
+                let parts: Vec<&SupportMemory> = t
+                    .shots
+                    .iter()
+                    .enumerate()
+                    .map(|(k, s)| {
+                        s.memory.as_ref().ok_or_else(|| {
+                            EdgeError::input(format!(
+                                "target {:?}: shot {k} has no support memory (stored for another method; refresh the targets)",
+                                t.name
+                            ))
+                        })
+                    })
+                    .collect::<Result<_>>()?;
+                stored.memories.push(
                     fss_core::dpnet::concat_memories(&parts)
                         .map_err(|e| EdgeError::input(format!("target {:?}: {e}", t.name)))?,
-                ),
-                None => {
-                    memories.clear();
-                    break;
-                }
+                );
             }
         }
-        prototypes.memories = memories;
-        Ok(Some(prototypes))
+        SupportState::from_stored(method, stored).map(Some)
     }
 
     /// Adds a shot of `name` (a new target if the name is new; with `replace`, the target's
@@ -721,9 +742,9 @@ mod tests {
         }
     }
 
-    /// PANet's averaging of the stored shots; DPNet memories concatenated per target, none when
-    /// a shot has none; memories that do not fit together are an error naming the target (they
-    /// used to vanish silently).
+    /// PANet's averaging of the stored shots; DPNet memories concatenated per target; a DPNet
+    /// shot without a memory, and memories that do not fit together, are errors naming the
+    /// target (they used to vanish silently).
     #[test]
     fn prototypes_average_the_shots_and_refuse_memories_that_do_not_fit() {
         let memory = |channels: usize| SupportMemory {
@@ -743,9 +764,25 @@ mod tests {
                 stored_shot(vec![3.0, 5.0], Some(memory(2))),
             ],
         )]);
-        let p = store.prototypes().unwrap().unwrap();
-        assert_eq!(p.foreground, vec![vec![2.0, 4.0]]);
+        let Some(SupportState::DpNet(p)) = store.prototypes(Method::DpNet).unwrap() else {
+            panic!("a DPNet support state")
+        };
+        assert_eq!(p.prototypes.foreground, vec![vec![2.0, 4.0]]);
         assert_eq!((p.memories.len(), p.memories[0].locations), (1, 2));
+        // The other methods keep the averaged vectors (SG-One also each shot's).
+        let Some(SupportState::SgOne(g)) = store.prototypes(Method::SgOne).unwrap() else {
+            panic!("an SG-One support state")
+        };
+        assert_eq!(g.vectors.foreground, vec![vec![2.0, 4.0]]);
+        assert_eq!(g.per_shot, vec![vec![vec![1.0, 3.0], vec![3.0, 5.0]]]);
+        assert_eq!(
+            store
+                .prototypes(Method::Panet)
+                .unwrap()
+                .unwrap()
+                .prototypes(),
+            &p.prototypes
+        );
         let store = store_of(vec![target(
             "cup",
             vec![
@@ -753,7 +790,9 @@ mod tests {
                 stored_shot(vec![3.0, 5.0], None),
             ],
         )]);
-        assert!(store.prototypes().unwrap().unwrap().memories.is_empty());
+        let e = store.prototypes(Method::DpNet).unwrap_err().to_string();
+        assert!(e.contains("cup") && e.contains("no support memory"), "{e}");
+        assert!(store.prototypes(Method::Panet).unwrap().is_some());
         let store = store_of(vec![target(
             "cup",
             vec![
@@ -761,9 +800,12 @@ mod tests {
                 stored_shot(vec![3.0, 5.0], Some(memory(3))),
             ],
         )]);
-        let e = store.prototypes().unwrap_err().to_string();
+        let e = store.prototypes(Method::DpNet).unwrap_err().to_string();
         assert!(e.contains("cup") && e.contains("support memory 1"), "{e}");
-        assert_eq!(store_of(Vec::new()).prototypes().unwrap(), None);
+        assert_eq!(
+            store_of(Vec::new()).prototypes(Method::Panet).unwrap(),
+            None
+        );
     }
 
     #[test]
