@@ -59,9 +59,18 @@ pub struct TrainArgs {
     /// ImageNet weights of the backbone (default: weights/<backbone>.safetensors from set-up).
     #[arg(long)]
     pub weights: Option<PathBuf>,
-    /// COCO128-layout dataset (images/, masks/, annotations/instances_train2017.json).
+    /// Training data, repeatable to mix sources: a COCO128-layout set (images/, masks/: class
+    /// episodes over the fold's base classes) or a DAVIS-layout video set (JPEGImages/,
+    /// Annotations/: K support frames and a query frame of one sequence), told apart by layout.
     #[arg(long, default_value = "../shared/data/coco128")]
-    pub data: PathBuf,
+    pub data: Vec<PathBuf>,
+    /// With several --data: each source's share of the episodes, in --data order
+    /// (e.g. 0.7,0.3; default equal shares).
+    #[arg(long, value_delimiter = ',')]
+    pub data_weights: Option<Vec<f64>>,
+    /// Video sequences kept out of training (to choose checkpoints on them), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub holdout_sequences: Vec<String>,
     /// Fold whose classes are held out (novel); training sees the other folds' classes only.
     #[arg(long, default_value_t = 0)]
     pub fold: usize,

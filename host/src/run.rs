@@ -14,6 +14,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use fss_core::choice::Choice;
 use fss_lab::data::coco::FoldSplit;
 use fss_lab::sampler::TrainingSampler;
+use fss_lab::video::{SourceMix, VideoSampler};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tch::nn::VarStore;
@@ -27,7 +28,12 @@ pub struct TrainConfig {
     pub method: Method,
     pub backbone: String,
     pub init_weights: Option<String>,
+    /// The first data source's folder (all of them in `sources`).
     pub data: String,
+    /// Every data source with its layout and weight (runs written before: `data` alone, a
+    /// COCO128 set).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sources: Vec<DataSource>,
     pub split: FoldSplit,
     pub fold: usize,
     pub iterations: usize,
@@ -59,6 +65,62 @@ pub struct TrainConfig {
     /// DPNet's head.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dpnet: Option<DpNetConfig>,
+}
+
+/// How a training folder is laid out.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DataLayout {
+    /// COCO128: `images/`, `masks/` (class episodes).
+    Coco128,
+    /// DAVIS: `JPEGImages/`, `Annotations/` (video episodes).
+    Davis,
+}
+
+impl DataLayout {
+    /// The layout of `dir`, or a one-line error naming it.
+    pub fn of(dir: &Path) -> Result<DataLayout> {
+        if dir.join("JPEGImages").is_dir() && dir.join("Annotations").is_dir() {
+            Ok(DataLayout::Davis)
+        } else if dir.join("images").is_dir() && dir.join("masks").is_dir() {
+            Ok(DataLayout::Coco128)
+        } else if !dir.is_dir() {
+            bail!("{}: no such data folder", dir.display())
+        } else {
+            bail!(
+                "{}: no known training layout (COCO128: images/ and masks/; DAVIS: JPEGImages/ and Annotations/)",
+                dir.display()
+            )
+        }
+    }
+}
+
+/// One training data source.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DataSource {
+    pub path: String,
+    pub layout: DataLayout,
+    /// Share of the episodes (relative to the other sources').
+    pub weight: f64,
+    /// Video sequences kept out of training.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub holdout: Vec<String>,
+}
+
+impl TrainConfig {
+    /// The run's data sources (a run written before `sources`: its `data`, a COCO128 set).
+    pub fn data_sources(&self) -> Vec<DataSource> {
+        if self.sources.is_empty() {
+            vec![DataSource {
+                path: self.data.clone(),
+                layout: DataLayout::Coco128,
+                weight: 1.0,
+                holdout: Vec::new(),
+            }]
+        } else {
+            self.sources.clone()
+        }
+    }
 }
 
 /// The SG-One head of a run.
@@ -125,7 +187,15 @@ pub struct RunRecord {
     pub iteration: usize,
     /// Checkpoint folder relative to the run directory.
     pub checkpoint: String,
-    pub sampler: TrainingSampler,
+    /// The class-episode sampler (COCO sources; absent for a video-only run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampler: Option<TrainingSampler>,
+    /// The video-episode sampler (a DAVIS-layout source).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video: Option<VideoSampler>,
+    /// Which source each episode comes from (several sources).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mix: Option<SourceMix>,
     pub history: Vec<LossPoint>,
     pub device: String,
     pub elapsed_s: f64,

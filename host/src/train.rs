@@ -1,5 +1,8 @@
-//! `host train`: episodic few-shot training on the base classes of a fold, with checkpoints that
-//! resume the exact same curve (weights, optimizer momentum, the episode sampler's RNG).
+//! `host train`: episodic few-shot training, with checkpoints that resume the exact same curve
+//! (weights, optimizer momentum, the episode samplers' RNGs). Episodes come from one or several
+//! sources mixed by weight: class episodes over the base classes of a fold (a COCO128-layout
+//! set) and video episodes (K support frames and a query frame of one sequence of a
+//! DAVIS-layout set, [`fss_lab::video`]).
 //!
 //! Run directory layout:
 //! - `run.json`: format version, host version, the full configuration, the iteration reached,
@@ -16,12 +19,14 @@ use crate::optim::Sgd;
 use crate::panet::{self, EpisodeTensors, IGNORE};
 use crate::smcp::{SemanticLabels, SmcpVariant};
 use anyhow::{anyhow, bail, Result};
+use fss_core::davis::DavisDataset;
 use fss_core::preprocess::{
     normalize_chw, resize_mask_nearest, resize_rgb, InputSize, Normalization,
 };
 use fss_core::tensor::Mask;
 use fss_lab::data::coco::{CocoMaskDataset, FoldSplit};
 use fss_lab::sampler::{TrainingSampler, TrainingSpec};
+use fss_lab::video::{SourceMix, VideoEpisode, VideoSampler, VideoSpec};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -29,8 +34,8 @@ use tch::{nn::VarStore, Device, Kind, Tensor};
 
 use crate::run::save_checkpoint;
 use crate::run::{
-    initial_weights, method_head, DpNetConfig, LossPoint, LrSchedule, RunRecord, SgOneConfig,
-    SmcpConfig, TrainConfig, FEATURE_STRIDE, RUN_FORMAT,
+    initial_weights, method_head, DataLayout, DataSource, DpNetConfig, LossPoint, LrSchedule,
+    RunRecord, SgOneConfig, SmcpConfig, TrainConfig, FEATURE_STRIDE, RUN_FORMAT,
 };
 
 fn lr_at(cfg: &TrainConfig, iteration: usize) -> f64 {
@@ -135,17 +140,182 @@ fn episode_tensors(
     }
     let q = ep.episode.query;
     let query = image_tensor(cache, q, ep.flips[k])?;
-    let qlabel = mask_tensor(&label(cache, q, ep.flips[k])?)
-        .to_kind(Kind::Int64)
-        .unsqueeze(0);
-    let support_fg = Tensor::stack(&fgs, 0);
-    Ok(EpisodeTensors {
-        supports: Tensor::cat(&imgs, 0).to_device(device),
+    let qmask = mask_tensor(&label(cache, q, ep.flips[k])?);
+    Ok(assemble(&imgs, &fgs, query, &qmask, device))
+}
+
+/// An episode's tensors on `device` from its support images `[1, 3, h, w]` and foreground
+/// masks `[h, w]`, the query image and its mask.
+fn assemble(
+    imgs: &[Tensor],
+    fgs: &[Tensor],
+    query: Tensor,
+    query_mask: &Tensor,
+    device: Device,
+) -> EpisodeTensors {
+    let qlabel = query_mask.to_kind(Kind::Int64).unsqueeze(0);
+    let support_fg = Tensor::stack(fgs, 0);
+    EpisodeTensors {
+        supports: Tensor::cat(imgs, 0).to_device(device),
         support_bg: support_fg.ones_like().g_sub(&support_fg).to_device(device),
         support_fg: support_fg.to_device(device),
         query: query.to_device(device),
         query_label: qlabel.to_device(device),
-    })
+    }
+}
+
+/// Decoded video frames and their binary masks at the training size, kept in memory (a
+/// training set of a few thousand frames fits), each file decoded once per run.
+struct VideoCache {
+    size: InputSize,
+    frames: HashMap<(usize, usize), (image::RgbImage, Mask)>,
+}
+
+/// The video source of a run: the dataset, and for each sequence of the sampler its index in
+/// the dataset.
+struct VideoSource {
+    dataset: DavisDataset,
+    index: Vec<usize>,
+    cache: VideoCache,
+}
+
+impl VideoSource {
+    fn new(dataset: DavisDataset, sampler: &VideoSampler, size: InputSize) -> Result<VideoSource> {
+        let index = sampler
+            .sequences()
+            .iter()
+            .map(|(name, _)| {
+                dataset
+                    .sequences()
+                    .iter()
+                    .position(|s| &s.name == name)
+                    .ok_or_else(|| {
+                        anyhow!(
+                            "{}: sequence {name:?} of the run is no longer in the data",
+                            dataset.root().display()
+                        )
+                    })
+            })
+            .collect::<Result<_>>()?;
+        Ok(VideoSource {
+            dataset,
+            index,
+            cache: VideoCache {
+                size,
+                frames: HashMap::new(),
+            },
+        })
+    }
+
+    /// A frame (normalised CHW tensor `[1, 3, h, w]`) and its binary mask, flipped when asked.
+    fn frame(
+        &mut self,
+        norm: &Normalization,
+        seq: usize,
+        frame: usize,
+        flip: bool,
+    ) -> Result<(Tensor, Mask)> {
+        let size = self.cache.size;
+        let key = (self.index[seq], frame);
+        if !self.cache.frames.contains_key(&key) {
+            let (img, gt) = self.dataset.load_frame(key.0, key.1, None)?;
+            let img = resize_rgb(&img, size);
+            let gt = resize_mask_nearest(&gt, size.height, size.width);
+            self.cache.frames.insert(key, (img, gt));
+        }
+        let (img, gt) = &self.cache.frames[&key];
+        let (img, gt) = if flip {
+            let mut i = img.clone();
+            image::imageops::flip_horizontal_in_place(&mut i);
+            (i, flip_mask(gt))
+        } else {
+            (img.clone(), gt.clone())
+        };
+        let t = Tensor::from_slice(&normalize_chw(&img, norm)).view([
+            1,
+            3,
+            size.height as i64,
+            size.width as i64,
+        ]);
+        Ok((t, gt))
+    }
+
+    /// The tensors of one video episode at the training size.
+    fn episode_tensors(
+        &mut self,
+        norm: &Normalization,
+        ep: &VideoEpisode,
+        device: Device,
+    ) -> Result<EpisodeTensors> {
+        let k = ep.supports.len();
+        let mut imgs = Vec::with_capacity(k);
+        let mut fgs = Vec::with_capacity(k);
+        for (i, &f) in ep.supports.iter().enumerate() {
+            let (t, m) = self.frame(norm, ep.sequence, f, ep.flips[i])?;
+            imgs.push(t);
+            fgs.push(mask_tensor(&m));
+        }
+        let (query, qm) = self.frame(norm, ep.sequence, ep.query, ep.flips[k])?;
+        Ok(assemble(&imgs, &fgs, query, &mask_tensor(&qm), device))
+    }
+}
+
+/// One training episode and the source it came from.
+enum Draw {
+    Class(fss_lab::sampler::TrainingEpisode),
+    Video(VideoEpisode),
+}
+
+/// The data sources of `--data` (layouts told apart), `--data-weights` and
+/// `--holdout-sequences`.
+fn sources_from_args(args: &TrainArgs, method: Method) -> Result<Vec<DataSource>> {
+    if args.data.is_empty() {
+        bail!("--data: give at least one training folder");
+    }
+    let weights = match &args.data_weights {
+        Some(w) if w.len() != args.data.len() => bail!(
+            "--data-weights gives {} weights for {} --data folders",
+            w.len(),
+            args.data.len()
+        ),
+        Some(w) => w.clone(),
+        None => vec![1.0; args.data.len()],
+    };
+    // The same checks the sampler makes when the run starts, here before any model work.
+    SourceMix::new(&weights, 0).map_err(|e| anyhow!("--data-weights: {e}"))?;
+    let mut sources = Vec::new();
+    for (path, weight) in args.data.iter().zip(weights) {
+        let layout = DataLayout::of(path)?;
+        if sources.iter().any(|s: &DataSource| s.layout == layout) {
+            bail!(
+                "{}: a second {} source; give one folder of each layout",
+                path.display(),
+                match layout {
+                    DataLayout::Coco128 => "COCO128",
+                    DataLayout::Davis => "DAVIS",
+                }
+            );
+        }
+        sources.push(DataSource {
+            path: path.display().to_string(),
+            layout,
+            weight,
+            holdout: match layout {
+                DataLayout::Davis => args.holdout_sequences.clone(),
+                DataLayout::Coco128 => Vec::new(),
+            },
+        });
+    }
+    if !args.holdout_sequences.is_empty() && !sources.iter().any(|s| s.layout == DataLayout::Davis)
+    {
+        bail!("--holdout-sequences needs a DAVIS-layout --data folder");
+    }
+    if method == Method::Smcp && sources.iter().any(|s| s.layout == DataLayout::Davis) {
+        bail!(
+            "SMCP trains on class episodes only (its multi-class loss needs class labels, which video has not): drop the DAVIS-layout --data or train another method"
+        );
+    }
+    Ok(sources)
 }
 
 fn config_from_args(args: &TrainArgs, weights: &Option<PathBuf>) -> Result<TrainConfig> {
@@ -206,11 +376,13 @@ fn config_from_args(args: &TrainArgs, weights: &Option<PathBuf>) -> Result<Train
             (args.weight_decay.unwrap_or(wd), schedule, Some(smcp))
         }
     };
+    let sources = sources_from_args(args, args.method)?;
     Ok(TrainConfig {
         method: args.method,
         backbone: args.backbone.name().to_string(),
         init_weights: weights.as_ref().map(|p| p.display().to_string()),
-        data: args.data.display().to_string(),
+        data: sources[0].path.clone(),
+        sources,
         split,
         fold: args.fold,
         iterations: args.iterations,
@@ -270,10 +442,21 @@ pub fn train(
         );
     }
     let kind: BackboneKind = cfg.backbone.parse().map_err(|e| anyhow!("{e}"))?;
-    let dataset = CocoMaskDataset::open(Path::new(&cfg.data))?;
-    let subset = dataset.indices_of_split("train2017");
-    if subset.is_empty() {
-        bail!("{}: no train2017 images with masks to train on", cfg.data);
+    let sources = cfg.data_sources();
+    let mut coco: Option<(CocoMaskDataset, Vec<usize>)> = None;
+    let mut davis: Option<(DavisDataset, &DataSource)> = None;
+    for s in &sources {
+        match s.layout {
+            DataLayout::Coco128 => {
+                let dataset = CocoMaskDataset::open(Path::new(&s.path))?;
+                let subset = dataset.indices_of_split("train2017");
+                if subset.is_empty() {
+                    bail!("{}: no train2017 images with masks to train on", s.path);
+                }
+                coco = Some((dataset, subset));
+            }
+            DataLayout::Davis => davis = Some((DavisDataset::open(Path::new(&s.path))?, s)),
+        }
     }
     tch::manual_seed(cfg.seed as i64);
     let vs = VarStore::new(device);
@@ -324,14 +507,48 @@ pub fn train(
                 min_pixels: cfg.min_pixels,
                 hflip: cfg.hflip,
             };
-            let sampler = TrainingSampler::new(&dataset, spec, &subset, cfg.seed)?;
+            let sampler = coco
+                .as_ref()
+                .map(|(dataset, subset)| TrainingSampler::new(dataset, spec, subset, cfg.seed))
+                .transpose()?;
+            let video = davis
+                .as_ref()
+                .map(|(dataset, source)| {
+                    let spec = VideoSpec {
+                        shots: cfg.shots,
+                        min_pixels: cfg.min_pixels,
+                        hflip: cfg.hflip,
+                    };
+                    VideoSampler::new(dataset, spec, &source.holdout, cfg.seed)
+                })
+                .transpose()?;
+            let mix = if sources.len() > 1 {
+                let w: Vec<f64> = sources.iter().map(|s| s.weight).collect();
+                Some(SourceMix::new(&w, cfg.seed)?)
+            } else {
+                None
+            };
+            let mut parts = Vec::new();
+            if let (Some(s), Some((_, subset))) = (&sampler, &coco) {
+                parts.push(format!(
+                    "{} base classes of fold {} ({} train2017 images)",
+                    s.classes().len(),
+                    cfg.fold,
+                    subset.len()
+                ));
+            }
+            if let Some(v) = &video {
+                parts.push(format!(
+                    "{} video sequences ({} frames)",
+                    v.sequences().len(),
+                    v.frames()
+                ));
+            }
             eprintln!(
-                "training {} / {} on {} base classes of fold {} ({} train2017 images), {} iterations",
+                "training {} / {} on {}, {} iterations",
                 cfg.method,
                 kind,
-                sampler.classes().len(),
-                cfg.fold,
-                subset.len(),
+                parts.join(" and "),
                 cfg.iterations
             );
             let rec = RunRecord {
@@ -341,6 +558,8 @@ pub fn train(
                 iteration: 0,
                 checkpoint: String::new(),
                 sampler,
+                video,
+                mix,
                 history: Vec::new(),
                 device: format!("{device:?}"),
                 elapsed_s: 0.0,
@@ -354,6 +573,11 @@ pub fn train(
     };
     let size = InputSize::new(cfg.size[0], cfg.size[1]);
     let mut cache = ImageCache::new(size);
+    let mut video_source = match (davis, &record.video) {
+        (Some((dataset, _)), Some(sampler)) => Some(VideoSource::new(dataset, sampler, size)?),
+        (Some(_), None) => bail!("the run record has no video sampler for its DAVIS source"),
+        _ => None,
+    };
     let started = Instant::now();
     let elapsed_before = record.elapsed_s;
     let end = match stop_after {
@@ -368,8 +592,34 @@ pub fn train(
     for it in start..end {
         let lr = lr_at(cfg, it);
         opt.lr = lr;
-        let ep = record.sampler.next_episode();
-        let t = episode_tensors(&dataset, &mut cache, &norm, &ep, device)?;
+        let source = record.mix.as_mut().map_or(0, SourceMix::next_source);
+        let draw = match sources.get(source).map(|s| s.layout) {
+            Some(DataLayout::Coco128) => Draw::Class(
+                record
+                    .sampler
+                    .as_mut()
+                    .ok_or_else(|| anyhow!("the run record has no class sampler"))?
+                    .next_episode(),
+            ),
+            Some(DataLayout::Davis) => Draw::Video(
+                record
+                    .video
+                    .as_mut()
+                    .ok_or_else(|| anyhow!("the run record has no video sampler"))?
+                    .next_episode(),
+            ),
+            None => bail!("data source {source} of the mix is not in the run"),
+        };
+        let t = match &draw {
+            Draw::Class(ep) => {
+                let (dataset, _) = coco.as_ref().expect("a class sampler has its dataset");
+                episode_tensors(dataset, &mut cache, &norm, ep, device)?
+            }
+            Draw::Video(ep) => video_source
+                .as_mut()
+                .expect("a video sampler has its dataset")
+                .episode_tensors(&norm, ep, device)?,
+        };
         let k = t.supports.size()[0];
         let images = Tensor::cat(&[&t.supports, &t.query], 0);
         let feats = if cfg.freeze_backbone {
@@ -380,8 +630,12 @@ pub fn train(
         let (support_f, query_f) = (feats.narrow(0, 0, k), feats.narrow(0, k, 1));
         let (total, parts) = match &head {
             None => panet::losses(&support_f, &query_f, &t, cfg.align).into_parts(),
-            Some(h) => h.episode_losses(&support_f, &query_f, &t, || {
-                semantic_labels(&dataset, &mut cache, &ep, &semantic_lut, device)
+            Some(h) => h.episode_losses(&support_f, &query_f, &t, || match &draw {
+                Draw::Class(ep) => {
+                    let (dataset, _) = coco.as_ref().expect("a class sampler has its dataset");
+                    semantic_labels(dataset, &mut cache, ep, &semantic_lut, device)
+                }
+                Draw::Video(_) => bail!("a video episode has no class labels for SMCP"),
             })?,
         };
         let mut point = LossPoint {

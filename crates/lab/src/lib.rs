@@ -10,3 +10,4 @@ pub mod episodes;
 pub mod eval;
 pub mod presets;
 pub mod sampler;
+pub mod video;

@@ -152,6 +152,27 @@ pub struct TrainingEpisode {
     pub flips: Vec<bool>,
 }
 
+/// K supports and a query, distinct, from `pool` (a partial Fisher-Yates shuffle; the last one
+/// drawn is the query), then, with `hflip`, K+1 flip decisions (`rng.next_u32() >> 31 == 1`,
+/// supports in order, then the query): the draw of every training sampler after it has chosen
+/// its class or sequence.
+pub fn draw_shots(
+    rng: &mut ChaCha8Rng,
+    pool: &[usize],
+    shots: usize,
+    hflip: bool,
+) -> (Vec<usize>, usize, Vec<bool>) {
+    let pos = draw_distinct(rng, pool.len(), shots + 1);
+    let mut picked: Vec<usize> = pos.into_iter().map(|p| pool[p]).collect();
+    let query = picked.pop().expect("shots + 1 >= 1 items");
+    let flips = if hflip {
+        (0..=shots).map(|_| rng.next_u32() >> 31 == 1).collect()
+    } else {
+        vec![false; shots + 1]
+    };
+    (picked, query, flips)
+}
+
 /// Endless 1-way K-shot episodes over the base classes of a fold, from an image subset (e.g.
 /// train2017 only). Serializable with serde (RNG state included), so a checkpoint resumes the
 /// exact episode stream.
@@ -224,17 +245,12 @@ impl TrainingSampler {
     pub fn next_episode(&mut self) -> TrainingEpisode {
         let n = self.classes.len();
         let ci = self.rng.random_range(0..n as u32) as usize;
-        let e = &self.eligible[ci];
-        let pos = draw_distinct(&mut self.rng, e.len(), self.spec.shots + 1);
-        let mut imgs: Vec<usize> = pos.into_iter().map(|p| e[p]).collect();
-        let query = imgs.pop().expect("shots + 1 >= 1 images");
-        let flips = if self.spec.hflip {
-            (0..=self.spec.shots)
-                .map(|_| self.rng.next_u32() >> 31 == 1)
-                .collect()
-        } else {
-            vec![false; self.spec.shots + 1]
-        };
+        let (imgs, query, flips) = draw_shots(
+            &mut self.rng,
+            &self.eligible[ci],
+            self.spec.shots,
+            self.spec.hflip,
+        );
         self.drawn += 1;
         TrainingEpisode {
             episode: Episode {
