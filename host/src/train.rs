@@ -376,6 +376,13 @@ fn config_from_args(args: &TrainArgs, weights: &Option<PathBuf>) -> Result<Train
             (args.weight_decay.unwrap_or(wd), schedule, Some(smcp))
         }
     };
+    if args.freeze_backbone && args.method == Method::Panet {
+        bail!(
+            "--freeze-backbone: method {} has nothing to train besides the backbone",
+            args.method
+        );
+    }
+    // The data last: every argument error is reported without reading the data.
     let sources = sources_from_args(args, args.method)?;
     Ok(TrainConfig {
         method: args.method,
