@@ -152,7 +152,7 @@ fn video_only_training_runs_and_bad_inputs_are_one_line_errors() {
         )),
         &["\"zz\""],
     );
-    // A training sequence with an empty mask names the file.
+    // A damaged mask in a training sequence names the file.
     let bad = TempDir::new("video-bad");
     let src = Path::new(&davis);
     for sub in ["JPEGImages/480p/cows", "Annotations/480p/cows"] {
@@ -164,11 +164,10 @@ fn video_only_training_runs_and_bad_inputs_are_one_line_errors() {
     }
     std::fs::copy(src.join("sequences.txt"), bad.path().join("sequences.txt")).unwrap();
     let mask = bad.path().join("Annotations/480p/cows/00002.png");
-    let (w, h) = image::image_dimensions(&mask).unwrap();
-    image::GrayImage::new(w, h).save(&mask).unwrap();
+    std::fs::write(&mask, b"not a png").unwrap();
     assert_clean_error(
         &host(&train(n, "1", &["--data", bad.path().to_str().unwrap()])),
-        &["00002.png", "empty mask"],
+        &["00002.png"],
     );
     assert!(!never.join("run.json").exists());
 }

@@ -58,9 +58,10 @@ pub struct VideoSampler {
 
 impl VideoSampler {
     /// Builds the sampler from every sequence of `dataset` not named in `holdout`. Every mask
-    /// is read once: a missing, unreadable or empty one is an error naming the file (a
-    /// training video has its object on every frame); frames whose object covers fewer than
-    /// `min_pixels` pixels are not drawn; sequences with fewer than K+1 frames left are skipped.
+    /// is read once: a missing or unreadable one is an error naming the file; frames whose
+    /// object is absent (an empty mask: occluded or out of view, as on some DAVIS frames) or
+    /// covers fewer than `min_pixels` pixels are not drawn; sequences with fewer than K+1 frames
+    /// left are skipped, and none left at all is an error.
     pub fn new(
         dataset: &DavisDataset,
         spec: VideoSpec,
@@ -90,16 +91,7 @@ impl VideoSampler {
             for (i, path) in s.annotations.iter().enumerate() {
                 let m = load_label_png(path)?;
                 let fg = m.data.iter().filter(|&&v| v != 0).count() as u64;
-                if fg == 0 {
-                    return Err(EdgeError::invalid(
-                        path,
-                        format!(
-                            "empty mask in training sequence {:?}: its object must be marked on every frame",
-                            s.name
-                        ),
-                    ));
-                }
-                if fg >= spec.min_pixels {
+                if fg > 0 && fg >= spec.min_pixels {
                     eligible.push(i);
                 }
             }
@@ -301,10 +293,14 @@ mod tests {
         let dir = TempDir::new("video-bad");
         write_set(dir.path(), &["a"], 3, 0);
         let ds = DavisDataset::open(dir.path()).unwrap();
+        // Frame 0's object is absent: not drawn.
+        let s = VideoSampler::new(&ds, spec(1, 1), &[], 1).unwrap();
+        assert_eq!(s.sequences()[0].1, vec![1, 2]);
+        std::fs::write(dir.path().join("Annotations/480p/a/00001.png"), b"").unwrap();
         let e = VideoSampler::new(&ds, spec(1, 1), &[], 1)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("00000.png") && e.contains("empty mask"), "{e}");
+        assert!(e.contains("00001.png"), "{e}");
         let dir = TempDir::new("video-small");
         write_set(dir.path(), &["a"], 3, 1);
         let ds = DavisDataset::open(dir.path()).unwrap();
