@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Soak run of `edge run` (README "Live"): 10,000 frames from the synthetic source (320x240 at
+# Soak run of `edge run` (docs/live.md, "Measured"): 10,000 frames from the synthetic source (320x240 at
 # 60 fps, faster than inference), the default bundle at 160x288, one target taught through the
 # JSON API with the disc's box, web page and events on. Prints captured / processed / dropped,
 # per-stage timings and resident memory at start, every 500 frames and at the end.

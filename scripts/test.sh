@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The project's test command (README, "Tests"; .ci/run calls it): set-up if needed, format check,
+# The project's test command (README, "The two commands", and docs/testing.md; .ci/run calls it): set-up if needed, format check,
 # then every test of the workspace; then the aarch64 build and edge's tests under qemu (docs/arm.md;
 # FSS_SKIP_ARM=1 skips that part locally).
 set -euo pipefail

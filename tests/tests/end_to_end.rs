@@ -162,7 +162,7 @@ fn shipped_default_bundle_runs_the_demo() {
 }
 
 /// The shipped SMCP bundle on the shipped blackswan sample: the demo runs it, and the fused
-/// second pass changes the prediction against the support prototype alone (README, "SMCP":
+/// second pass changes the prediction against the support prototype alone (docs/methods.md, "SMCP":
 /// whether it helps is measured there, on all of DAVIS).
 #[test]
 fn shipped_smcp_bundle_runs_and_its_second_pass_changes_the_masks() {

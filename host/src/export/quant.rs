@@ -55,7 +55,7 @@ pub use crate::layers::{ConvRanges, QuantConv};
 pub const HIST_BINS: usize = 2048;
 /// The percentile `--calibration-method percentile` uses unless told otherwise.
 pub const DEFAULT_PERCENTILE: f64 = 99.99;
-/// The calibration method of `host export --int8` unless told otherwise (README, "int8
+/// The calibration method of `host export --int8` unless told otherwise (docs/int8.md, "int8
 /// bundles": on the EfficientNet-Lite0 PANet it gave the best DAVIS J and feature error of the
 /// three).
 pub const DEFAULT_METHOD: CalibrationMethod = CalibrationMethod::Percentile(DEFAULT_PERCENTILE);
