@@ -309,19 +309,49 @@ pub fn describe(cfg: &TrainConfig, iterations: usize) -> String {
         ),
         _ => format!("{}{}", cfg.method, if cfg.align { " with PAR" } else { "" }),
     };
+    let sources = cfg.data_sources();
+    let data = sources
+        .iter()
+        .map(|s| {
+            let what = match s.layout {
+                DataLayout::Coco128 => format!(
+                    "{}, base classes of fold {} ({:?} split)",
+                    s.path, cfg.fold, cfg.split
+                ),
+                DataLayout::Davis if s.holdout.is_empty() => format!("{} (video)", s.path),
+                DataLayout::Davis => format!(
+                    "{} (video; sequences {} held out)",
+                    s.path,
+                    s.holdout.join(",")
+                ),
+            };
+            if sources.len() > 1 {
+                format!("{what} with weight {}", s.weight)
+            } else {
+                what
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" + ");
     format!(
-        "{method}; {}; {iterations} iterations of 1-way {}-shot episodes at {}x{} (flips) on {}, base classes of fold {} ({:?} split), SGD momentum {}, {schedule}, weight decay {:e}, seed {}",
+        "{method}; {}; {iterations} iterations of 1-way {}-shot episodes at {}x{} (flips) on {data}, SGD momentum {}, {schedule}, weight decay {:e}, seed {}",
         if cfg.freeze_backbone { "backbone frozen at its ImageNet weights" } else { "backbone fine-tuned (BatchNorm frozen)" },
         cfg.shots,
         cfg.size[0],
         cfg.size[1],
-        cfg.data,
-        cfg.fold,
-        cfg.split,
         cfg.momentum,
         cfg.weight_decay,
         cfg.seed
     )
+}
+
+/// The data of a run as a bundle's provenance names it: its sources' paths joined by " + ".
+pub fn data_paths(cfg: &TrainConfig) -> String {
+    cfg.data_sources()
+        .iter()
+        .map(|s| s.path.as_str())
+        .collect::<Vec<_>>()
+        .join(" + ")
 }
 
 /// The head of a run's method (None for PANet), created in `vs` next to the backbone.

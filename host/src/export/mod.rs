@@ -773,7 +773,7 @@ fn resolve_source(args: &ExportArgs) -> Result<Source> {
                 config: Some(rec.config.clone()),
                 stride,
                 provenance: Provenance {
-                    data: rec.config.data.clone(),
+                    data: crate::run::data_paths(&rec.config),
                     fold: Some(rec.config.fold),
                     iterations: rec.iteration,
                     seed: Some(rec.config.seed),
