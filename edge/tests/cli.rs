@@ -387,11 +387,12 @@ fn eval_davis_json_line() {
         "per_sequence",
         "per_class",
         "per_fold",
+        "temporal",
         "timing",
     ] {
         assert!(o.contains_key(k), "missing key {k}: {stdout}");
     }
-    assert_eq!(o.len(), 18);
+    assert_eq!(o.len(), 19);
     assert_eq!(v["protocol"], "davis");
     assert_eq!(v["method"], m.method.as_str());
     assert_eq!(v["backbone"], m.backbone.as_str());

@@ -227,6 +227,7 @@ fn pascal_request(folds: Option<Vec<usize>>) -> ProtocolRequest {
         write_episodes: None,
         episodes_file: None,
         preset: None,
+        temporal: None,
     }
 }
 
@@ -350,6 +351,7 @@ fn every_preset_runs(protocol: Protocol, data: &Path, folds: Vec<usize>, tag: &s
                 write_episodes: Some(eps.clone()),
                 episodes_file: None,
                 preset: Some(preset),
+                temporal: None,
             };
             let base = EvalReport::new("", "fixture", "panet", "identity", [1, 1], "fp32", 1);
             let report = run_protocol(&mut IdentityEncoder, input, &request, base, &mut |_, _| {})
@@ -428,6 +430,7 @@ fn presets_on_the_coco_fixture_run_or_say_why_not() {
             protocol: Protocol::Coco,
             data: fixtures().join("coco"),
             preset: Some(preset),
+            temporal: None,
             folds: Some(vec![0]),
             episodes: Some(3),
             ..pascal_request(None)
@@ -485,6 +488,7 @@ fn oslsm_encodes_each_image_at_its_own_size_once() {
         let mut enc = RecordingEncoder(Vec::new());
         let request = ProtocolRequest {
             preset: Some(preset),
+            temporal: None,
             episodes: Some(20),
             ..pascal_request(Some(vec![2]))
         };

@@ -12,6 +12,7 @@ use fss_core::choice::Choice;
 use fss_core::error::Result;
 use fss_core::model::{FeatureEncoder, ScoringInput};
 use fss_core::report::EvalReport;
+use fss_core::temporal::TemporalOptions;
 use fss_lab::data::pascal::{PascalOptions, VoidLabel};
 use fss_lab::eval::{run_protocol, Protocol, ProtocolRequest};
 use fss_lab::presets::{Benchmark, Preset, PresetHarness};
@@ -68,6 +69,45 @@ impl PascalArgs {
     }
 }
 
+/// The temporal-memory flags (`fss_core::temporal`): `host eval`, `edge eval` and
+/// `edge bench` take `--temporal` and its settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TemporalArgs {
+    /// DAVIS: segment each sequence in frame order with a memory of the recent frames' confident
+    /// predictions as extra support shots (a separate result from the per-frame protocol; the
+    /// model sees frame 0's mask and its own predictions, no later ground truth).
+    #[arg(long)]
+    pub temporal: bool,
+    /// With --temporal: recent frames remembered.
+    #[arg(long, default_value_t = TemporalOptions::default().window, requires = "temporal")]
+    pub temporal_window: usize,
+    /// With --temporal: foreground probability above which a remembered pixel is foreground
+    /// (below 1 - it: background; the band between is left out).
+    #[arg(long, default_value_t = TemporalOptions::default().confidence, requires = "temporal")]
+    pub temporal_confidence: f32,
+    /// With --temporal: a prediction whose foreground area changes by more than this ratio
+    /// against the remembered frames' median is redone with the support alone, and the memory
+    /// emptied.
+    #[arg(long, default_value_t = TemporalOptions::default().max_area_change, requires = "temporal")]
+    pub temporal_max_area_change: f32,
+    /// With --temporal: location prior; cells farther from the previous frame's foreground
+    /// than this many times the square root of its cell count cannot be foreground (0: off).
+    #[arg(long, default_value_t = TemporalOptions::default().reach, requires = "temporal")]
+    pub temporal_reach: f32,
+}
+
+impl TemporalArgs {
+    /// The memory's settings with `--temporal`, else `None`.
+    pub fn options(&self) -> Option<TemporalOptions> {
+        self.temporal.then_some(TemporalOptions {
+            window: self.temporal_window,
+            confidence: self.temporal_confidence,
+            max_area_change: self.temporal_max_area_change,
+            reach: self.temporal_reach,
+        })
+    }
+}
+
 /// The protocol flags shared by `host eval` and `edge eval` (flattened into both, so the two
 /// commands take the same flags with the same meaning).
 #[derive(Debug, Clone, clap::Args)]
@@ -113,6 +153,8 @@ pub struct ProtocolArgs {
     /// the paper's better variant) or max (one pass per shot, union of the predictions).
     #[arg(long, value_parser = choice::<fss_core::sgone::SgOneKShot>(), default_value = "avg")]
     pub sgone_kshot: fss_core::sgone::SgOneKShot,
+    #[command(flatten)]
+    pub temporal: TemporalArgs,
     /// Also write the results as a Markdown table (per fold mIoU and FB-IoU, mean ± std over
     /// runs) to FILE.
     #[arg(long, value_name = "FILE")]
@@ -149,6 +191,7 @@ impl ProtocolArgs {
             episodes_file: self.episodes_file.clone(),
             preset: self.preset,
             pascal: self.pascal.options(),
+            temporal: self.temporal.options(),
         }
     }
 
@@ -256,5 +299,44 @@ mod tests {
         }
         // The library's one-line description of a value reaches --help.
         assert!(help.contains("The pseudo-prototype alone"), "{help}");
+    }
+
+    #[test]
+    fn temporal_settings_need_temporal() {
+        let e = parse(&["eval", "--protocol", "davis", "--data", "d"])
+            .unwrap()
+            .eval;
+        assert_eq!(e.temporal.options(), None);
+        let e = parse(&[
+            "eval",
+            "--protocol",
+            "davis",
+            "--data",
+            "d",
+            "--temporal",
+            "--temporal-window",
+            "2",
+        ])
+        .unwrap()
+        .eval;
+        assert_eq!(
+            e.temporal.options(),
+            Some(TemporalOptions {
+                window: 2,
+                ..TemporalOptions::default()
+            })
+        );
+        let e = parse(&[
+            "eval",
+            "--protocol",
+            "davis",
+            "--data",
+            "d",
+            "--temporal-window",
+            "2",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--temporal"), "{e}");
     }
 }

@@ -25,6 +25,7 @@ pub mod prototype;
 pub mod report;
 pub mod sgone;
 pub mod smcp;
+pub mod temporal;
 pub mod tensor;
 
 pub use error::{EdgeError, Result};

@@ -71,7 +71,19 @@ pub struct EvalReport {
     pub per_sequence: Option<BTreeMap<String, f64>>,
     pub per_class: Option<BTreeMap<String, ClassEntry>>,
     pub per_fold: Option<Vec<FoldEntry>>,
+    /// DAVIS with temporal memory (`--temporal`): its settings and what it did; `null` for
+    /// the per-frame protocol.
+    #[serde(default)]
+    pub temporal: Option<TemporalReport>,
     pub timing: Timing,
+}
+
+/// The temporal memory of a DAVIS evaluation: its settings and its events summed over every
+/// query frame (`crate::temporal`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TemporalReport {
+    pub options: crate::temporal::TemporalOptions,
+    pub events: crate::temporal::TemporalCounts,
 }
 
 impl EvalReport {
@@ -103,6 +115,7 @@ impl EvalReport {
             per_sequence: None,
             per_class: None,
             per_fold: None,
+            temporal: None,
             timing: Timing::default(),
         }
     }
@@ -136,6 +149,18 @@ impl EvalReport {
             out.push_str(&format!(
                 "\n  fold {} mIoU {:.1} ± {:.1} ({} classes)",
                 f.fold, f.miou, f.miou_std, f.classes
+            ));
+        }
+        if let Some(t) = &self.temporal {
+            out.push_str(&format!(
+                "\n  temporal memory: window {}, confidence {}, max area change {}; \
+                 {} frames remembered, {} uncertain, {} fallbacks to the support",
+                t.options.window,
+                t.options.confidence,
+                t.options.max_area_change,
+                t.events.remembered,
+                t.events.uncertain,
+                t.events.fallbacks
             ));
         }
         out
@@ -285,7 +310,7 @@ impl BenchReport {
 mod tests {
     use super::*;
 
-    const EVAL_KEYS: [&str; 19] = [
+    const EVAL_KEYS: [&str; 20] = [
         "protocol",
         "data",
         "method",
@@ -303,6 +328,7 @@ mod tests {
         "per_sequence",
         "per_class",
         "per_fold",
+        "temporal",
         "timing",
         "elapsed_s",
     ];
@@ -328,12 +354,13 @@ mod tests {
         assert!(!line.contains('\n'));
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         let o = v.as_object().unwrap();
-        assert_eq!(o.len(), 18);
-        for k in &EVAL_KEYS[..18] {
+        assert_eq!(o.len(), 19);
+        for k in &EVAL_KEYS[..19] {
             assert!(o.contains_key(*k), "missing key {k}");
         }
         assert!(o["folds"].is_null() && o["episodes"].is_null() && o["miou"].is_null());
         assert!(o["per_class"].is_null() && o["per_fold"].is_null());
+        assert!(o["temporal"].is_null());
         assert_eq!(o["size"], serde_json::json!([320, 576]));
         assert_eq!(o["j_mean"].as_f64().unwrap(), 44.123456789);
         assert_eq!(o["timing"]["elapsed_s"].as_f64().unwrap(), 12.3);

@@ -24,7 +24,8 @@ use fss_core::preprocess::{
     prepare_input, resize_mask_nearest, InputGeometry, InputSize, Normalization, Placement,
 };
 use fss_core::prototype::{logits_to_labels, logits_to_labels_placed, SupportShot};
-use fss_core::report::{ClassEntry, EvalReport, FoldEntry};
+use fss_core::report::{ClassEntry, EvalReport, FoldEntry, TemporalReport};
+use fss_core::temporal::{TemporalCounts, TemporalMemory, TemporalOptions};
 use fss_core::tensor::{FeatureMap, Mask};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -32,13 +33,19 @@ use std::time::Instant;
 
 /// DAVIS one-shot protocol: per target the support is frame 0 with its mask, frames 1..N-1 are
 /// queries scored independently at the annotation's resolution.
+///
+/// With `temporal`, each target keeps a [`TemporalMemory`] of its recent frames, segmented in
+/// order; the model sees frame 0's mask and its own predictions, never a later ground truth.
+/// The events of every target's memory are summed in the returned counts.
 pub fn davis_one_shot(
     encoder: &mut dyn FeatureEncoder,
     dataset: &DavisDataset,
     input: ScoringInput,
+    temporal: Option<TemporalOptions>,
     progress: Progress,
-) -> Result<VideoJAccumulator> {
+) -> Result<(VideoJAccumulator, TemporalCounts)> {
     let mut acc = VideoJAccumulator::new();
+    let mut counts = TemporalCounts::default();
     let total: usize = dataset.sequences().iter().map(|s| s.len()).sum();
     let mut done = 0;
     for si in 0..dataset.sequences().len() {
@@ -52,10 +59,12 @@ pub fn davis_one_shot(
             si,
             &features,
             input,
+            temporal,
+            &mut counts,
             &mut |name, _, pred, gt| acc.add(name, pred, gt).map(|_| ()),
         )?;
     }
-    Ok(acc)
+    Ok((acc, counts))
 }
 
 /// The features of every frame of sequence `si` (each frame encoded once; every target
@@ -89,13 +98,18 @@ fn davis_encode_sequence(
 
 /// The one-shot predictions of sequence `si` from its frames' `features`: for each target
 /// (the sequence, or each object of a multi-object dataset) and each query frame,
-/// `sink(target name, frame, prediction, ground truth)`.
+/// `sink(target name, frame, prediction, ground truth)`. With `temporal`, frames are
+/// segmented in order with a fresh memory per target, whose events are added to `counts`; the
+/// ground truth of a query frame is read for its size and the sink only.
+#[allow(clippy::too_many_arguments)]
 fn davis_predictions(
     model: &mut dyn FeatureEncoder,
     dataset: &DavisDataset,
     si: usize,
     features: &[FeatureMap],
     input: ScoringInput,
+    temporal: Option<TemporalOptions>,
+    counts: &mut TemporalCounts,
     sink: &mut dyn FnMut(&str, usize, &Mask, &Mask) -> Result<()>,
 ) -> Result<()> {
     let seq = &dataset.sequences()[si];
@@ -120,14 +134,28 @@ fn davis_predictions(
                 ),
             ));
         }
-        let protos = model.prototypes(&[vec![SupportShot::from_foreground(
+        let support = vec![SupportShot::from_foreground(
             features[0].clone(),
             support_mask,
-        )]])?;
+        )];
+        let protos = model.prototypes(std::slice::from_ref(&support))?;
+        let mut memory = temporal.map(TemporalMemory::new).transpose()?;
         for (f, query) in features.iter().enumerate().skip(1) {
             let gt = dataset.ground_truth(si, f, object)?;
-            let pred = predict_labels(model, &protos, query, input.size, (gt.height, gt.width))?;
+            let pred = match memory.as_mut() {
+                None => predict_labels(model, &protos, query, input.size, (gt.height, gt.width))?,
+                Some(memory) => {
+                    let step = memory.step(model, &support, &protos, query, input.size)?;
+                    logits_to_labels(&step.logits, gt.height, gt.width)
+                }
+            };
             sink(&name, f, &pred, &gt)?;
+        }
+        if let Some(memory) = &memory {
+            let c = memory.counts();
+            counts.remembered += c.remembered;
+            counts.uncertain += c.uncertain;
+            counts.fallbacks += c.fallbacks;
         }
     }
     Ok(())
@@ -216,16 +244,35 @@ pub fn davis_agreement(
         let fa = davis_encode_sequence(a, dataset, si, input, &mut encoded)?;
         let fb = davis_encode_sequence(b, dataset, si, input, &mut encoded)?;
         let mut masks_a = Vec::new();
-        davis_predictions(a, dataset, si, &fa, input, &mut |_, _, pred, _| {
-            masks_a.push(pred.clone());
-            Ok(())
-        })?;
+        let mut none = TemporalCounts::default();
+        davis_predictions(
+            a,
+            dataset,
+            si,
+            &fa,
+            input,
+            None,
+            &mut none,
+            &mut |_, _, pred, _| {
+                masks_a.push(pred.clone());
+                Ok(())
+            },
+        )?;
         let mut k = 0;
-        davis_predictions(b, dataset, si, &fb, input, &mut |name, f, pred, _| {
-            out.add(name, f, &masks_a[k], pred)?;
-            k += 1;
-            Ok(())
-        })?;
+        davis_predictions(
+            b,
+            dataset,
+            si,
+            &fb,
+            input,
+            None,
+            &mut none,
+            &mut |name, f, pred, _| {
+                out.add(name, f, &masks_a[k], pred)?;
+                k += 1;
+                Ok(())
+            },
+        )?;
     }
     Ok(out)
 }
@@ -233,6 +280,7 @@ pub fn davis_agreement(
 /// Fills a report from a DAVIS accumulator.
 pub fn davis_report(mut base: EvalReport, acc: &VideoJAccumulator) -> EvalReport {
     base.protocol = "davis".into();
+    base.temporal = None;
     base.j_mean = acc.j_mean_percent();
     base.fb_iou = acc.fb_iou_percent();
     base.per_sequence = Some(acc.per_sequence_percent());
@@ -569,6 +617,9 @@ pub struct ProtocolRequest {
     /// `runs`, `seed`, the 255 handling and (unless given) `episodes`; `input.size` must be the
     /// preset's fixed input size, if it has one.
     pub preset: Option<Preset>,
+    /// DAVIS: segment each target's frames in order with a temporal memory of recent frames
+    /// (`fss_core::temporal`); `None` is the per-frame protocol.
+    pub temporal: Option<TemporalOptions>,
 }
 
 /// Episodes per fold per run when neither `--episodes` nor a preset says.
@@ -605,12 +656,24 @@ pub fn run_protocol(
                 "the DAVIS protocol is one-shot (frame 0); --shots must be 1",
             ));
         }
+        if let Some(t) = &request.temporal {
+            t.validate()?;
+        }
         base.seed = request.seed;
         let dataset = DavisDataset::open(&request.data)?;
-        let acc = davis_one_shot(encoder, &dataset, input, progress)?;
+        let (acc, events) = davis_one_shot(encoder, &dataset, input, request.temporal, progress)?;
         let mut report = davis_report(base, &acc);
+        report.temporal = request
+            .temporal
+            .map(|options| TemporalReport { options, events });
         report.timing.elapsed_s = started.elapsed().as_secs_f64();
         return Ok(report);
+    }
+    if request.temporal.is_some() {
+        return Err(EdgeError::input(format!(
+            "--temporal segments video in frame order: it applies to --protocol davis, not {}",
+            request.protocol.name()
+        )));
     }
     let setup = EpisodeSetup::of(request, input)?;
     if request.preset.is_some() {
@@ -854,6 +917,7 @@ mod tests {
             write_episodes: Some(episodes_path.clone()),
             episodes_file: None,
             preset: None,
+            temporal: None,
         };
         let base = EvalReport::new("", "d", "panet", "id", [8, 8], "fp32", 2);
         let mut calls = 0;
@@ -975,6 +1039,7 @@ mod tests {
             write_episodes: None,
             episodes_file: None,
             preset: Some(Preset::Panet),
+            temporal: None,
         };
         let base = EvalReport::new("", "d", "panet", "id", [8, 8], "fp32", 1);
         let e = run_protocol(
@@ -1078,5 +1143,130 @@ mod tests {
             assert_eq!(acc.per_class(), result.runs[key].per_class(), "{key:?}");
         }
         assert_eq!(records, result.episodes);
+    }
+
+    /// Every query mask of the DAVIS protocol on `root`, in order (per frame or temporal).
+    fn davis_masks(root: &std::path::Path, temporal: Option<TemporalOptions>) -> Vec<Mask> {
+        let dataset = DavisDataset::open(root).unwrap();
+        let input = ScoringInput {
+            size: InputSize::new(24, 32),
+            normalization: Normalization::IMAGENET,
+        };
+        let mut masks = Vec::new();
+        let mut counts = TemporalCounts::default();
+        for si in 0..dataset.sequences().len() {
+            let features =
+                davis_encode_sequence(&mut IdentityEncoder, &dataset, si, input, &mut |_| {})
+                    .unwrap();
+            davis_predictions(
+                &mut IdentityEncoder,
+                &dataset,
+                si,
+                &features,
+                input,
+                temporal,
+                &mut counts,
+                &mut |_, _, pred, _| {
+                    masks.push(pred.clone());
+                    Ok(())
+                },
+            )
+            .unwrap();
+        }
+        if temporal.is_some() {
+            assert!(counts.remembered > 0, "{counts:?}");
+        }
+        masks
+    }
+
+    #[test]
+    fn temporal_davis_sees_frame_0s_mask_and_no_later_ground_truth() {
+        let dir = TempDir::new("eval_temporal_gt");
+        let root = dir.path().join("davis");
+        fss_tests::write_davis_like(&root, 2, 6, 32, 24);
+        let temporal = Some(TemporalOptions {
+            window: 2,
+            reach: 1.0,
+            ..TemporalOptions::default()
+        });
+        let before = davis_masks(&root, temporal);
+        assert_eq!(before.len(), 2 * 5);
+        // Replace every later annotation by another mask of the same size (its complement):
+        // the predictions must not change, while frame 0's mask still matters.
+        for s in 0..2 {
+            for f in 1..6 {
+                let p = root.join(format!("Annotations/480p/seq{s}/{f:05}.png"));
+                let mut m = image::open(&p).unwrap().to_luma8();
+                m.pixels_mut().for_each(|v| v.0[0] = 255 - v.0[0]);
+                m.save(&p).unwrap();
+            }
+        }
+        assert_eq!(davis_masks(&root, temporal), before);
+        let p = root.join("Annotations/480p/seq0/00000.png");
+        let mut m = image::open(&p).unwrap().to_luma8();
+        m.pixels_mut().for_each(|v| v.0[0] = 255 - v.0[0]);
+        m.save(&p).unwrap();
+        assert_ne!(davis_masks(&root, temporal), before);
+    }
+
+    #[test]
+    fn temporal_applies_to_davis_only_and_checks_its_settings() {
+        let dir = TempDir::new("eval_temporal_refusals");
+        let root = dir.path().join("davis");
+        fss_tests::write_davis_like(&root, 1, 3, 32, 24);
+        let input = ScoringInput {
+            size: InputSize::new(24, 32),
+            normalization: Normalization::IMAGENET,
+        };
+        let mut request = ProtocolRequest {
+            pascal: PascalOptions::val(),
+            protocol: Protocol::Davis,
+            data: root.clone(),
+            shots: 1,
+            episodes: None,
+            runs: 1,
+            seed: 0,
+            folds: None,
+            trained_fold: None,
+            write_episodes: None,
+            episodes_file: None,
+            preset: None,
+            temporal: Some(TemporalOptions::default()),
+        };
+        let base = EvalReport::new("", "d", "panet", "id", [24, 32], "fp32", 1);
+        let report = run_protocol(
+            &mut IdentityEncoder,
+            input,
+            &request,
+            base.clone(),
+            &mut |_, _| {},
+        )
+        .unwrap();
+        let t = report.temporal.unwrap();
+        assert_eq!(t.options, TemporalOptions::default());
+        assert_eq!(
+            t.events.remembered + t.events.uncertain + t.events.fallbacks,
+            2
+        );
+        request.temporal = Some(TemporalOptions {
+            confidence: 1.5,
+            ..TemporalOptions::default()
+        });
+        let e = run_protocol(
+            &mut IdentityEncoder,
+            input,
+            &request,
+            base.clone(),
+            &mut |_, _| {},
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--temporal-confidence"), "{e}");
+        request.temporal = Some(TemporalOptions::default());
+        request.protocol = Protocol::Folder;
+        let e = run_protocol(&mut IdentityEncoder, input, &request, base, &mut |_, _| {})
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--temporal") && e.contains("folder"), "{e}");
     }
 }
