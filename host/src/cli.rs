@@ -128,6 +128,11 @@ pub struct TrainArgs {
     /// "frozen encoder" ablation). PANet has nothing else to train.
     #[arg(long)]
     pub freeze_backbone: bool,
+    /// Augmentation on top of the horizontal flips: standard (random scale 0.8-1.25, rotation
+    /// up to 10 degrees, shift, blur on a quarter of the images, brightness/contrast/saturation
+    /// jitter of 20%) or none (flips only, as runs before it).
+    #[arg(long, value_parser = ["standard", "none"], default_value = "standard")]
+    pub augment: String,
     #[arg(long, default_value_t = 100)]
     pub checkpoint_every: usize,
     #[arg(long, default_value = "cpu")]

@@ -65,6 +65,9 @@ pub struct TrainConfig {
     /// DPNet's head.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dpnet: Option<DpNetConfig>,
+    /// Augmentation beyond flips (runs written before this field: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augment: Option<fss_lab::augment::AugmentSpec>,
 }
 
 /// How a training folder is laid out.
@@ -334,11 +337,16 @@ pub fn describe(cfg: &TrainConfig, iterations: usize) -> String {
         .collect::<Vec<_>>()
         .join(" + ");
     format!(
-        "{method}; {}; {iterations} iterations of 1-way {}-shot episodes at {}x{} (flips) on {data}, SGD momentum {}, {schedule}, weight decay {:e}, seed {}",
+        "{method}; {}; {iterations} iterations of 1-way {}-shot episodes at {}x{} ({}) on {data}, SGD momentum {}, {schedule}, weight decay {:e}, seed {}",
         if cfg.freeze_backbone { "backbone frozen at its ImageNet weights" } else { "backbone fine-tuned (BatchNorm frozen)" },
         cfg.shots,
         cfg.size[0],
         cfg.size[1],
+        if cfg.augment.is_some() {
+            "flips, random scale, rotation, shift, blur and colour jitter"
+        } else {
+            "flips"
+        },
         cfg.momentum,
         cfg.weight_decay,
         cfg.seed

@@ -24,6 +24,7 @@ use fss_core::preprocess::{
     normalize_chw, resize_mask_nearest, resize_rgb, InputSize, Normalization,
 };
 use fss_core::tensor::Mask;
+use fss_lab::augment::{AugmentSpec, Augmentation};
 use fss_lab::data::coco::{CocoMaskDataset, FoldSplit};
 use fss_lab::sampler::{TrainingSampler, TrainingSpec};
 use fss_lab::video::{SourceMix, VideoEpisode, VideoSampler, VideoSpec};
@@ -107,41 +108,78 @@ fn mask_tensor(m: &Mask) -> Tensor {
     Tensor::from_slice(&v).view([m.height as i64, m.width as i64])
 }
 
-/// Builds the tensors of one episode at the training size.
+/// How the images of this iteration's episode are augmented (`--augment`).
+#[derive(Clone, Copy)]
+struct EpisodeAugment<'a> {
+    spec: Option<&'a AugmentSpec>,
+    seed: u64,
+    iteration: usize,
+    /// The colour that normalises to (about) zero: what comes in from outside the image.
+    fill: [u8; 3],
+}
+
+impl EpisodeAugment<'_> {
+    /// The augmentation of image `slot` (supports first, then the query) whose object mask is
+    /// `object`: a support whose object the geometry would push out of the frame keeps only the
+    /// colour changes (a support needs its object; a query may lose it).
+    fn of(&self, slot: usize, object: &Mask, support: bool) -> Augmentation {
+        let Some(spec) = self.spec else {
+            return Augmentation::IDENTITY;
+        };
+        let a = Augmentation::draw(spec, self.seed, self.iteration, slot);
+        if support && a.warp_labels(object).count_nonzero() == 0 {
+            a.photometric_only()
+        } else {
+            a
+        }
+    }
+}
+
+/// The normalised CHW tensor `[1, 3, h, w]` of an image at the training size.
+fn image_tensor(img: &image::RgbImage, norm: &Normalization) -> Tensor {
+    let (w, h) = img.dimensions();
+    Tensor::from_slice(&normalize_chw(img, norm)).view([1, 3, h as i64, w as i64])
+}
+
+/// Builds the tensors of one episode at the training size, and each image's augmentation
+/// (SMCP's class labels move with them).
 fn episode_tensors(
     dataset: &CocoMaskDataset,
     cache: &mut ImageCache,
     norm: &Normalization,
     ep: &fss_lab::sampler::TrainingEpisode,
+    augment: EpisodeAugment,
     device: Device,
-) -> Result<EpisodeTensors> {
-    let size = cache.size;
-    let (h, w) = (size.height as i64, size.width as i64);
-    let image_tensor = |cache: &mut ImageCache, idx: usize, flip: bool| -> Result<Tensor> {
+) -> Result<(EpisodeTensors, Vec<Augmentation>)> {
+    // The episode class's binary mask (nearest resize commutes with picking the class).
+    let class = ep.episode.class;
+    let k = ep.episode.supports.len();
+    let slots: Vec<usize> = ep
+        .episode
+        .supports
+        .iter()
+        .copied()
+        .chain(std::iter::once(ep.episode.query))
+        .collect();
+    let mut imgs = Vec::with_capacity(k + 1);
+    let mut masks = Vec::with_capacity(k + 1);
+    let mut augs = Vec::with_capacity(k + 1);
+    for (i, &idx) in slots.iter().enumerate() {
+        let flip = ep.flips[i];
         let mut img = cache.image(dataset, idx)?.clone();
         if flip {
             image::imageops::flip_horizontal_in_place(&mut img);
         }
-        Ok(Tensor::from_slice(&normalize_chw(&img, norm)).view([1, 3, h, w]))
-    };
-    // The episode class's binary mask (nearest resize commutes with picking the class).
-    let class = ep.episode.class;
-    let label = |cache: &mut ImageCache, idx: usize, flip: bool| -> Result<Mask> {
         let mut m = cache.label_map(dataset, idx, flip)?;
         m.data.iter_mut().for_each(|v| *v = (*v == class) as u8);
-        Ok(m)
-    };
-    let k = ep.episode.supports.len();
-    let mut imgs = Vec::with_capacity(k);
-    let mut fgs = Vec::with_capacity(k);
-    for (i, &s) in ep.episode.supports.iter().enumerate() {
-        imgs.push(image_tensor(cache, s, ep.flips[i])?);
-        fgs.push(mask_tensor(&label(cache, s, ep.flips[i])?));
+        let a = augment.of(i, &m, i < k);
+        imgs.push(image_tensor(&a.apply_image(&img, augment.fill), norm));
+        masks.push(mask_tensor(&a.warp_labels(&m)));
+        augs.push(a);
     }
-    let q = ep.episode.query;
-    let query = image_tensor(cache, q, ep.flips[k])?;
-    let qmask = mask_tensor(&label(cache, q, ep.flips[k])?);
-    Ok(assemble(&imgs, &fgs, query, &qmask, device))
+    let query = imgs.pop().expect("an episode has a query");
+    let qmask = masks.pop().expect("an episode has a query");
+    Ok((assemble(&imgs, &masks, query, &qmask, device), augs))
 }
 
 /// An episode's tensors on `device` from its support images `[1, 3, h, w]` and foreground
@@ -207,14 +245,8 @@ impl VideoSource {
         })
     }
 
-    /// A frame (normalised CHW tensor `[1, 3, h, w]`) and its binary mask, flipped when asked.
-    fn frame(
-        &mut self,
-        norm: &Normalization,
-        seq: usize,
-        frame: usize,
-        flip: bool,
-    ) -> Result<(Tensor, Mask)> {
+    /// A frame at the training size and its binary mask, flipped when asked.
+    fn frame(&mut self, seq: usize, frame: usize, flip: bool) -> Result<(image::RgbImage, Mask)> {
         let size = self.cache.size;
         let key = (self.index[seq], frame);
         if !self.cache.frames.contains_key(&key) {
@@ -224,20 +256,13 @@ impl VideoSource {
             self.cache.frames.insert(key, (img, gt));
         }
         let (img, gt) = &self.cache.frames[&key];
-        let (img, gt) = if flip {
+        Ok(if flip {
             let mut i = img.clone();
             image::imageops::flip_horizontal_in_place(&mut i);
             (i, flip_mask(gt))
         } else {
             (img.clone(), gt.clone())
-        };
-        let t = Tensor::from_slice(&normalize_chw(&img, norm)).view([
-            1,
-            3,
-            size.height as i64,
-            size.width as i64,
-        ]);
-        Ok((t, gt))
+        })
     }
 
     /// The tensors of one video episode at the training size.
@@ -245,18 +270,21 @@ impl VideoSource {
         &mut self,
         norm: &Normalization,
         ep: &VideoEpisode,
+        augment: EpisodeAugment,
         device: Device,
     ) -> Result<EpisodeTensors> {
         let k = ep.supports.len();
-        let mut imgs = Vec::with_capacity(k);
-        let mut fgs = Vec::with_capacity(k);
-        for (i, &f) in ep.supports.iter().enumerate() {
-            let (t, m) = self.frame(norm, ep.sequence, f, ep.flips[i])?;
-            imgs.push(t);
-            fgs.push(mask_tensor(&m));
+        let mut imgs = Vec::with_capacity(k + 1);
+        let mut masks = Vec::with_capacity(k + 1);
+        for (i, &f) in ep.supports.iter().chain([&ep.query]).enumerate() {
+            let (img, m) = self.frame(ep.sequence, f, ep.flips[i])?;
+            let a = augment.of(i, &m, i < k);
+            imgs.push(image_tensor(&a.apply_image(&img, augment.fill), norm));
+            masks.push(mask_tensor(&a.warp_labels(&m)));
         }
-        let (query, qm) = self.frame(norm, ep.sequence, ep.query, ep.flips[k])?;
-        Ok(assemble(&imgs, &fgs, query, &mask_tensor(&qm), device))
+        let query = imgs.pop().expect("an episode has a query");
+        let qmask = masks.pop().expect("an episode has a query");
+        Ok(assemble(&imgs, &masks, query, &qmask, device))
     }
 }
 
@@ -411,6 +439,7 @@ fn config_from_args(args: &TrainArgs, weights: &Option<PathBuf>) -> Result<Train
         sgone,
         dpnet,
         freeze_backbone: args.freeze_backbone,
+        augment: (args.augment == "standard").then_some(AugmentSpec::STANDARD),
     })
 }
 
@@ -579,6 +608,9 @@ pub fn train(
         std: kind.normalization().1,
     };
     let size = InputSize::new(cfg.size[0], cfg.size[1]);
+    let fill = norm
+        .mean
+        .map(|m| (m * 255.0).round().clamp(0.0, 255.0) as u8);
     let mut cache = ImageCache::new(size);
     let mut video_source = match (davis, &record.video) {
         (Some((dataset, _)), Some(sampler)) => Some(VideoSource::new(dataset, sampler, size)?),
@@ -617,15 +649,24 @@ pub fn train(
             ),
             None => bail!("data source {source} of the mix is not in the run"),
         };
-        let t = match &draw {
+        let augment = EpisodeAugment {
+            spec: cfg.augment.as_ref(),
+            seed: cfg.seed,
+            iteration: it,
+            fill,
+        };
+        let (t, augs) = match &draw {
             Draw::Class(ep) => {
                 let (dataset, _) = coco.as_ref().expect("a class sampler has its dataset");
-                episode_tensors(dataset, &mut cache, &norm, ep, device)?
+                episode_tensors(dataset, &mut cache, &norm, ep, augment, device)?
             }
-            Draw::Video(ep) => video_source
-                .as_mut()
-                .expect("a video sampler has its dataset")
-                .episode_tensors(&norm, ep, device)?,
+            Draw::Video(ep) => (
+                video_source
+                    .as_mut()
+                    .expect("a video sampler has its dataset")
+                    .episode_tensors(&norm, ep, augment, device)?,
+                Vec::new(),
+            ),
         };
         let k = t.supports.size()[0];
         let images = Tensor::cat(&[&t.supports, &t.query], 0);
@@ -640,7 +681,7 @@ pub fn train(
             Some(h) => h.episode_losses(&support_f, &query_f, &t, || match &draw {
                 Draw::Class(ep) => {
                     let (dataset, _) = coco.as_ref().expect("a class sampler has its dataset");
-                    semantic_labels(dataset, &mut cache, ep, &semantic_lut, device)
+                    semantic_labels(dataset, &mut cache, ep, &augs, &semantic_lut, device)
                 }
                 Draw::Video(_) => bail!("a video episode has no class labels for SMCP"),
             })?,
@@ -709,12 +750,14 @@ fn semantic_labels(
     dataset: &CocoMaskDataset,
     cache: &mut ImageCache,
     ep: &fss_lab::sampler::TrainingEpisode,
+    augs: &[Augmentation],
     lut: &[u8; 256],
     device: Device,
 ) -> Result<SemanticLabels> {
     let size = cache.size;
-    let mut label = |idx: usize, flip: bool| -> Result<Tensor> {
+    let mut label = |idx: usize, flip: bool, slot: usize| -> Result<Tensor> {
         let m = cache.label_map(dataset, idx, flip)?;
+        let m = augs.get(slot).map_or(m.clone(), |a| a.warp_labels(&m));
         let v: Vec<i64> = m.data.iter().map(|&c| lut[c as usize] as i64).collect();
         Ok(Tensor::from_slice(&v).view([1, size.height as i64, size.width as i64]))
     };
@@ -724,11 +767,11 @@ fn semantic_labels(
         .supports
         .iter()
         .enumerate()
-        .map(|(i, &s)| label(s, ep.flips[i]))
+        .map(|(i, &s)| label(s, ep.flips[i], i))
         .collect::<Result<Vec<_>>>()?;
     Ok(SemanticLabels {
         supports: Tensor::cat(&supports, 0).to_device(device),
-        query: label(ep.episode.query, ep.flips[k])?.to_device(device),
+        query: label(ep.episode.query, ep.flips[k], k)?.to_device(device),
     })
 }
 

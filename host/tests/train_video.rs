@@ -100,6 +100,38 @@ fn mixed_video_and_class_training_resumes_the_same_curve() {
     let sources = r["config"]["sources"].as_array().unwrap();
     assert_eq!(sources[0]["layout"], "davis");
     assert_eq!(sources[1]["layout"], "coco128");
+    // Augmented by default, and the resumed run augmented the same images the same way.
+    assert_eq!(
+        r["config"]["augment"]["scale"],
+        serde_json::json!([0.8, 1.25])
+    );
+}
+
+#[test]
+fn augmentation_changes_the_images_not_the_episodes_and_can_be_turned_off() {
+    let davis = davis_fixture();
+    let runs = TempDir::new("aug-runs");
+    let (a, b) = (runs.path().join("standard"), runs.path().join("none"));
+    let (sa, sb) = (a.to_str().unwrap(), b.to_str().unwrap());
+    ok(&host(&train(sa, "3", &["--data", davis.as_str()])));
+    ok(&host(&train(
+        sb,
+        "3",
+        &["--data", davis.as_str(), "--augment", "none"],
+    )));
+    let (ra, rb) = (run_record(&a), run_record(&b));
+    assert!(rb["config"].get("augment").is_none(), "{}", rb["config"]);
+    // The same episodes were drawn (the augmentation has its own stream)...
+    assert_eq!(ra["video"], rb["video"]);
+    // ...and the first step, from the same initial weights, saw other pixels.
+    let (la, lb) = (losses(&a), losses(&b));
+    assert_ne!(la[0], lb[0], "augmentation changed nothing");
+    let bad = host(&train(
+        sb,
+        "3",
+        &["--data", davis.as_str(), "--augment", "heavy"],
+    ));
+    assert_clean_error(&bad, &["--augment", "heavy"]);
 }
 
 #[test]

@@ -5,6 +5,7 @@
 //! written once over [`fss_core::model::FeatureEncoder`] ([`eval`]). None of it ships in the
 //! device binary.
 
+pub mod augment;
 pub mod data;
 pub mod episodes;
 pub mod eval;
