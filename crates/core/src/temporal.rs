@@ -113,6 +113,7 @@ pub enum TemporalEvent {
 /// Counts of [`TemporalEvent`]s, as reports carry them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct TemporalCounts {
+    /// Frames whose prediction had confident foreground (kept when the window is above 0).
     pub remembered: usize,
     pub uncertain: usize,
     pub fallbacks: usize,
