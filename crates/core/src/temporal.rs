@@ -399,6 +399,28 @@ mod tests {
         m
     }
 
+    /// A support shot of the object (1, 0) at `cells` and its PANet state.
+    fn supported(cells: &[(usize, usize)]) -> (Vec<SupportShot>, SupportState) {
+        let support = vec![SupportShot::from_foreground(
+            frame(cells, [1.0, 0.0]),
+            mask_of(cells),
+        )];
+        let state = SupportState::Panet(panet_prototypes(&[support.clone()]).unwrap());
+        (support, state)
+    }
+
+    fn memory_of(window: usize, reach: f32) -> TemporalMemory {
+        TemporalMemory::new(TemporalOptions {
+            window,
+            reach,
+            ..TemporalOptions::default()
+        })
+        .unwrap()
+    }
+
+    /// The 2x2 object in the middle of the 4x4 grid.
+    const CENTRE: [(usize, usize); 4] = [(1, 1), (1, 2), (2, 1), (2, 2)];
+
     #[test]
     fn options_are_checked() {
         for bad in [
@@ -427,18 +449,9 @@ mod tests {
     #[test]
     fn confident_frames_are_remembered_up_to_the_window() {
         let input = InputSize::new(4, 4);
-        let cells = [(1, 1), (1, 2), (2, 1), (2, 2)];
-        let support = vec![SupportShot::from_foreground(
-            frame(&cells, [1.0, 0.0]),
-            mask_of(&cells),
-        )];
-        let state = SupportState::Panet(panet_prototypes(&[support.clone()]).unwrap());
-        let mut memory = TemporalMemory::new(TemporalOptions {
-            window: 2,
-            reach: 0.0,
-            ..Default::default()
-        })
-        .unwrap();
+        let cells = CENTRE;
+        let (support, state) = supported(&cells);
+        let mut memory = memory_of(2, 0.0);
         for k in 1..=3 {
             let step = memory
                 .step(
@@ -467,18 +480,9 @@ mod tests {
         // finds the object closer to the background (60 vs 30 degrees), while the memory,
         // fed with each frame's confident cells, keeps it.
         let input = InputSize::new(4, 4);
-        let cells = [(1, 1), (1, 2), (2, 1), (2, 2)];
-        let support = vec![SupportShot::from_foreground(
-            frame(&cells, [1.0, 0.0]),
-            mask_of(&cells),
-        )];
-        let state = SupportState::Panet(panet_prototypes(&[support.clone()]).unwrap());
-        let mut memory = TemporalMemory::new(TemporalOptions {
-            window: 3,
-            reach: 0.0,
-            ..Default::default()
-        })
-        .unwrap();
+        let cells = CENTRE;
+        let (support, state) = supported(&cells);
+        let mut memory = memory_of(3, 0.0);
         let mut last = None;
         for k in 1..=16 {
             let angle = (k as f32 * 3.75).to_radians();
@@ -504,18 +508,9 @@ mod tests {
     #[test]
     fn an_area_jump_falls_back_to_the_support_and_empties_the_memory() {
         let input = InputSize::new(4, 4);
-        let cells = [(1, 1), (1, 2), (2, 1), (2, 2)];
-        let support = vec![SupportShot::from_foreground(
-            frame(&cells, [1.0, 0.0]),
-            mask_of(&cells),
-        )];
-        let state = SupportState::Panet(panet_prototypes(&[support.clone()]).unwrap());
-        let mut memory = TemporalMemory::new(TemporalOptions {
-            window: 3,
-            reach: 0.0,
-            ..TemporalOptions::default()
-        })
-        .unwrap();
+        let cells = CENTRE;
+        let (support, state) = supported(&cells);
+        let mut memory = memory_of(3, 0.0);
         memory
             .step(
                 &mut Panet,
@@ -548,12 +543,8 @@ mod tests {
     #[test]
     fn a_frame_without_confident_foreground_is_not_remembered() {
         let input = InputSize::new(4, 4);
-        let cells = [(1, 1), (1, 2), (2, 1), (2, 2)];
-        let support = vec![SupportShot::from_foreground(
-            frame(&cells, [1.0, 0.0]),
-            mask_of(&cells),
-        )];
-        let state = SupportState::Panet(panet_prototypes(&[support.clone()]).unwrap());
+        let cells = CENTRE;
+        let (support, state) = supported(&cells);
         let mut memory = TemporalMemory::new(TemporalOptions::default()).unwrap();
         // The object is gone: every cell is background.
         let step = memory
@@ -567,11 +558,7 @@ mod tests {
     fn the_location_prior_drops_a_look_alike_far_from_the_object() {
         let input = InputSize::new(4, 4);
         let cells = [(0, 0)];
-        let support = vec![SupportShot::from_foreground(
-            frame(&cells, [1.0, 0.0]),
-            mask_of(&cells),
-        )];
-        let state = SupportState::Panet(panet_prototypes(&[support.clone()]).unwrap());
+        let (support, state) = supported(&cells);
         let options = TemporalOptions {
             window: 0,
             reach: 0.5,
@@ -608,12 +595,7 @@ mod tests {
             mask_of(&cells)
         );
         // Without the prior both are foreground.
-        let mut plain = TemporalMemory::new(TemporalOptions {
-            window: 1,
-            reach: 0.0,
-            ..TemporalOptions::default()
-        })
-        .unwrap();
+        let mut plain = memory_of(1, 0.0);
         let step = plain
             .step(
                 &mut Panet,
