@@ -133,6 +133,10 @@ pub struct TrainArgs {
     /// jitter of 20%) or none (flips only, as runs before it).
     #[arg(long, value_parser = ["standard", "none"], default_value = "standard")]
     pub augment: String,
+    /// Episodes per optimizer step: their images go through the backbone in one batch and the
+    /// loss is their mean.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch: u64,
     #[arg(long, default_value_t = 100)]
     pub checkpoint_every: usize,
     #[arg(long, default_value = "cpu")]

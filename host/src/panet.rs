@@ -61,6 +61,18 @@ pub struct LossParts {
     pub aux: f64,
 }
 
+impl LossParts {
+    /// Adds `scale` times `other`'s values (the mean over a batch of episodes).
+    pub fn add_scaled(&mut self, other: &LossParts, scale: f64) {
+        self.loss += scale * other.loss;
+        self.query += scale * other.query;
+        self.align += scale * other.align;
+        self.support += scale * other.support;
+        self.multi_class += scale * other.multi_class;
+        self.aux += scale * other.aux;
+    }
+}
+
 /// MAP (methods.md §2.1): features [K, C, h, w] upsampled to the masks' H x W, pooled under
 /// masks [K, H, W] -> [K, C].
 pub fn masked_average_pool(features: &Tensor, masks: &Tensor) -> Tensor {

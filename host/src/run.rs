@@ -65,9 +65,16 @@ pub struct TrainConfig {
     /// DPNet's head.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dpnet: Option<DpNetConfig>,
+    /// Episodes per optimizer step (runs written before this field: 1).
+    #[serde(default = "one")]
+    pub batch: usize,
     /// Augmentation beyond flips (runs written before this field: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub augment: Option<fss_lab::augment::AugmentSpec>,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// How a training folder is laid out.
@@ -337,9 +344,11 @@ pub fn describe(cfg: &TrainConfig, iterations: usize) -> String {
         .collect::<Vec<_>>()
         .join(" + ");
     format!(
-        "{method}; {}; {iterations} iterations of 1-way {}-shot episodes at {}x{} ({}) on {data}, SGD momentum {}, {schedule}, weight decay {:e}, seed {}",
+        "{method}; {}; {iterations} iterations of {} 1-way {}-shot episode{} at {}x{} ({}) on {data}, SGD momentum {}, {schedule}, weight decay {:e}, seed {}",
         if cfg.freeze_backbone { "backbone frozen at its ImageNet weights" } else { "backbone fine-tuned (BatchNorm frozen)" },
+        cfg.batch,
         cfg.shots,
+        if cfg.batch == 1 { "" } else { "s" },
         cfg.size[0],
         cfg.size[1],
         if cfg.augment.is_some() {

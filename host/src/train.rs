@@ -16,7 +16,7 @@
 use crate::backbone::{Backbone, BackboneKind, BackboneOptions};
 use crate::cli::{Method, TrainArgs};
 use crate::optim::Sgd;
-use crate::panet::{self, EpisodeTensors, IGNORE};
+use crate::panet::{self, EpisodeTensors, LossParts, IGNORE};
 use crate::smcp::{SemanticLabels, SmcpVariant};
 use anyhow::{anyhow, bail, Result};
 use fss_core::davis::DavisDataset;
@@ -440,6 +440,7 @@ fn config_from_args(args: &TrainArgs, weights: &Option<PathBuf>) -> Result<Train
         dpnet,
         freeze_backbone: args.freeze_backbone,
         augment: (args.augment == "standard").then_some(AugmentSpec::STANDARD),
+        batch: args.batch as usize,
     })
 }
 
@@ -628,63 +629,89 @@ pub fn train(
         indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed}<{eta}]")
             .unwrap(),
     );
+    let batch = cfg.batch.max(1);
     for it in start..end {
         let lr = lr_at(cfg, it);
         opt.lr = lr;
-        let source = record.mix.as_mut().map_or(0, SourceMix::next_source);
-        let draw = match sources.get(source).map(|s| s.layout) {
-            Some(DataLayout::Coco128) => Draw::Class(
-                record
-                    .sampler
-                    .as_mut()
-                    .ok_or_else(|| anyhow!("the run record has no class sampler"))?
-                    .next_episode(),
-            ),
-            Some(DataLayout::Davis) => Draw::Video(
-                record
-                    .video
-                    .as_mut()
-                    .ok_or_else(|| anyhow!("the run record has no video sampler"))?
-                    .next_episode(),
-            ),
-            None => bail!("data source {source} of the mix is not in the run"),
-        };
-        let augment = EpisodeAugment {
-            spec: cfg.augment.as_ref(),
-            seed: cfg.seed,
-            iteration: it,
-            fill,
-        };
-        let (t, augs) = match &draw {
-            Draw::Class(ep) => {
-                let (dataset, _) = coco.as_ref().expect("a class sampler has its dataset");
-                episode_tensors(dataset, &mut cache, &norm, ep, augment, device)?
-            }
-            Draw::Video(ep) => (
-                video_source
-                    .as_mut()
-                    .expect("a video sampler has its dataset")
-                    .episode_tensors(&norm, ep, augment, device)?,
-                Vec::new(),
-            ),
-        };
-        let k = t.supports.size()[0];
-        let images = Tensor::cat(&[&t.supports, &t.query], 0);
+        // The iteration's episodes (`--batch`), drawn in order from the samplers.
+        let mut episodes = Vec::with_capacity(batch);
+        for b in 0..batch {
+            let source = record.mix.as_mut().map_or(0, SourceMix::next_source);
+            let draw = match sources.get(source).map(|s| s.layout) {
+                Some(DataLayout::Coco128) => Draw::Class(
+                    record
+                        .sampler
+                        .as_mut()
+                        .ok_or_else(|| anyhow!("the run record has no class sampler"))?
+                        .next_episode(),
+                ),
+                Some(DataLayout::Davis) => Draw::Video(
+                    record
+                        .video
+                        .as_mut()
+                        .ok_or_else(|| anyhow!("the run record has no video sampler"))?
+                        .next_episode(),
+                ),
+                None => bail!("data source {source} of the mix is not in the run"),
+            };
+            let augment = EpisodeAugment {
+                spec: cfg.augment.as_ref(),
+                seed: cfg.seed,
+                // One augmentation stream per episode (batch 1: the iteration).
+                iteration: it * batch + b,
+                fill,
+            };
+            let (t, augs) = match &draw {
+                Draw::Class(ep) => {
+                    let (dataset, _) = coco.as_ref().expect("a class sampler has its dataset");
+                    episode_tensors(dataset, &mut cache, &norm, ep, augment, device)?
+                }
+                Draw::Video(ep) => (
+                    video_source
+                        .as_mut()
+                        .expect("a video sampler has its dataset")
+                        .episode_tensors(&norm, ep, augment, device)?,
+                    Vec::new(),
+                ),
+            };
+            episodes.push((draw, t, augs));
+        }
+        // One backbone pass over every image of the batch (supports, then query, per episode).
+        let images: Vec<&Tensor> = episodes
+            .iter()
+            .flat_map(|(_, t, _)| [&t.supports, &t.query])
+            .collect();
+        let images = Tensor::cat(&images, 0);
         let feats = if cfg.freeze_backbone {
             tch::no_grad(|| backbone.forward_to(&images, cfg.feature_stride, false))?
         } else {
             backbone.forward_to(&images, cfg.feature_stride, true)?
         };
-        let (support_f, query_f) = (feats.narrow(0, 0, k), feats.narrow(0, k, 1));
-        let (total, parts) = match &head {
-            None => panet::losses(&support_f, &query_f, &t, cfg.align).into_parts(),
-            Some(h) => h.episode_losses(&support_f, &query_f, &t, || match &draw {
-                Draw::Class(ep) => {
-                    let (dataset, _) = coco.as_ref().expect("a class sampler has its dataset");
-                    semantic_labels(dataset, &mut cache, ep, &augs, &semantic_lut, device)
-                }
-                Draw::Video(_) => bail!("a video episode has no class labels for SMCP"),
-            })?,
+        let mut offset = 0;
+        let mut totals = Vec::with_capacity(batch);
+        let mut parts = LossParts::default();
+        for (draw, t, augs) in &episodes {
+            let k = t.supports.size()[0];
+            let (support_f, query_f) = (feats.narrow(0, offset, k), feats.narrow(0, offset + k, 1));
+            offset += k + 1;
+            let (total, p) = match &head {
+                None => panet::losses(&support_f, &query_f, t, cfg.align).into_parts(),
+                Some(h) => h.episode_losses(&support_f, &query_f, t, || match draw {
+                    Draw::Class(ep) => {
+                        let (dataset, _) = coco.as_ref().expect("a class sampler has its dataset");
+                        semantic_labels(dataset, &mut cache, ep, augs, &semantic_lut, device)
+                    }
+                    Draw::Video(_) => bail!("a video episode has no class labels for SMCP"),
+                })?,
+            };
+            totals.push(total);
+            parts.add_scaled(&p, 1.0 / batch as f64);
+        }
+        // The batch's loss is the mean of its episodes' (batch 1: the episode's, unchanged).
+        let total = if batch == 1 {
+            totals.pop().expect("one episode")
+        } else {
+            Tensor::stack(&totals, 0).mean(Kind::Float)
         };
         let mut point = LossPoint {
             iteration: it + 1,

@@ -203,3 +203,34 @@ fn video_only_training_runs_and_bad_inputs_are_one_line_errors() {
     );
     assert!(!never.join("run.json").exists());
 }
+
+#[test]
+fn a_batch_of_episodes_per_step_resumes_the_same_curve() {
+    let davis = davis_fixture();
+    let runs = TempDir::new("batch-runs");
+    let (a, b) = (runs.path().join("straight"), runs.path().join("stopped"));
+    let (sa, sb) = (a.to_str().unwrap(), b.to_str().unwrap());
+    let data = [
+        "--data",
+        davis.as_str(),
+        "--batch",
+        "2",
+        "--checkpoint-every",
+        "2",
+    ];
+    ok(&host(&train(sa, "4", &data)));
+    let mut stopped = data.to_vec();
+    stopped.extend(["--stop-after", "3"]);
+    ok(&host(&train(sb, "4", &stopped)));
+    let mut resumed = data.to_vec();
+    resumed.push("--resume");
+    ok(&host(&train(sb, "4", &resumed)));
+    let (la, lb) = (losses(&a), losses(&b));
+    assert_eq!(la.len(), 4, "one loss point per step");
+    assert_eq!(la, lb, "the resumed curve differs");
+    let r = run_record(&a);
+    assert_eq!(r["config"]["batch"], 2);
+    assert_eq!(r["video"]["drawn"], 8, "two episodes per step");
+    let bad = host(&train(sb, "4", &["--data", davis.as_str(), "--batch", "0"]));
+    assert_clean_error(&bad, &["--batch", "0"]);
+}
