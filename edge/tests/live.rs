@@ -578,6 +578,26 @@ fn the_packaged_config_passes_check_config() {
     );
 }
 
+#[test]
+fn the_temporal_reach_is_checked_and_reported() {
+    let (_tmp, bundle, _) = setup("live-reach");
+    let run = |reach: &str| {
+        edge_cmd()
+            .args(["run", "--bundle", bundle.to_str().unwrap()])
+            .args(["--source", "synthetic", "--temporal-reach", reach])
+            .arg("--check-config")
+            .output()
+            .unwrap()
+    };
+    let out = run("1.5");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("temporal reach 1.5"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fss_tests::assert_clean_error(&run("-1"), &["temporal_reach", "-1"]);
+}
+
 #[cfg(not(feature = "camera"))]
 #[test]
 fn a_camera_without_the_camera_feature_is_a_clear_error() {

@@ -129,6 +129,113 @@ impl TemporalCounts {
     }
 }
 
+/// The location prior on channel `channel` of `logits` `[N + 1, h, w]` (0 = background):
+/// every cell farther (Chebyshev) from the `previous` foreground cells than `reach` times the
+/// square root of their count (at least 2 cells) gets the channel's logit set just below the
+/// background's, so it cannot win the argmax. Nothing happens for `reach` 0, an empty
+/// `previous`, or a grid of another size.
+pub fn gate_far_cells(logits: &mut FeatureMap, channel: usize, previous: &[bool], reach: f32) {
+    let (h, w) = (logits.height, logits.width);
+    let n = previous.iter().filter(|&&c| c).count();
+    if reach <= 0.0 || n == 0 || previous.len() != h * w || channel == 0 {
+        return;
+    }
+    if channel >= logits.channels {
+        return;
+    }
+    let r = ((reach * (n as f32).sqrt()).ceil() as usize).max(2);
+    // Chebyshev dilation by r: along rows, then along columns.
+    let mut rows = vec![false; h * w];
+    for y in 0..h {
+        let row = &previous[y * w..(y + 1) * w];
+        let near = &mut rows[y * w..(y + 1) * w];
+        let mut last: Option<usize> = None;
+        for x in 0..w {
+            if row[x] {
+                last = Some(x);
+            }
+            near[x] = last.is_some_and(|l| x - l <= r);
+        }
+        let mut next: Option<usize> = None;
+        for x in (0..w).rev() {
+            if row[x] {
+                next = Some(x);
+            }
+            near[x] |= next.is_some_and(|n| n - x <= r);
+        }
+    }
+    let plane = h * w;
+    for y in 0..h {
+        let (lo, hi) = (y.saturating_sub(r), (y + r).min(h - 1));
+        for x in 0..w {
+            if !(lo..=hi).any(|yy| rows[yy * w + x]) {
+                let i = y * w + x;
+                let bg = logits.data[i];
+                let v = &mut logits.data[channel * plane + i];
+                *v = v.min(bg - 1e-3);
+            }
+        }
+    }
+}
+
+/// The location prior alone over N-way logits, one previous foreground per target: what a live
+/// run keeps from frame to frame (several targets, no ground truth, no extra head pass).
+#[derive(Debug, Clone)]
+pub struct LocationPrior {
+    reach: f32,
+    /// Per target (channel 1..), its foreground cells in the previous frame.
+    previous: Vec<Vec<bool>>,
+}
+
+impl LocationPrior {
+    /// `reach` as in [`TemporalOptions::reach`]; 0 turns it off.
+    pub fn new(reach: f32) -> Result<Self> {
+        if !(reach >= 0.0 && reach.is_finite()) {
+            return Err(EdgeError::input(format!(
+                "the temporal reach must be a finite factor of at least 0, got {reach}"
+            )));
+        }
+        Ok(LocationPrior {
+            reach,
+            previous: Vec::new(),
+        })
+    }
+
+    /// Forgets the previous frame (targets changed).
+    pub fn reset(&mut self) {
+        self.previous.clear();
+    }
+
+    /// Gates each target's channel by where it was in the previous frame, then remembers where
+    /// each target is now (cells it wins the argmax of).
+    pub fn apply(&mut self, logits: &mut FeatureMap) {
+        if self.reach <= 0.0 {
+            return;
+        }
+        let targets = logits.channels.saturating_sub(1);
+        if self.previous.len() == targets {
+            for (t, previous) in self.previous.iter().enumerate() {
+                gate_far_cells(logits, t + 1, previous, self.reach);
+            }
+        }
+        let plane = logits.height * logits.width;
+        let mut now = vec![vec![false; plane]; targets];
+        for i in 0..plane {
+            let mut best = (0, logits.data[i]);
+            for c in 1..logits.channels {
+                let v = logits.data[c * plane + i];
+                if v > best.1 {
+                    best = (c, v);
+                }
+            }
+            if best.0 > 0 {
+                now[best.0 - 1][i] = true;
+            }
+        }
+        self.previous = now;
+    }
+}
+
 /// One remembered frame.
 #[derive(Debug, Clone)]
 struct MemoryFrame {
@@ -250,49 +357,10 @@ impl TemporalMemory {
         Ok(TemporalStep { logits, event })
     }
 
-    /// The location prior ([`TemporalOptions::reach`]): the foreground logit of every cell out of
-    /// reach of the previous frame's foreground is set just below its background logit.
+    /// The location prior ([`TemporalOptions::reach`]) on the foreground channel.
     fn apply_prior(&self, logits: &mut FeatureMap) {
-        let (Some(previous), true) = (&self.previous, self.options.reach > 0.0) else {
-            return;
-        };
-        let (h, w) = (logits.height, logits.width);
-        if previous.len() != h * w {
-            return;
-        }
-        let n = previous.iter().filter(|&&c| c).count() as f32;
-        let r = ((self.options.reach * n.sqrt()).ceil() as usize).max(2);
-        // Chebyshev dilation by r: rows, then columns.
-        let mut rows = vec![false; h * w];
-        for y in 0..h {
-            let mut last: Option<usize> = None;
-            let row = &previous[y * w..(y + 1) * w];
-            let mut near = vec![false; w];
-            for (x, &c) in row.iter().enumerate() {
-                if c {
-                    last = Some(x);
-                }
-                near[x] = last.is_some_and(|l| x - l <= r);
-            }
-            let mut next: Option<usize> = None;
-            for x in (0..w).rev() {
-                if row[x] {
-                    next = Some(x);
-                }
-                near[x] |= next.is_some_and(|n| n - x <= r);
-            }
-            rows[y * w..(y + 1) * w].copy_from_slice(&near);
-        }
-        let (bg, fg) = logits.data.split_at_mut(h * w);
-        for x in 0..w {
-            for y in 0..h {
-                let lo = y.saturating_sub(r);
-                let hi = (y + r).min(h - 1);
-                if !(lo..=hi).any(|yy| rows[yy * w + x]) {
-                    let i = y * w + x;
-                    fg[i] = fg[i].min(bg[i] - 1e-3);
-                }
-            }
+        if let Some(previous) = &self.previous {
+            gate_far_cells(logits, 1, previous, self.options.reach);
         }
     }
 
@@ -609,5 +677,34 @@ mod tests {
             crate::prototype::logits_to_labels(&step.logits, 4, 4),
             mask_of(&both)
         );
+    }
+
+    #[test]
+    fn the_live_prior_keeps_each_target_near_itself() {
+        // Two targets on a 6x6 grid: target 1 wins (0, 0), target 2 wins (5, 5); next frame
+        // both also win a far cell (target 1 at (5, 0), target 2 at (0, 5)), which the prior
+        // hands to the background.
+        let logits = |cells: &[(usize, usize, usize)]| {
+            let mut l = FeatureMap::zeros(3, 6, 6);
+            for &(c, y, x) in cells {
+                l.data[c * 36 + y * 6 + x] = 5.0;
+            }
+            l
+        };
+        let mut prior = LocationPrior::new(0.5).unwrap();
+        let mut first = logits(&[(1, 0, 0), (2, 5, 5)]);
+        prior.apply(&mut first);
+        let labels = |l: &FeatureMap| crate::prototype::logits_to_labels(l, 6, 6).data;
+        let mut second = logits(&[(1, 0, 0), (2, 5, 5), (1, 5, 0), (2, 0, 5)]);
+        prior.apply(&mut second);
+        let got = labels(&second);
+        assert_eq!((got[0], got[35], got[30], got[5]), (1, 2, 0, 0), "{got:?}");
+        // After a reset (targets changed) nothing is gated.
+        prior.reset();
+        let mut third = logits(&[(1, 0, 0), (2, 5, 5), (1, 5, 0), (2, 0, 5)]);
+        prior.apply(&mut third);
+        let got = labels(&third);
+        assert_eq!((got[30], got[5]), (1, 2));
+        assert!(LocationPrior::new(-1.0).is_err());
     }
 }

@@ -73,6 +73,11 @@ pub struct RunArgs {
     /// State folder (targets and their shots).
     #[arg(long, value_name = "DIR")]
     pub state: Option<PathBuf>,
+    /// Location prior from frame to frame: a target cannot appear farther from where it was in
+    /// the previous frame than R times the square root of its feature-cell count (at least 2
+    /// cells); 0 turns it off (default 0.5, chosen on held-out DAVIS training sequences).
+    #[arg(long, value_name = "R", allow_negative_numbers = true)]
+    pub temporal_reach: Option<f32>,
     /// Serve the page and API on IP:PORT (default when enabled: 127.0.0.1:8080).
     #[arg(long, value_name = "ADDR")]
     pub http: Option<String>,
@@ -126,6 +131,7 @@ pub fn merged_config(args: &RunArgs) -> Result<RunConfig> {
     set!(c.bundle, args.bundle);
     set!(c.threads, args.threads);
     set!(c.state, args.state);
+    set!(c.temporal_reach, args.temporal_reach);
     set!(c.source.path, args.source);
     set!(c.source.sequence, args.sequence);
     set!(c.source.fps, args.fps);
@@ -170,6 +176,12 @@ pub fn run(args: &RunArgs) -> Result<()> {
     let bundle = default_bundle(&config.bundle);
     let threads = config.threads.unwrap_or(1);
     apply_threads(threads)?;
+    let temporal_reach = config
+        .temporal_reach
+        .unwrap_or(fss_core::temporal::TemporalOptions::default().reach);
+    // Checked here so that a bad value is refused before any camera or model work.
+    fss_core::temporal::LocationPrior::new(temporal_reach)
+        .map_err(|e| anyhow::anyhow!("temporal_reach: {e}"))?;
     let state_dir = config
         .state
         .clone()
@@ -196,6 +208,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         );
         println!("  size     {}", size.unwrap_or_else(|| b.default_size()));
         println!("  threads  {threads}");
+        println!("  temporal reach {temporal_reach}");
         println!("  source   {source:?}");
         println!("  state    {}", state_dir.display());
         match &http {
@@ -254,6 +267,7 @@ pub fn run(args: &RunArgs) -> Result<()> {
         render_view: server.is_some(),
         max_frames: args.max_frames,
         masks: args.masks.clone(),
+        temporal_reach,
     };
     edge::live_note!(
         "edge run: bundle {}, {} thread(s); Ctrl-C to stop",

@@ -20,6 +20,9 @@ pub struct RunConfig {
     pub threads: Option<usize>,
     /// State folder: targets and their support shots (survives restarts).
     pub state: Option<PathBuf>,
+    /// Location prior: a target cannot appear farther from where it was in the previous frame
+    /// than this many times the square root of its feature-cell count (0: off; default 0.5).
+    pub temporal_reach: Option<f32>,
     #[serde(default)]
     pub source: SourceConfig,
     #[serde(default)]
@@ -234,6 +237,7 @@ mod tests {
 bundle = "/usr/share/fss/models/default"
 threads = 2
 state = "/var/lib/fss"
+temporal_reach = 0.5
 [source]
 path = "/dev/video0"
 width = 640

@@ -232,6 +232,8 @@ pub struct LiveOptions {
     /// Write each processed frame's label mask (8-bit PNG, 0 = background, i = i-th target)
     /// into this folder, named by the source frame (or the frame index).
     pub masks: Option<PathBuf>,
+    /// The location prior from frame to frame (`fss_core::temporal::LocationPrior`; 0: off).
+    pub temporal_reach: f32,
 }
 
 /// The end-of-run report.
@@ -569,6 +571,7 @@ impl Pipeline {
         }
         let mut store_mtime = TargetStore::file_mtime(&opts.state_dir);
         let (mut protos, mut names) = publish_targets(&store, &shared, encoder.method())?;
+        let mut prior = fss_core::temporal::LocationPrior::new(opts.temporal_reach)?;
 
         // Capture thread; wait for the first open so a bad folder fails at once.
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -649,7 +652,10 @@ impl Pipeline {
                     }
                 }
                 match publish_targets(&store, &shared, encoder.method()) {
-                    Ok(published) => (protos, names) = published,
+                    Ok(published) => {
+                        (protos, names) = published;
+                        prior.reset();
+                    }
                     Err(e) => crate::live_note!("targets not applied: {e}"),
                 }
                 store_mtime = TargetStore::file_mtime(&opts.state_dir);
@@ -670,6 +676,7 @@ impl Pipeline {
                             match publish_targets(&store, &shared, encoder.method()) {
                                 Ok(published) => {
                                     (protos, names) = published;
+                                    prior.reset();
                                     crate::live_note!(
                                         "targets reloaded from {}: {}",
                                         opts.state_dir.display(),
@@ -721,7 +728,8 @@ impl Pipeline {
                     };
                     let t2 = Instant::now();
                     stats.record(Stage::Encoder, (t2 - t1).as_secs_f64() * 1e3);
-                    let logits = encoder.head_logits(p, &features, size)?;
+                    let mut logits = encoder.head_logits(p, &features, size)?;
+                    prior.apply(&mut logits);
                     let t3 = Instant::now();
                     stats.record(Stage::Head, (t3 - t2).as_secs_f64() * 1e3);
                     let (labels, obs) = observe(&logits, h as usize, w as usize, &names);
