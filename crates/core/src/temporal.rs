@@ -220,8 +220,8 @@ impl LocationPrior {
         }
         let plane = logits.height * logits.width;
         let mut now = vec![vec![false; plane]; targets];
-        for i in 0..plane {
-            let mut best = (0, logits.data[i]);
+        for (i, &background) in logits.data[..plane].iter().enumerate() {
+            let mut best = (0, background);
             for c in 1..logits.channels {
                 let v = logits.data[c * plane + i];
                 if v > best.1 {
