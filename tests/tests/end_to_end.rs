@@ -154,6 +154,10 @@ fn shipped_default_bundle_runs_the_demo() {
     eprintln!("demo: {summary}");
     // The shipped model segments its shipped sample sequence: far better than chance.
     assert!(j > 40.0, "demo J {j}");
+    // The temporal J (the location prior of `edge run`) is scored on the same frames.
+    let jt = summary["j_mean_temporal"].as_f64().unwrap();
+    assert!(jt > 40.0, "demo temporal J {jt}");
+    assert_eq!(summary["temporal_reach"].as_f64(), Some(0.5));
     let overlays = walk(out.path())
         .into_iter()
         .filter(|p| p.to_string_lossy().ends_with("_overlay.png"))

@@ -1,7 +1,9 @@
 //! `edge demo`: the default bundle on the shipped sample frames. Per sequence the support is
 //! frame 0 and its mask (every object of a DAVIS-2017 palette mask is its own target: N-way);
 //! frames 1.. are segmented, their overlays written, J measured per target against the
-//! annotations, and the per-frame pipeline (decode -> overlay) timed.
+//! annotations, and the per-frame pipeline (decode -> overlay) timed. The same frames are also
+//! scored with the location prior `edge run` applies from frame to frame (temporal J), next to
+//! the per-frame J of the DAVIS protocol.
 
 use super::{apply_threads, ms_since, parse_size, repo_root};
 use anyhow::{bail, Result};
@@ -21,7 +23,9 @@ Defaults: --bundle <repo>/models/default (the repository root is found from the 
 location, else the working directory), --frames <bundle>/sample: a DAVIS-layout folder
 (JPEGImages/480p/<seq>/*.jpg + Annotations/480p/<seq>/*.png). Overlays go to
 <out>/<seq>/<stem>_overlay.png. Frames per second count the per-frame pipeline (decode,
-preprocess, encoder, scoring, upsampling + argmax, overlay), not the PNG writing.";
+preprocess, encoder, scoring, upsampling + argmax, overlay), not the PNG writing.
+J is printed per frame (each frame alone, the DAVIS protocol) and temporal (with the location
+prior of `edge run`, --temporal-reach; the overlays show the per-frame masks).";
 
 #[derive(Debug, Clone, Args)]
 #[command(after_help = AFTER_HELP)]
@@ -41,6 +45,9 @@ pub struct DemoArgs {
     /// tract threads.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    /// The location prior of the temporal J (as `edge run --temporal-reach`; 0: off).
+    #[arg(long, value_name = "R", default_value_t = fss_core::temporal::TemporalOptions::default().reach, allow_negative_numbers = true)]
+    pub temporal_reach: f32,
     /// Print a JSON summary line on stdout.
     #[arg(long)]
     pub json: bool,
@@ -80,6 +87,9 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     encoder.prepare(size)?;
     let dataset = DavisDataset::open(&frames)?;
     let mut acc = VideoJAccumulator::new();
+    let mut temporal = VideoJAccumulator::new();
+    fss_core::temporal::LocationPrior::new(args.temporal_reach)
+        .map_err(|e| anyhow::anyhow!("--temporal-reach: {e}"))?;
     let mut pipeline_ms = 0.0;
     let mut processed = 0usize;
     for (si, seq) in dataset.sequences().iter().enumerate() {
@@ -126,6 +136,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             }]);
         }
         let protos = encoder.prototypes(&ways)?;
+        let mut prior = fss_core::temporal::LocationPrior::new(args.temporal_reach)?;
         let out_dir = args.out.join(&seq.name);
         let seq_start_frames = processed;
         let seq_start_ms = pipeline_ms;
@@ -138,9 +149,13 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             overlay_in_place(&mut img, &labels)?;
             pipeline_ms += ms_since(t0);
             processed += 1;
+            let mut gated = logits;
+            prior.apply(&mut gated);
+            let temporal_labels = logits_to_labels(&gated, labels.height, labels.width);
             for (k, (o, name)) in objects.iter().zip(&names).enumerate() {
                 let gt = dataset.ground_truth(si, f, *o)?;
                 acc.add(name, &labels.binary_of(k as u8 + 1), &gt)?;
+                temporal.add(name, &temporal_labels.binary_of(k as u8 + 1), &gt)?;
             }
             let stem = seq.frames[f]
                 .file_stem()
@@ -155,12 +170,17 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             } else {
                 0.0
             };
-            for name in &names {
-                let j = acc
-                    .sequence_j(name)
+            let j = |a: &VideoJAccumulator, name: &str| {
+                a.sequence_j(name)
                     .map(|j| format!("{:.1}", 100.0 * j))
-                    .unwrap_or_else(|| "-".into());
-                println!("{name:<24} J {j:>5}  ({n} frames, {fps:.1} fps)");
+                    .unwrap_or_else(|| "-".into())
+            };
+            for name in &names {
+                println!(
+                    "{name:<24} J {:>5} per frame, {:>5} temporal  ({n} frames, {fps:.1} fps)",
+                    j(&acc, name),
+                    j(&temporal, name)
+                );
             }
         }
     }
@@ -177,6 +197,8 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             "size": [size.height, size.width],
             "threads": args.threads,
             "j_mean": j_mean,
+            "j_mean_temporal": temporal.j_mean_percent(),
+            "temporal_reach": args.temporal_reach,
             "fb_iou": acc.fb_iou_percent(),
             "per_sequence": acc.per_sequence_percent(),
             "frames_processed": processed,
@@ -186,8 +208,13 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         println!("{line}");
     } else {
         println!(
-            "mean J {} over {} targets; {} frames at {size}, {:.1} fps ({} thread{}); overlays in {}",
+            "mean J {} per frame, {} temporal (location prior {}) over {} targets; {} frames at {size}, {:.1} fps ({} thread{}); overlays in {}",
             j_mean.map(|j| format!("{j:.1}")).unwrap_or_else(|| "-".into()),
+            temporal
+                .j_mean_percent()
+                .map(|j| format!("{j:.1}"))
+                .unwrap_or_else(|| "-".into()),
+            args.temporal_reach,
             acc.per_sequence().len(),
             processed,
             fps,
