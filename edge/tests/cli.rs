@@ -446,6 +446,7 @@ fn bench_keys(v: &serde_json::Value) {
         "preprocess",
         "encoder",
         "head",
+        "temporal",
         "postprocess",
         "overlay",
     ] {
@@ -476,6 +477,17 @@ fn bench_json_with_and_without_onnxruntime() {
         stderr.contains("onnxruntime comparison skipped"),
         "{stderr}"
     );
+    // Without the location prior its stage is not run, and not reported.
+    let (stdout, _) = ok(edge_cmd().arg("bench").arg("--bundle").arg(&bundle).args([
+        "--runs",
+        "3",
+        "--json",
+        "--no-ort",
+        "--temporal-reach",
+        "0",
+    ]));
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert!(v["stage_ms"].get("temporal").is_none(), "{v}");
 
     // With the repository's Python (scripts/setup.sh installs onnxruntime in .venv, found from
     // the working directory up): parity checked, ratio reported. Under aarch64 emulation the

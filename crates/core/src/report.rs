@@ -257,6 +257,9 @@ pub struct StageMs {
     pub encoder: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head: Option<f64>,
+    /// The location prior from frame to frame (`edge run`'s `temporal_reach`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temporal: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub postprocess: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -18,7 +18,9 @@ use std::time::Instant;
 const AFTER_HELP: &str = "\
 Stages (median over --runs frames after 3 warm-up frames, milliseconds): decode (JPEG bytes ->
 RGB), preprocess (resize + normalize), encoder (tract), head (PANet cosine scoring in Rust at
-feature resolution), postprocess (bilinear upsampling of the logits to the frame + argmax,
+feature resolution), temporal (the location prior `edge run` applies from frame to frame,
+--temporal-reach; omitted at 0; it follows the support's centred box over the repeated frame),
+postprocess (bilinear upsampling of the logits to the frame + argmax,
 fused), overlay. frame_ms is the median of the per-frame totals. The support prototypes are
 computed once before timing (a cached support).
 
@@ -56,6 +58,9 @@ pub struct BenchArgs {
     /// Skip the ONNX Runtime comparison.
     #[arg(long)]
     pub no_ort: bool,
+    /// The location prior of `edge run` (`--temporal-reach`; 0: not run, as before it existed).
+    #[arg(long, value_name = "R", default_value_t = fss_core::temporal::TemporalOptions::default().reach, allow_negative_numbers = true)]
+    pub temporal_reach: f32,
     /// Print the report as one JSON line.
     #[arg(long)]
     pub json: bool,
@@ -125,6 +130,7 @@ struct Samples {
     preprocess: Vec<f64>,
     encoder: Vec<f64>,
     head: Vec<f64>,
+    temporal: Vec<f64>,
     postprocess: Vec<f64>,
     overlay: Vec<f64>,
     total: Vec<f64>,
@@ -176,6 +182,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let protos =
         encoder.prototypes(&[vec![SupportShot::from_foreground(support_features, mask)]])?;
 
+    let mut prior = fss_core::temporal::LocationPrior::new(args.temporal_reach)
+        .map_err(|e| anyhow::anyhow!("--temporal-reach: {e}"))?;
     let mut s = Samples::default();
     let mut last_input = Vec::new();
     let mut last_features: Option<FeatureMap> = None;
@@ -191,8 +199,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let features = encoder.encode(&input, size)?;
         let d_enc = ms_since(t);
         let t = Instant::now();
-        let logits = encoder.head_logits(&protos, &features, size)?;
+        let mut logits = encoder.head_logits(&protos, &features, size)?;
         let d_head = ms_since(t);
+        let t = Instant::now();
+        prior.apply(&mut logits);
+        let d_temporal = ms_since(t);
         let t = Instant::now();
         let labels = logits_to_labels(&logits, fh, fw);
         let d_post = ms_since(t);
@@ -205,6 +216,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             s.preprocess.push(d_pre);
             s.encoder.push(d_enc);
             s.head.push(d_head);
+            s.temporal.push(d_temporal);
             s.postprocess.push(d_post);
             s.overlay.push(d_overlay);
             s.total.push(d_total);
@@ -221,6 +233,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         preprocess: Some(median(&s.preprocess)),
         encoder: Some(median(&s.encoder)),
         head: Some(median(&s.head)),
+        temporal: (args.temporal_reach > 0.0).then(|| median(&s.temporal)),
         postprocess: Some(median(&s.postprocess)),
         overlay: Some(median(&s.overlay)),
     };
@@ -290,6 +303,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             ("preprocess", st.preprocess),
             ("encoder", st.encoder),
             ("head", st.head),
+            ("temporal", st.temporal),
             ("postprocess", st.postprocess),
             ("overlay", st.overlay),
         ] {
