@@ -78,12 +78,7 @@ impl TemporalOptions {
                 self.confidence
             )));
         }
-        if !(self.reach >= 0.0 && self.reach.is_finite()) {
-            return Err(EdgeError::input(format!(
-                "--temporal-reach must be a finite factor of at least 0, got {}",
-                self.reach
-            )));
-        }
+        check_reach(self.reach).map_err(|e| EdgeError::input(format!("--temporal-reach: {e}")))?;
         if !(self.max_area_change > 1.0 && self.max_area_change.is_finite()) {
             return Err(EdgeError::input(format!(
                 "--temporal-max-area-change must be a finite ratio above 1, got {}",
@@ -129,6 +124,17 @@ impl TemporalCounts {
     }
 }
 
+/// A location-prior reach must be a finite factor of at least 0.
+fn check_reach(reach: f32) -> Result<()> {
+    if reach >= 0.0 && reach.is_finite() {
+        Ok(())
+    } else {
+        Err(EdgeError::input(format!(
+            "the temporal reach must be a finite factor of at least 0, got {reach}"
+        )))
+    }
+}
+
 /// The location prior on channel `channel` of `logits` `[N + 1, h, w]` (0 = background):
 /// every cell farther (Chebyshev) from the `previous` foreground cells than `reach` times the
 /// square root of their count (at least 2 cells) gets the channel's logit set just below the
@@ -137,10 +143,12 @@ impl TemporalCounts {
 pub fn gate_far_cells(logits: &mut FeatureMap, channel: usize, previous: &[bool], reach: f32) {
     let (h, w) = (logits.height, logits.width);
     let n = previous.iter().filter(|&&c| c).count();
-    if reach <= 0.0 || n == 0 || previous.len() != h * w || channel == 0 {
-        return;
-    }
-    if channel >= logits.channels {
+    if reach <= 0.0
+        || n == 0
+        || previous.len() != h * w
+        || channel == 0
+        || channel >= logits.channels
+    {
         return;
     }
     let r = ((reach * (n as f32).sqrt()).ceil() as usize).max(2);
@@ -190,11 +198,7 @@ pub struct LocationPrior {
 impl LocationPrior {
     /// `reach` as in [`TemporalOptions::reach`]; 0 turns it off.
     pub fn new(reach: f32) -> Result<Self> {
-        if !(reach >= 0.0 && reach.is_finite()) {
-            return Err(EdgeError::input(format!(
-                "the temporal reach must be a finite factor of at least 0, got {reach}"
-            )));
-        }
+        check_reach(reach)?;
         Ok(LocationPrior {
             reach,
             previous: Vec::new(),
@@ -209,15 +213,25 @@ impl LocationPrior {
     /// Gates each target's channel by where it was in the previous frame, then remembers where
     /// each target is now (cells it wins the argmax of).
     pub fn apply(&mut self, logits: &mut FeatureMap) {
-        if self.reach <= 0.0 {
-            return;
-        }
-        let targets = logits.channels.saturating_sub(1);
-        if self.previous.len() == targets {
+        self.gate(logits);
+        self.observe(logits);
+    }
+
+    /// Gates each target's channel by where it was in the previous frame.
+    fn gate(&self, logits: &mut FeatureMap) {
+        if self.previous.len() == logits.channels.saturating_sub(1) {
             for (t, previous) in self.previous.iter().enumerate() {
                 gate_far_cells(logits, t + 1, previous, self.reach);
             }
         }
+    }
+
+    /// Remembers where each target is in `logits` (nothing when the prior is off).
+    fn observe(&mut self, logits: &FeatureMap) {
+        if self.reach <= 0.0 {
+            return;
+        }
+        let targets = logits.channels.saturating_sub(1);
         let plane = logits.height * logits.width;
         let mut now = vec![vec![false; plane]; targets];
         for (i, &background) in logits.data[..plane].iter().enumerate() {
@@ -249,8 +263,7 @@ struct MemoryFrame {
 pub struct TemporalMemory {
     options: TemporalOptions,
     frames: VecDeque<MemoryFrame>,
-    /// The previous frame's foreground cells (feature grid), when it had any.
-    previous: Option<Vec<bool>>,
+    prior: LocationPrior,
     counts: TemporalCounts,
 }
 
@@ -268,7 +281,7 @@ impl TemporalMemory {
         Ok(TemporalMemory {
             options,
             frames: VecDeque::with_capacity(options.window + 1),
-            previous: None,
+            prior: LocationPrior::new(options.reach)?,
             counts: TemporalCounts::default(),
         })
     }
@@ -294,7 +307,7 @@ impl TemporalMemory {
     /// Forgets the recent frames (the support stays with the caller).
     pub fn clear(&mut self) {
         self.frames.clear();
-        self.previous = None;
+        self.prior.reset();
     }
 
     /// Segments one query frame of a 1-way target: `support` are the target's own shots,
@@ -309,9 +322,12 @@ impl TemporalMemory {
         query: &FeatureMap,
         input: InputSize,
     ) -> Result<TemporalStep> {
-        let (mut logits, event) = if self.frames.is_empty() {
-            let logits = model.head_logits(support_state, query, input)?;
-            (logits, None)
+        // The logits, the fallback if a guard tripped, and the confident masks when already
+        // computed for the guard on these very logits.
+        let (logits, fallback, confident) = if self.frames.is_empty() {
+            let mut logits = model.head_logits(support_state, query, input)?;
+            self.prior.gate(&mut logits);
+            (logits, None, None)
         } else {
             let shots: Vec<SupportShot> = support
                 .iter()
@@ -320,62 +336,43 @@ impl TemporalMemory {
                 .collect();
             let state = model.prototypes(&[shots])?;
             let mut logits = model.head_logits(&state, query, input)?;
-            self.apply_prior(&mut logits);
-            match self.drift(&logits, input) {
-                None => (logits, None),
+            self.prior.gate(&mut logits);
+            let confident = self.confident_masks(&logits, input);
+            match self.drift(&confident) {
+                None => (logits, None, Some(confident)),
                 Some(area_ratio) => {
+                    // The prior is reset with the memory, so the support-alone pass is ungated.
                     self.clear();
                     let logits = model.head_logits(support_state, query, input)?;
-                    (logits, Some(TemporalEvent::Fallback { area_ratio }))
+                    (logits, Some(TemporalEvent::Fallback { area_ratio }), None)
                 }
             }
         };
-        if self.frames.is_empty() {
-            self.apply_prior(&mut logits);
-        }
-        let cells: Vec<bool> = foreground_margins(&logits).map(|m| m > 0.0).collect();
-        self.previous = cells.iter().any(|&c| c).then_some(cells);
-        let event = match event {
-            Some(e) => {
-                // After a fallback the support-alone prediction may still be remembered.
-                self.remember(query, &logits, input);
-                e
-            }
-            None => {
-                if self.remember(query, &logits, input) {
-                    TemporalEvent::Remembered {
-                        memory: self.frames.len(),
-                    }
-                } else {
-                    TemporalEvent::Uncertain {
-                        memory: self.frames.len(),
-                    }
-                }
-            }
-        };
+        self.prior.observe(&logits);
+        let confident = confident.unwrap_or_else(|| self.confident_masks(&logits, input));
+        // After a fallback the support-alone prediction may still be remembered.
+        let remembered = self.remember(query, confident);
+        let memory = self.frames.len();
+        let event = fallback.unwrap_or(if remembered {
+            TemporalEvent::Remembered { memory }
+        } else {
+            TemporalEvent::Uncertain { memory }
+        });
         self.counts.add(&event);
         Ok(TemporalStep { logits, event })
     }
 
-    /// The location prior ([`TemporalOptions::reach`]) on the foreground channel.
-    fn apply_prior(&self, logits: &mut FeatureMap) {
-        if let Some(previous) = &self.previous {
-            gate_far_cells(logits, 1, previous, self.options.reach);
-        }
-    }
-
     /// The area ratio that trips a guard, if one does: no confident foreground, or an area
     /// off the recent median by more than the allowed change.
-    fn drift(&self, logits: &FeatureMap, input: InputSize) -> Option<f32> {
-        let (shot_fg, area) = self.confident_masks(logits, input);
-        if shot_fg.0.count_nonzero() == 0 {
+    fn drift(&self, confident: &Confident) -> Option<f32> {
+        if confident.foreground.count_nonzero() == 0 {
             return Some(0.0);
         }
         let mut recent: Vec<f64> = self.frames.iter().map(|f| f.area).collect();
         recent.sort_by(|a, b| a.total_cmp(b));
         let median = recent[recent.len() / 2];
         let ratio = if median > 0.0 {
-            area / median
+            confident.area / median
         } else {
             f64::INFINITY
         };
@@ -383,29 +380,31 @@ impl TemporalMemory {
         (ratio > limit || ratio < 1.0 / limit).then_some(ratio as f32)
     }
 
-    /// Remembers the frame when its prediction has confident foreground; says whether it did.
-    fn remember(&mut self, query: &FeatureMap, logits: &FeatureMap, input: InputSize) -> bool {
-        let ((foreground, background), area) = self.confident_masks(logits, input);
-        if foreground.count_nonzero() == 0 {
+    /// Remembers the frame when its prediction has confident foreground; says whether it had.
+    /// With a window of 0 nothing is kept.
+    fn remember(&mut self, query: &FeatureMap, confident: Confident) -> bool {
+        if confident.foreground.count_nonzero() == 0 {
             return false;
         }
-        self.frames.push_back(MemoryFrame {
-            shot: SupportShot {
-                features: query.clone(),
-                foreground,
-                background,
-            },
-            area,
-        });
-        while self.frames.len() > self.options.window {
-            self.frames.pop_front();
+        if self.options.window > 0 {
+            if self.frames.len() == self.options.window {
+                self.frames.pop_front();
+            }
+            self.frames.push_back(MemoryFrame {
+                shot: SupportShot {
+                    features: query.clone(),
+                    foreground: confident.foreground,
+                    background: confident.background,
+                },
+                area: confident.area,
+            });
         }
         true
     }
 
     /// The confident foreground and background masks of a 1-way prediction at the input size,
     /// and the fraction of the input predicted foreground (margin above 0).
-    fn confident_masks(&self, logits: &FeatureMap, input: InputSize) -> ((Mask, Mask), f64) {
+    fn confident_masks(&self, logits: &FeatureMap, input: InputSize) -> Confident {
         let margins = FeatureMap {
             channels: 1,
             height: logits.height,
@@ -425,8 +424,19 @@ impl TemporalMemory {
             width: input.width,
             data,
         };
-        ((mask(fg), mask(bg)), area)
+        Confident {
+            foreground: mask(fg),
+            background: mask(bg),
+            area,
+        }
     }
+}
+
+/// A 1-way prediction's confident pixels at the input size and its foreground fraction.
+struct Confident {
+    foreground: Mask,
+    background: Mask,
+    area: f64,
 }
 
 #[cfg(test)]
