@@ -122,6 +122,13 @@ impl TemporalCounts {
             TemporalEvent::Fallback { .. } => self.fallbacks += 1,
         }
     }
+
+    /// Adds another memory's counts (several targets, sequences).
+    pub fn merge(&mut self, other: TemporalCounts) {
+        self.remembered += other.remembered;
+        self.uncertain += other.uncertain;
+        self.fallbacks += other.fallbacks;
+    }
 }
 
 /// A location-prior reach must be a finite factor of at least 0.
@@ -483,7 +490,7 @@ mod tests {
             frame(cells, [1.0, 0.0]),
             mask_of(cells),
         )];
-        let state = SupportState::Panet(panet_prototypes(&[support.clone()]).unwrap());
+        let state = SupportState::Panet(panet_prototypes(std::slice::from_ref(&support)).unwrap());
         (support, state)
     }
 

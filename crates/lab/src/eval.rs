@@ -152,10 +152,7 @@ fn davis_predictions(
             sink(&name, f, &pred, &gt)?;
         }
         if let Some(memory) = &memory {
-            let c = memory.counts();
-            counts.remembered += c.remembered;
-            counts.uncertain += c.uncertain;
-            counts.fallbacks += c.fallbacks;
+            counts.merge(memory.counts());
         }
     }
     Ok(())
