@@ -119,19 +119,35 @@ struct EpisodeAugment<'a> {
 }
 
 impl EpisodeAugment<'_> {
-    /// The augmentation of image `slot` (supports first, then the query) whose object mask is
-    /// `object`: a support whose object the geometry would push out of the frame keeps only the
-    /// colour changes (a support needs its object; a query may lose it).
-    fn of(&self, slot: usize, object: &Mask, support: bool) -> Augmentation {
-        let Some(spec) = self.spec else {
-            return Augmentation::IDENTITY;
+    /// Image `slot` (supports first, then the query) and its object mask, augmented: the
+    /// augmentation, the image's tensor and the moved mask. A support whose object the geometry
+    /// would push out of the frame keeps only the colour changes (a support needs its object; a
+    /// query may lose it).
+    fn apply(
+        &self,
+        slot: usize,
+        image: &image::RgbImage,
+        object: &Mask,
+        support: bool,
+        norm: &Normalization,
+    ) -> (Augmentation, Tensor, Mask) {
+        let (a, moved) = match self.spec {
+            None => (Augmentation::IDENTITY, object.clone()),
+            Some(spec) => {
+                let a = Augmentation::draw(spec, self.seed, self.iteration, slot);
+                let moved = a.warp_labels(object);
+                if support && moved.count_nonzero() == 0 {
+                    (a.photometric_only(), object.clone())
+                } else {
+                    (a, moved)
+                }
+            }
         };
-        let a = Augmentation::draw(spec, self.seed, self.iteration, slot);
-        if support && a.warp_labels(object).count_nonzero() == 0 {
-            a.photometric_only()
-        } else {
-            a
-        }
+        (
+            a,
+            image_tensor(&a.apply_image(image, self.fill), norm),
+            moved,
+        )
     }
 }
 
@@ -172,9 +188,9 @@ fn episode_tensors(
         }
         let mut m = cache.label_map(dataset, idx, flip)?;
         m.data.iter_mut().for_each(|v| *v = (*v == class) as u8);
-        let a = augment.of(i, &m, i < k);
-        imgs.push(image_tensor(&a.apply_image(&img, augment.fill), norm));
-        masks.push(mask_tensor(&a.warp_labels(&m)));
+        let (a, tensor, moved) = augment.apply(i, &img, &m, i < k, norm);
+        imgs.push(tensor);
+        masks.push(mask_tensor(&moved));
         augs.push(a);
     }
     let query = imgs.pop().expect("an episode has a query");
@@ -278,9 +294,9 @@ impl VideoSource {
         let mut masks = Vec::with_capacity(k + 1);
         for (i, &f) in ep.supports.iter().chain([&ep.query]).enumerate() {
             let (img, m) = self.frame(ep.sequence, f, ep.flips[i])?;
-            let a = augment.of(i, &m, i < k);
-            imgs.push(image_tensor(&a.apply_image(&img, augment.fill), norm));
-            masks.push(mask_tensor(&a.warp_labels(&m)));
+            let (_, tensor, moved) = augment.apply(i, &img, &m, i < k, norm);
+            imgs.push(tensor);
+            masks.push(mask_tensor(&moved));
         }
         let query = imgs.pop().expect("an episode has a query");
         let qmask = masks.pop().expect("an episode has a query");
@@ -784,7 +800,10 @@ fn semantic_labels(
     let size = cache.size;
     let mut label = |idx: usize, flip: bool, slot: usize| -> Result<Tensor> {
         let m = cache.label_map(dataset, idx, flip)?;
-        let m = augs.get(slot).map_or(m.clone(), |a| a.warp_labels(&m));
+        let m = match augs.get(slot) {
+            Some(a) => a.warp_labels(&m),
+            None => m,
+        };
         let v: Vec<i64> = m.data.iter().map(|&c| lut[c as usize] as i64).collect();
         Ok(Tensor::from_slice(&v).view([1, size.height as i64, size.width as i64]))
     };

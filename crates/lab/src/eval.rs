@@ -277,7 +277,6 @@ pub fn davis_agreement(
 /// Fills a report from a DAVIS accumulator.
 pub fn davis_report(mut base: EvalReport, acc: &VideoJAccumulator) -> EvalReport {
     base.protocol = "davis".into();
-    base.temporal = None;
     base.j_mean = acc.j_mean_percent();
     base.fb_iou = acc.fb_iou_percent();
     base.per_sequence = Some(acc.per_sequence_percent());
