@@ -127,15 +127,25 @@ impl Augmentation {
         }
     }
 
-    /// For an output pixel centre, the source position (x, y) in pixels.
-    fn source(&self, x: f32, y: f32, w: f32, h: f32) -> (f32, f32) {
+    /// The map from an output pixel centre to its source position (x, y) in pixels, for a
+    /// `w` x `h` image (the rotation's sine and cosine computed once per image).
+    fn inverse_map(&self, w: f32, h: f32) -> impl Fn(f32, f32) -> (f32, f32) {
         let (cx, cy) = (w / 2.0 + self.shift[0] * w, h / 2.0 + self.shift[1] * h);
-        let (dx, dy) = (x - cx, y - cy);
         let (sin, cos) = (-self.rotation_rad).sin_cos();
-        (
-            (cos * dx - sin * dy) / self.scale + w / 2.0,
-            (sin * dx + cos * dy) / self.scale + h / 2.0,
-        )
+        let scale = self.scale;
+        move |x, y| {
+            let (dx, dy) = (x - cx, y - cy);
+            (
+                (cos * dx - sin * dy) / scale + w / 2.0,
+                (sin * dx + cos * dy) / scale + h / 2.0,
+            )
+        }
+    }
+
+    /// For an output pixel centre, the source position (x, y) in pixels.
+    #[cfg(test)]
+    fn source(&self, x: f32, y: f32, w: f32, h: f32) -> (f32, f32) {
+        self.inverse_map(w, h)(x, y)
     }
 
     /// The label map moved by the geometry (nearest; 0 where it comes from outside).
@@ -145,9 +155,10 @@ impl Augmentation {
         }
         let (w, h) = (labels.width, labels.height);
         let mut data = vec![0u8; w * h];
+        let source = self.inverse_map(w as f32, h as f32);
         for y in 0..h {
             for x in 0..w {
-                let (sx, sy) = self.source(x as f32 + 0.5, y as f32 + 0.5, w as f32, h as f32);
+                let (sx, sy) = source(x as f32 + 0.5, y as f32 + 0.5);
                 let (ix, iy) = (sx.floor(), sy.floor());
                 if ix >= 0.0 && iy >= 0.0 && (ix as usize) < w && (iy as usize) < h {
                     data[y * w + x] = labels.data[iy as usize * w + ix as usize];
@@ -171,8 +182,9 @@ impl Augmentation {
         let mut out = if self.is_still() {
             image.clone()
         } else {
+            let source = self.inverse_map(w as f32, h as f32);
             RgbImage::from_fn(w, h, |x, y| {
-                let (sx, sy) = self.source(x as f32 + 0.5, y as f32 + 0.5, w as f32, h as f32);
+                let (sx, sy) = source(x as f32 + 0.5, y as f32 + 0.5);
                 bilinear(image, sx - 0.5, sy - 0.5, fill)
             })
         };
