@@ -600,6 +600,17 @@ fn demo_runs_on_a_bundle_and_refuses_a_missing_one() {
         edge_cmd().arg("demo").arg("--bundle").arg(&bare),
         &["bare/sample", "--frames"],
     );
+    // A negative location-prior reach, in the demo and the bench: one line naming the flag.
+    for cmd in ["demo", "bench"] {
+        fails(
+            edge_cmd()
+                .arg(cmd)
+                .arg("--bundle")
+                .arg(&bundle)
+                .args(["--temporal-reach", "-1"]),
+            &["--temporal-reach", "-1"],
+        );
+    }
 }
 
 #[test]

@@ -69,8 +69,8 @@ impl PascalArgs {
     }
 }
 
-/// The temporal-memory flags (`fss_core::temporal`): `host eval`, `edge eval` and
-/// `edge bench` take `--temporal` and its settings.
+/// The temporal-memory flags (`fss_core::temporal`) of `host eval` and `edge eval`: `--temporal`
+/// and its settings.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TemporalArgs {
     /// DAVIS: segment each sequence in frame order with a memory of the recent frames' confident

@@ -88,7 +88,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let dataset = DavisDataset::open(&frames)?;
     let mut acc = VideoJAccumulator::new();
     let mut temporal = VideoJAccumulator::new();
-    fss_core::temporal::LocationPrior::new(args.temporal_reach)
+    let mut prior = fss_core::temporal::LocationPrior::new(args.temporal_reach)
         .map_err(|e| anyhow::anyhow!("--temporal-reach: {e}"))?;
     let mut pipeline_ms = 0.0;
     let mut processed = 0usize;
@@ -136,7 +136,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             }]);
         }
         let protos = encoder.prototypes(&ways)?;
-        let mut prior = fss_core::temporal::LocationPrior::new(args.temporal_reach)?;
+        prior.reset();
         let out_dir = args.out.join(&seq.name);
         let seq_start_frames = processed;
         let seq_start_ms = pipeline_ms;
