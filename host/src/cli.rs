@@ -59,9 +59,11 @@ pub struct TrainArgs {
     /// ImageNet weights of the backbone (default: weights/<backbone>.safetensors from set-up).
     #[arg(long)]
     pub weights: Option<PathBuf>,
-    /// Training data, repeatable to mix sources: a COCO128-layout set (images/, masks/: class
-    /// episodes over the fold's base classes) or a DAVIS-layout video set (JPEGImages/,
-    /// Annotations/: K support frames and a query frame of one sequence), told apart by layout.
+    /// Training data, told apart by layout: a class dataset (COCO128: images/, masks/; COCO as
+    /// distributed: annotations/instances_train2017.json, train2017/; PASCAL VOC:
+    /// JPEGImages/, SegmentationClassAug/; class folders: <class>/images/, <class>/masks/)
+    /// and/or a DAVIS-layout video set (JPEGImages/, Annotations/: K support frames and a
+    /// query frame of one sequence). Repeat to mix one of each.
     #[arg(long, default_value = "../shared/data/coco128")]
     pub data: Vec<PathBuf>,
     /// With several --data: each source's share of the episodes, in --data order

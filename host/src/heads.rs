@@ -51,18 +51,20 @@ impl MethodHead {
 
     /// One training episode's losses, given the encoder features of the supports `[K, C, h, w]`
     /// and the query `[1, C, h, w]`: the total to back-propagate and the loss curve's parts.
-    /// `semantic` gives the query's multi-class labels; only the methods that train on them
-    /// (SMCP) call it.
+    /// `semantic` gives the episode's multi-class labels (`None` for an episode without class
+    /// labels, a video episode); only the methods that train on them (SMCP) call it.
     pub fn episode_losses(
         &self,
         support_features: &Tensor,
         query_features: &Tensor,
         ep: &EpisodeTensors,
-        semantic: impl FnOnce() -> anyhow::Result<SemanticLabels>,
+        semantic: impl FnOnce() -> anyhow::Result<Option<SemanticLabels>>,
     ) -> anyhow::Result<(Tensor, LossParts)> {
         let (s, q) = (support_features, query_features);
         Ok(match self {
-            MethodHead::Smcp(h) => crate::smcp::losses(h, s, q, ep, &semantic()?).into_parts(),
+            MethodHead::Smcp(h) => {
+                crate::smcp::losses(h, s, q, ep, semantic()?.as_ref()).into_parts()
+            }
             MethodHead::SgOne(h) => crate::sgone::losses(h, s, q, ep).into_parts(),
             MethodHead::DpNet(h) => crate::dpnet::losses(h, s, q, ep).into_parts(),
         })

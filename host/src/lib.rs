@@ -1,6 +1,7 @@
 //! `host` library: everything the `host` binary and its integration tests share.
 
 pub mod backbone;
+pub mod class_data;
 pub mod cli;
 pub mod data_check;
 pub mod doctor;

@@ -85,22 +85,54 @@ pub enum DataLayout {
     Coco128,
     /// DAVIS: `JPEGImages/`, `Annotations/` (video episodes).
     Davis,
+    /// COCO as distributed: `annotations/instances_<split>.json` and `<split>/` (class
+    /// episodes, COCO-20i folds).
+    Coco,
+    /// PASCAL VOC with `SegmentationClassAug` (SBD) or `SegmentationClass` labels (class
+    /// episodes, PASCAL-5i folds; the `trainaug` list, else `train`).
+    Pascal,
+    /// The user folder format: `<class>/images/`, `<class>/masks/` (class episodes over every
+    /// class).
+    Folder,
 }
 
 impl DataLayout {
     /// The layout of `dir`, or a one-line error naming it.
     pub fn of(dir: &Path) -> Result<DataLayout> {
-        if dir.join("JPEGImages").is_dir() && dir.join("Annotations").is_dir() {
+        let has = |sub: &str| dir.join(sub).is_dir();
+        if has("JPEGImages") && (has("SegmentationClassAug") || has("SegmentationClass")) {
+            Ok(DataLayout::Pascal)
+        } else if has("JPEGImages") && has("Annotations") {
             Ok(DataLayout::Davis)
-        } else if dir.join("images").is_dir() && dir.join("masks").is_dir() {
+        } else if has("images") && has("masks") {
             Ok(DataLayout::Coco128)
+        } else if fss_lab::data::coco::is_distributed_layout(dir) {
+            Ok(DataLayout::Coco)
         } else if !dir.is_dir() {
             bail!("{}: no such data folder", dir.display())
+        } else if fss_lab::data::folder::has_class_folders(dir) {
+            Ok(DataLayout::Folder)
         } else {
             bail!(
-                "{}: no known training layout (COCO128: images/ and masks/; DAVIS: JPEGImages/ and Annotations/)",
+                "{}: no known training layout (DAVIS: JPEGImages/ and Annotations/; COCO128: images/ and masks/; COCO: annotations/instances_train2017.json and train2017/; PASCAL: JPEGImages/ and SegmentationClassAug/; folder: <class>/images/ and <class>/masks/)",
                 dir.display()
             )
+        }
+    }
+
+    /// Whether the layout gives class episodes (every layout but DAVIS's video).
+    pub fn is_class(self) -> bool {
+        self != DataLayout::Davis
+    }
+
+    /// The layout's name in messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            DataLayout::Coco128 => "COCO128",
+            DataLayout::Davis => "DAVIS",
+            DataLayout::Coco => "COCO",
+            DataLayout::Pascal => "PASCAL VOC",
+            DataLayout::Folder => "folder",
         }
     }
 }
@@ -324,10 +356,15 @@ pub fn describe(cfg: &TrainConfig, iterations: usize) -> String {
         .iter()
         .map(|s| {
             let what = match s.layout {
-                DataLayout::Coco128 => format!(
+                DataLayout::Coco128 | DataLayout::Coco => format!(
                     "{}, base classes of fold {} ({:?} split)",
                     s.path, cfg.fold, cfg.split
                 ),
+                DataLayout::Pascal => format!(
+                    "{} (PASCAL VOC), base classes of PASCAL-5i fold {}",
+                    s.path, cfg.fold
+                ),
+                DataLayout::Folder => format!("{} (class folders, every class)", s.path),
                 DataLayout::Davis if s.holdout.is_empty() => format!("{} (video)", s.path),
                 DataLayout::Davis => format!(
                     "{} (video; sequences {} held out)",

@@ -316,13 +316,15 @@ impl SmcpLosses {
 }
 
 /// `L = L_q + L_s + 0.1 L_seg` (methods.md §5.2) for one 1-way K-shot episode, given encoder
-/// features of the supports `[K, C, h, w]` and the query `[1, C, h, w]`.
+/// features of the supports `[K, C, h, w]` and the query `[1, C, h, w]`. An episode without
+/// class labels (`labels: None`, a video episode: the same object across frames, of no known
+/// class) trains `L_q + L_s` only; its multi-class term is 0.
 pub fn losses(
     head: &SmcpHead,
     support_features: &Tensor,
     query_features: &Tensor,
     ep: &crate::panet::EpisodeTensors,
-    labels: &SemanticLabels,
+    labels: Option<&SemanticLabels>,
 ) -> SmcpLosses {
     let (h, w) = (ep.query_label.size()[1], ep.query_label.size()[2]);
     let up = |t: &Tensor| t.upsample_bilinear2d([h, w], false, None, None);
@@ -339,8 +341,13 @@ pub fn losses(
     let s_logits = head.pass(support_features, &p.expand([k, -1], false), with_pff);
     let support = ce(&s_logits, &ep.support_fg.to_kind(Kind::Int64));
     // Multi-class loss over background + base classes on supports and query (sum of two).
-    let multi = ce(&head.multi.forward(support_features), &labels.supports)
-        + ce(&head.multi.forward(query_features), &labels.query);
+    let multi = match labels {
+        Some(labels) => {
+            ce(&head.multi.forward(support_features), &labels.supports)
+                + ce(&head.multi.forward(query_features), &labels.query)
+        }
+        None => Tensor::zeros([], (Kind::Float, query_features.device())),
+    };
     let total = &query + &support + &multi * MCL_WEIGHT;
     SmcpLosses {
         query: query.double_value(&[]),
@@ -468,10 +475,15 @@ mod tests {
             supports: Tensor::randint(5, [2, 40, 56], (Kind::Int64, Device::Cpu)),
             query: Tensor::randint(5, [1, 40, 56], (Kind::Int64, Device::Cpu)),
         };
-        let l = losses(&head, &sf, &qf, &ep, &labels);
+        // Without class labels (a video episode) the multi-class term is 0 and the rest equal.
+        let unlabelled = losses(&head, &sf, &qf, &ep, None);
+        let l = losses(&head, &sf, &qf, &ep, Some(&labels));
         for v in [l.query, l.support, l.multi_class] {
             assert!(v.is_finite() && v > 0.0);
         }
+        assert_eq!(unlabelled.multi_class, 0.0);
+        assert_eq!((unlabelled.query, unlabelled.support), (l.query, l.support));
+        assert!((unlabelled.total.double_value(&[]) - (l.query + l.support)).abs() < 1e-4);
         let sum = l.query + l.support + MCL_WEIGHT * l.multi_class;
         assert!((l.total.double_value(&[]) - sum).abs() < 1e-4);
         l.total.backward();

@@ -1,8 +1,9 @@
 //! `host train`: episodic few-shot training, with checkpoints that resume the exact same curve
-//! (weights, optimizer momentum, the episode samplers' RNGs). Episodes come from one or several
-//! sources mixed by weight: class episodes over the base classes of a fold (a COCO128-layout
-//! set) and video episodes (K support frames and a query frame of one sequence of a
-//! DAVIS-layout set, [`fss_lab::video`]).
+//! (weights, optimizer momentum, the episode samplers' RNGs). Episodes come from one or two
+//! sources mixed by weight: class episodes over the training classes of a fold (COCO128, COCO
+//! as distributed, PASCAL VOC with SBD, or class folders: [`crate::class_data`]) and video
+//! episodes (K support frames and a query frame of one sequence of a DAVIS-layout set,
+//! [`fss_lab::video`]).
 //!
 //! Run directory layout:
 //! - `run.json`: format version, host version, the full configuration, the iteration reached,
@@ -14,6 +15,7 @@
 //! - `loss.csv`, `loss.png`: the curve so far.
 
 use crate::backbone::{Backbone, BackboneKind, BackboneOptions};
+use crate::class_data::{smcp_class_count, ClassData};
 use crate::cli::{Method, TrainArgs};
 use crate::optim::Sgd;
 use crate::panet::{self, EpisodeTensors, LossParts, IGNORE};
@@ -25,8 +27,8 @@ use fss_core::preprocess::{
 };
 use fss_core::tensor::Mask;
 use fss_lab::augment::{AugmentSpec, Augmentation};
-use fss_lab::data::coco::{CocoMaskDataset, FoldSplit};
-use fss_lab::sampler::{TrainingSampler, TrainingSpec};
+use fss_lab::data::coco::FoldSplit;
+use fss_lab::sampler::TrainingSpec;
 use fss_lab::video::{SourceMix, VideoEpisode, VideoSampler, VideoSpec};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -57,9 +59,10 @@ fn lr_at(cfg: &TrainConfig, iteration: usize) -> f64 {
     }
 }
 
-/// Decoded training images and their class-index label maps, resized to the training size
-/// (nearest for labels) and kept in memory (COCO128 is small): each file is decoded once per
-/// run, and an episode's binary masks and SMCP's multi-class targets both come from the maps.
+/// Decoded training images and their class-key label maps, resized to the training size
+/// (nearest for labels) and kept in memory (each file is decoded once per run; a large dataset
+/// grows this cache by about 4 bytes per training pixel of every image drawn), and an episode's
+/// binary masks and SMCP's multi-class targets both come from the maps.
 struct ImageCache {
     size: InputSize,
     images: HashMap<usize, image::RgbImage>,
@@ -75,7 +78,7 @@ impl ImageCache {
         }
     }
 
-    fn image(&mut self, dataset: &CocoMaskDataset, idx: usize) -> Result<&image::RgbImage> {
+    fn image(&mut self, dataset: &ClassData, idx: usize) -> Result<&image::RgbImage> {
         if !self.images.contains_key(&idx) {
             let img = resize_rgb(&dataset.load_image(idx)?, self.size);
             self.images.insert(idx, img);
@@ -83,8 +86,8 @@ impl ImageCache {
         Ok(&self.images[&idx])
     }
 
-    /// Class indices (0 background) at the training size, flipped when asked.
-    fn label_map(&mut self, dataset: &CocoMaskDataset, idx: usize, flip: bool) -> Result<Mask> {
+    /// Class keys (0 background) at the training size, flipped when asked.
+    fn label_map(&mut self, dataset: &ClassData, idx: usize, flip: bool) -> Result<Mask> {
         if !self.labels.contains_key(&idx) {
             let m = dataset.label_map(idx)?;
             let m = resize_mask_nearest(&m, self.size.height, self.size.width);
@@ -103,9 +106,24 @@ fn flip_mask(m: &Mask) -> Mask {
     out
 }
 
+/// An episode label (0 background, 1 object, [`IGNORE`] void) as an f32 `[h, w]` tensor.
 fn mask_tensor(m: &Mask) -> Tensor {
-    let v: Vec<f32> = m.data.iter().map(|&x| (x != 0) as u8 as f32).collect();
+    let v: Vec<f32> = m.data.iter().map(|&x| x as f32).collect();
     Tensor::from_slice(&v).view([m.height as i64, m.width as i64])
+}
+
+/// The binary episode label of `class` from a label map: 1 on the class, [`IGNORE`] on the
+/// dataset's void label, 0 elsewhere (other classes, the fold's novel ones included).
+fn episode_label(map: &mut Mask, class: u8, void: Option<u8>) {
+    for v in map.data.iter_mut() {
+        *v = if *v == class {
+            1
+        } else if Some(*v) == void {
+            IGNORE as u8
+        } else {
+            0
+        };
+    }
 }
 
 /// How the images of this iteration's episode are augmented (`--augment`).
@@ -136,7 +154,7 @@ impl EpisodeAugment<'_> {
             Some(spec) => {
                 let a = Augmentation::draw(spec, self.seed, self.iteration, slot);
                 let moved = a.warp_labels(object);
-                if support && moved.count_nonzero() == 0 {
+                if support && !moved.data.contains(&1) {
                     (a.photometric_only(), object.clone())
                 } else {
                     (a, moved)
@@ -160,7 +178,7 @@ fn image_tensor(img: &image::RgbImage, norm: &Normalization) -> Tensor {
 /// Builds the tensors of one episode at the training size, and each image's augmentation
 /// (SMCP's class labels move with them).
 fn episode_tensors(
-    dataset: &CocoMaskDataset,
+    dataset: &ClassData,
     cache: &mut ImageCache,
     norm: &Normalization,
     ep: &fss_lab::sampler::TrainingEpisode,
@@ -187,7 +205,7 @@ fn episode_tensors(
             image::imageops::flip_horizontal_in_place(&mut img);
         }
         let mut m = cache.label_map(dataset, idx, flip)?;
-        m.data.iter_mut().for_each(|v| *v = (*v == class) as u8);
+        episode_label(&mut m, class, dataset.ignore_label());
         let (a, tensor, moved) = augment.apply(i, &img, &m, i < k, norm);
         imgs.push(tensor);
         masks.push(mask_tensor(&moved));
@@ -198,20 +216,22 @@ fn episode_tensors(
     Ok((assemble(&imgs, &masks, query, &qmask, device), augs))
 }
 
-/// An episode's tensors on `device` from its support images `[1, 3, h, w]` and foreground
-/// masks `[h, w]`, the query image and its mask.
+/// An episode's tensors on `device` from its support images `[1, 3, h, w]` and labels `[h, w]`
+/// (0 background, 1 object, [`IGNORE`] void: in neither the foreground nor the background of a
+/// support, ignored by the query's loss), the query image and its label.
 fn assemble(
     imgs: &[Tensor],
-    fgs: &[Tensor],
+    labels: &[Tensor],
     query: Tensor,
     query_mask: &Tensor,
     device: Device,
 ) -> EpisodeTensors {
     let qlabel = query_mask.to_kind(Kind::Int64).unsqueeze(0);
-    let support_fg = Tensor::stack(fgs, 0);
+    let support = Tensor::stack(labels, 0);
+    let support_fg = support.eq(1.0).to_kind(Kind::Float);
     EpisodeTensors {
         supports: Tensor::cat(imgs, 0).to_device(device),
-        support_bg: support_fg.ones_like().g_sub(&support_fg).to_device(device),
+        support_bg: support.eq(0.0).to_kind(Kind::Float).to_device(device),
         support_fg: support_fg.to_device(device),
         query: query.to_device(device),
         query_label: qlabel.to_device(device),
@@ -312,7 +332,7 @@ enum Draw {
 
 /// The data sources of `--data` (layouts told apart), `--data-weights` and
 /// `--holdout-sequences`.
-fn sources_from_args(args: &TrainArgs, method: Method) -> Result<Vec<DataSource>> {
+fn sources_from_args(args: &TrainArgs) -> Result<Vec<DataSource>> {
     if args.data.is_empty() {
         bail!("--data: give at least one training folder");
     }
@@ -330,14 +350,15 @@ fn sources_from_args(args: &TrainArgs, method: Method) -> Result<Vec<DataSource>
     let mut sources = Vec::new();
     for (path, weight) in args.data.iter().zip(weights) {
         let layout = DataLayout::of(path)?;
-        if sources.iter().any(|s: &DataSource| s.layout == layout) {
+        if let Some(other) = sources
+            .iter()
+            .find(|s: &&DataSource| s.layout.is_class() == layout.is_class())
+        {
             bail!(
-                "{}: a second {} source; give one folder of each layout",
+                "{}: a second {} source next to {}; give at most one class dataset and one DAVIS video folder",
                 path.display(),
-                match layout {
-                    DataLayout::Coco128 => "COCO128",
-                    DataLayout::Davis => "DAVIS",
-                }
+                if layout.is_class() { "class-episode" } else { "video" },
+                other.path
             );
         }
         sources.push(DataSource {
@@ -346,18 +367,13 @@ fn sources_from_args(args: &TrainArgs, method: Method) -> Result<Vec<DataSource>
             weight,
             holdout: match layout {
                 DataLayout::Davis => args.holdout_sequences.clone(),
-                DataLayout::Coco128 => Vec::new(),
+                _ => Vec::new(),
             },
         });
     }
     if !args.holdout_sequences.is_empty() && !sources.iter().any(|s| s.layout == DataLayout::Davis)
     {
         bail!("--holdout-sequences needs a DAVIS-layout --data folder");
-    }
-    if method == Method::Smcp && sources.iter().any(|s| s.layout == DataLayout::Davis) {
-        bail!(
-            "SMCP trains on class episodes only (its multi-class loss needs class labels, which video has not): drop the DAVIS-layout --data or train another method"
-        );
     }
     Ok(sources)
 }
@@ -396,7 +412,7 @@ fn config_from_args(args: &TrainArgs, weights: &Option<PathBuf>) -> Result<Train
         ),
         _ => (None, None),
     };
-    let (weight_decay, lr_schedule, smcp) = match args.method {
+    let (weight_decay, lr_schedule, mut smcp) = match args.method {
         Method::Panet | Method::SgOne | Method::DpNet => {
             (args.weight_decay.unwrap_or(5e-4), LrSchedule::Step, None)
         }
@@ -427,7 +443,11 @@ fn config_from_args(args: &TrainArgs, weights: &Option<PathBuf>) -> Result<Train
         );
     }
     // The data last: every argument error is reported without reading the data.
-    let sources = sources_from_args(args, args.method)?;
+    let sources = sources_from_args(args)?;
+    if let Some(smcp) = &mut smcp {
+        // The head's classes are those of the run's class dataset.
+        smcp.classes = smcp_class_count(&sources, split, args.fold)?;
+    }
     Ok(TrainConfig {
         method: args.method,
         backbone: args.backbone.name().to_string(),
@@ -496,19 +516,12 @@ pub fn train(
     }
     let kind: BackboneKind = cfg.backbone.parse().map_err(|e| anyhow!("{e}"))?;
     let sources = cfg.data_sources();
-    let mut coco: Option<(CocoMaskDataset, Vec<usize>)> = None;
+    let mut coco: Option<ClassData> = None;
     let mut davis: Option<(DavisDataset, &DataSource)> = None;
     for s in &sources {
         match s.layout {
-            DataLayout::Coco128 => {
-                let dataset = CocoMaskDataset::open(Path::new(&s.path))?;
-                let subset = dataset.indices_of_split("train2017");
-                if subset.is_empty() {
-                    bail!("{}: no train2017 images with masks to train on", s.path);
-                }
-                coco = Some((dataset, subset));
-            }
             DataLayout::Davis => davis = Some((DavisDataset::open(Path::new(&s.path))?, s)),
+            _ => coco = Some(ClassData::open(s, cfg.split)?),
         }
     }
     tch::manual_seed(cfg.seed as i64);
@@ -523,7 +536,10 @@ pub fn train(
     )?;
     backbone.set_bn_frozen(!cfg.train_bn);
     let head = method_head(&vs, &backbone, cfg)?;
-    let semantic_lut = semantic_lut(&fss_lab::data::coco::base_classes(cfg.split, cfg.fold));
+    let semantic_lut = semantic_lut(&match &coco {
+        Some(data) => data.training_classes(cfg.fold)?,
+        None => fss_lab::data::coco::base_classes(cfg.split, cfg.fold),
+    });
     if cfg.freeze_backbone {
         for (_, t) in backbone.named_parameters() {
             let _ = t.set_requires_grad(false);
@@ -562,7 +578,7 @@ pub fn train(
             };
             let sampler = coco
                 .as_ref()
-                .map(|(dataset, subset)| TrainingSampler::new(dataset, spec, subset, cfg.seed))
+                .map(|data| data.sampler(spec, cfg.seed))
                 .transpose()?;
             let video = davis
                 .as_ref()
@@ -582,13 +598,8 @@ pub fn train(
                 None
             };
             let mut parts = Vec::new();
-            if let (Some(s), Some((_, subset))) = (&sampler, &coco) {
-                parts.push(format!(
-                    "{} base classes of fold {} ({} train2017 images)",
-                    s.classes().len(),
-                    cfg.fold,
-                    subset.len()
-                ));
+            if let (Some(s), Some(data)) = (&sampler, &coco) {
+                parts.push(data.describe(s, cfg.fold));
             }
             if let Some(v) = &video {
                 parts.push(format!(
@@ -654,18 +665,18 @@ pub fn train(
         for b in 0..batch {
             let source = record.mix.as_mut().map_or(0, SourceMix::next_source);
             let draw = match sources.get(source).map(|s| s.layout) {
-                Some(DataLayout::Coco128) => Draw::Class(
-                    record
-                        .sampler
-                        .as_mut()
-                        .ok_or_else(|| anyhow!("the run record has no class sampler"))?
-                        .next_episode(),
-                ),
                 Some(DataLayout::Davis) => Draw::Video(
                     record
                         .video
                         .as_mut()
                         .ok_or_else(|| anyhow!("the run record has no video sampler"))?
+                        .next_episode(),
+                ),
+                Some(_) => Draw::Class(
+                    record
+                        .sampler
+                        .as_mut()
+                        .ok_or_else(|| anyhow!("the run record has no class sampler"))?
                         .next_episode(),
                 ),
                 None => bail!("data source {source} of the mix is not in the run"),
@@ -679,7 +690,7 @@ pub fn train(
             };
             let (t, augs) = match &draw {
                 Draw::Class(ep) => {
-                    let (dataset, _) = coco.as_ref().expect("a class sampler has its dataset");
+                    let dataset = coco.as_ref().expect("a class sampler has its dataset");
                     episode_tensors(dataset, &mut cache, &norm, ep, augment, device)?
                 }
                 Draw::Video(ep) => (
@@ -714,10 +725,11 @@ pub fn train(
                 None => panet::losses(&support_f, &query_f, t, cfg.align).into_parts(),
                 Some(h) => h.episode_losses(&support_f, &query_f, t, || match draw {
                     Draw::Class(ep) => {
-                        let (dataset, _) = coco.as_ref().expect("a class sampler has its dataset");
+                        let dataset = coco.as_ref().expect("a class sampler has its dataset");
                         semantic_labels(dataset, &mut cache, ep, augs, &semantic_lut, device)
+                            .map(Some)
                     }
-                    Draw::Video(_) => bail!("a video episode has no class labels for SMCP"),
+                    Draw::Video(_) => Ok(None),
                 })?,
             };
             totals.push(total);
@@ -790,7 +802,7 @@ fn semantic_lut(base_classes: &[u8]) -> [u8; 256] {
 /// SMCP's multi-class targets of an episode at the training size (flipped like the images),
 /// through [`semantic_lut`].
 fn semantic_labels(
-    dataset: &CocoMaskDataset,
+    dataset: &ClassData,
     cache: &mut ImageCache,
     ep: &fss_lab::sampler::TrainingEpisode,
     augs: &[Augmentation],

@@ -7,7 +7,7 @@ use std::path::Path;
 use fss_tests::{assert_clean_error, write_coco_like, TempDir};
 
 mod common;
-use common::{host, repo_root};
+use common::{host, losses, repo_root, run_record};
 
 /// The DAVIS fixture (one sequence, five frames, a mask on each).
 fn davis_fixture() -> String {
@@ -37,19 +37,6 @@ fn train<'a>(out: &'a str, iterations: &'a str, extra: &[&'a str]) -> Vec<&'a st
     ];
     v.extend_from_slice(extra);
     v
-}
-
-fn run_record(run: &Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(run.join("run.json")).unwrap()).unwrap()
-}
-
-fn losses(run: &Path) -> Vec<f64> {
-    run_record(run)["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["loss"].as_f64().unwrap())
-        .collect()
 }
 
 fn ok(out: &std::process::Output) {
@@ -173,9 +160,6 @@ fn video_only_training_runs_and_bad_inputs_are_one_line_errors() {
         args.push(&flag);
         assert_clean_error(&host(&train(n, "1", &args)), &[needle]);
     }
-    let mut smcp = train(n, "1", &two);
-    smcp[2] = "smcp";
-    assert_clean_error(&host(&smcp), &["SMCP trains on class episodes only"]);
     assert_clean_error(
         &host(&train(
             n,
@@ -233,4 +217,43 @@ fn a_batch_of_episodes_per_step_resumes_the_same_curve() {
     assert_eq!(r["video"]["drawn"], 8, "two episodes per step");
     let bad = host(&train(sb, "4", &["--data", davis.as_str(), "--batch", "0"]));
     assert_clean_error(&bad, &["--batch", "0"]);
+}
+
+/// SMCP trains on video and class episodes mixed: a video episode has no class labels, so its
+/// multi-class term is exactly 0 while a class episode's is positive.
+#[test]
+fn smcp_trains_on_video_and_class_episodes_mixed() {
+    let davis = davis_fixture();
+    let coco = TempDir::new("smcp-video-coco");
+    write_coco_like(coco.path(), 12, 4, 96);
+    let runs = TempDir::new("smcp-video-runs");
+    let out = runs.path().join("smcp");
+    let mut args = train(
+        out.to_str().unwrap(),
+        "6",
+        &[
+            "--data",
+            davis.as_str(),
+            "--data",
+            coco.path().to_str().unwrap(),
+            "--head-width",
+            "16",
+        ],
+    );
+    args[2] = "smcp";
+    ok(&host(&args));
+    let history = run_record(&out)["history"].as_array().unwrap().clone();
+    let multi: Vec<f64> = history
+        .iter()
+        .map(|p| p["multi_class"].as_f64().unwrap_or(0.0))
+        .collect();
+    assert_eq!(multi.len(), 6);
+    assert!(multi.contains(&0.0), "no video episode: {multi:?}");
+    assert!(
+        multi.iter().any(|&m| m > 0.1),
+        "no class episode: {multi:?}"
+    );
+    assert!(history
+        .iter()
+        .all(|p| p["loss"].as_f64().unwrap().is_finite()));
 }

@@ -83,16 +83,21 @@ pub fn coco_thing_ids() -> Vec<u8> {
     (1u8..=90).filter(|i| !gaps.contains(i)).collect()
 }
 
+/// The `categories` entries of an instances file: the 80 thing ids, named `class<id>`.
+fn coco_categories_json() -> Vec<String> {
+    coco_thing_ids()
+        .iter()
+        .map(|id| format!(r#"{{"supercategory": "x", "id": {id}, "name": "class{id}"}}"#))
+        .collect()
+}
+
 /// A COCO128-layout dataset: `annotations/instances_train2017.json` (the 80 categories),
 /// `images/{train2017,val2017}/<id>.jpg` and `masks/<split>/<id>.png` with COCO ids as values.
 /// Images hold objects of a few classes: class indices 2, 3, 4 (base classes of fold 0 in the
 /// interleaved split) and 1 (a novel class of fold 0), each image two objects.
 pub fn write_coco_like(root: &Path, n_train: usize, n_val: usize, side: u32) {
     let ids = coco_thing_ids();
-    let cats: Vec<String> = ids
-        .iter()
-        .map(|id| format!(r#"{{"supercategory": "x", "id": {id}, "name": "class{id}"}}"#))
-        .collect();
+    let cats = coco_categories_json();
     std::fs::create_dir_all(root.join("annotations")).unwrap();
     std::fs::write(
         root.join("annotations/instances_train2017.json"),
@@ -128,6 +133,141 @@ pub fn write_coco_like(root: &Path, n_train: usize, n_val: usize, side: u32) {
             k += 1;
         }
     }
+}
+
+/// The column-major run-length counts (COCO's uncompressed RLE, starting with a run of zeros)
+/// of the pixels of `label` equal to `value`.
+pub fn rle_counts(label: &GrayImage, value: u8) -> Vec<u32> {
+    let (w, h) = label.dimensions();
+    let mut counts = Vec::new();
+    let (mut current, mut run) = (false, 0u32);
+    for x in 0..w {
+        for y in 0..h {
+            let on = label.get_pixel(x, y).0[0] == value;
+            if on != current {
+                counts.push(run);
+                current = on;
+                run = 0;
+            }
+            run += 1;
+        }
+    }
+    counts.push(run);
+    counts
+}
+
+/// COCO as distributed (`annotations/instances_{train2017,val2017}.json` and
+/// `{train2017,val2017}/<file>.jpg`) with the very images and labels of [`write_coco_like`]
+/// (same arguments): each object is one annotation with an uncompressed RLE of its pixels, so
+/// the rasterised label maps equal that layout's PNGs pixel for pixel.
+pub fn write_coco_distributed(root: &Path, n_train: usize, n_val: usize, side: u32) {
+    let staging = root.join(".coco128-staging");
+    write_coco_like(&staging, n_train, n_val, side);
+    let cats = coco_categories_json();
+    std::fs::create_dir_all(root.join("annotations")).unwrap();
+    let mut ann_id = 1u32;
+    for split in ["train2017", "val2017"] {
+        let dir = root.join(split);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut images = Vec::new();
+        let mut anns = Vec::new();
+        let mut files: Vec<_> = std::fs::read_dir(staging.join("images").join(split))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        files.sort();
+        for f in files {
+            let stem = f.file_stem().unwrap().to_str().unwrap().to_string();
+            let image_id: u64 = stem.parse().unwrap();
+            let file_name = format!("{stem}.jpg");
+            std::fs::copy(&f, dir.join(&file_name)).unwrap();
+            let label = image::open(staging.join(format!("masks/{split}/{stem}.png")))
+                .unwrap()
+                .to_luma8();
+            let (w, h) = label.dimensions();
+            images.push(format!(
+                r#"{{"id": {image_id}, "file_name": "{file_name}", "width": {w}, "height": {h}}}"#
+            ));
+            let mut values: Vec<u8> = label.pixels().map(|p| p.0[0]).filter(|&v| v != 0).collect();
+            values.sort_unstable();
+            values.dedup();
+            for v in values {
+                let counts = rle_counts(&label, v);
+                let area = label.pixels().filter(|p| p.0[0] == v).count();
+                let counts: Vec<String> = counts.iter().map(|c| c.to_string()).collect();
+                anns.push(format!(
+                    r#"{{"id": {ann_id}, "image_id": {image_id}, "category_id": {v}, "iscrowd": 0, "area": {area}, "segmentation": {{"size": [{h}, {w}], "counts": [{}]}}}}"#,
+                    counts.join(", ")
+                ));
+                ann_id += 1;
+            }
+        }
+        std::fs::write(
+            root.join(format!("annotations/instances_{split}.json")),
+            format!(
+                r#"{{"images": [{}], "annotations": [{}], "categories": [{}]}}"#,
+                images.join(", "),
+                anns.join(", "),
+                cats.join(", ")
+            ),
+        )
+        .unwrap();
+    }
+    std::fs::remove_dir_all(&staging).unwrap();
+}
+
+/// A PASCAL VOC2012-layout dataset with SBD-style labels: `JPEGImages/<name>.jpg`,
+/// `SegmentationClassAug/<name>.png` (grayscale VOC ids, a 255 ring around each object) and
+/// `ImageSets/Segmentation/{train,val}.txt` (even images train, odd val). Image `k` holds two
+/// objects cycling through VOC ids 6, 7, 8 (base classes of PASCAL-5i fold 0) and 1 (novel).
+pub fn write_pascal_like(root: &Path, n: usize, side: u32) {
+    std::fs::create_dir_all(root.join("JPEGImages")).unwrap();
+    std::fs::create_dir_all(root.join("SegmentationClassAug")).unwrap();
+    std::fs::create_dir_all(root.join("ImageSets/Segmentation")).unwrap();
+    let classes = [6u8, 7, 8, 1];
+    let (mut train, mut val) = (String::new(), String::new());
+    for k in 0..n {
+        let a = classes[k % 4];
+        let b = classes[(k + 1) % 4];
+        let (img, label) = scene(
+            side,
+            side,
+            200 + k as u32,
+            &[
+                (a, 0.3 + 0.05 * (k % 3) as f32, 0.35, 0.22),
+                (b, 0.72, 0.7 - 0.05 * (k % 2) as f32, 0.2),
+            ],
+        );
+        // The void ring: background pixels next to an object.
+        let voided = GrayImage::from_fn(side, side, |x, y| {
+            let v = label.get_pixel(x, y).0[0];
+            if v != 0 {
+                return Luma([v]);
+            }
+            let near = [(1i32, 0i32), (-1, 0), (0, 1), (0, -1)]
+                .iter()
+                .any(|(dx, dy)| {
+                    let (nx, ny) = (x as i32 + dx, y as i32 + dy);
+                    nx >= 0
+                        && ny >= 0
+                        && (nx as u32) < side
+                        && (ny as u32) < side
+                        && label.get_pixel(nx as u32, ny as u32).0[0] != 0
+                });
+            Luma([if near { 255 } else { 0 }])
+        });
+        let name = format!("2010_{k:06}");
+        img.save(root.join(format!("JPEGImages/{name}.jpg")))
+            .unwrap();
+        voided
+            .save(root.join(format!("SegmentationClassAug/{name}.png")))
+            .unwrap();
+        let list = if k % 2 == 0 { &mut train } else { &mut val };
+        list.push_str(&name);
+        list.push('\n');
+    }
+    std::fs::write(root.join("ImageSets/Segmentation/train.txt"), train).unwrap();
+    std::fs::write(root.join("ImageSets/Segmentation/val.txt"), val).unwrap();
 }
 
 /// A DAVIS-2016-layout dataset with `sequences` sequences of `frames` frames of `w` x `h`: a

@@ -22,7 +22,9 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::data::coco::{base_classes, check_fold, CocoFolds, CocoMaskDataset, FoldSplit};
-use crate::episodes::{draw_distinct, draw_episodes, seed_for, Eligibility, Episode};
+use crate::episodes::{
+    draw_distinct, draw_episodes, seed_for, Eligibility, Episode, EpisodeSource,
+};
 use fss_core::error::{EdgeError, Result};
 use fss_core::tensor::Mask;
 
@@ -188,7 +190,8 @@ pub struct TrainingSampler {
 }
 
 impl TrainingSampler {
-    /// Builds the sampler: RNG `ChaCha8Rng::seed_from_u64(seed_for(seed, fold))` on stream 1.
+    /// Builds the sampler over a COCO pool (the base classes of the fold in `spec.split`, from
+    /// `subset`): [`TrainingSampler::over`] with those classes.
     pub fn new(
         dataset: &CocoMaskDataset,
         spec: TrainingSpec,
@@ -196,21 +199,51 @@ impl TrainingSampler {
         seed: u64,
     ) -> Result<TrainingSampler> {
         check_fold(spec.fold)?;
+        let source = CocoFolds {
+            dataset,
+            split: spec.split,
+        };
+        Self::over(
+            &source,
+            &base_classes(spec.split, spec.fold),
+            Some(subset),
+            spec,
+            seed,
+        )
+    }
+
+    /// Builds the sampler over any class source: the `classes` (ascending) that have more than
+    /// K eligible images (`>= spec.min_pixels`) among `pool` (the whole source when `None`).
+    /// RNG `ChaCha8Rng::seed_from_u64(seed_for(seed, fold))` on stream 1.
+    pub fn over(
+        source: &(impl EpisodeSource + ?Sized),
+        classes: &[u8],
+        pool: Option<&[usize]>,
+        spec: TrainingSpec,
+        seed: u64,
+    ) -> Result<TrainingSampler> {
         if spec.shots == 0 {
             return Err(EdgeError::input("shots must be at least 1"));
         }
-        let mut classes = Vec::new();
+        let in_pool: Option<std::collections::HashSet<usize>> =
+            pool.map(|p| p.iter().copied().collect());
+        let rule = Eligibility::min_pixels(spec.min_pixels);
+        let mut taking_part = Vec::new();
         let mut eligible = Vec::new();
-        for c in base_classes(spec.split, spec.fold) {
-            let e = dataset.eligible_images_in(c, spec.min_pixels, subset);
+        for &c in classes {
+            let e: Vec<usize> = source
+                .eligible_images(c, rule)
+                .into_iter()
+                .filter(|i| in_pool.as_ref().is_none_or(|p| p.contains(i)))
+                .collect();
             if e.len() > spec.shots {
-                classes.push(c);
+                taking_part.push(c);
                 eligible.push(e);
             }
         }
-        if classes.is_empty() {
+        if taking_part.is_empty() {
             return Err(EdgeError::input(format!(
-                "no base class of fold {} has at least {} training images of >= {} px",
+                "no training class of fold {} has at least {} training images of >= {} px",
                 spec.fold,
                 spec.shots + 1,
                 spec.min_pixels
@@ -220,7 +253,7 @@ impl TrainingSampler {
         rng.set_stream(1);
         Ok(TrainingSampler {
             spec,
-            classes,
+            classes: taking_part,
             eligible,
             rng,
             drawn: 0,

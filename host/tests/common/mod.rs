@@ -94,3 +94,18 @@ pub fn det(shape: &[i64], seed: u32, scale: f64, offset: f64) -> Tensor {
         .collect();
     Tensor::from_slice(&v).view(shape)
 }
+
+/// A training run's `run.json`.
+pub fn run_record(run: &std::path::Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(run.join("run.json")).unwrap()).unwrap()
+}
+
+/// The loss of each iteration of a training run.
+pub fn losses(run: &std::path::Path) -> Vec<f64> {
+    run_record(run)["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["loss"].as_f64().unwrap())
+        .collect()
+}

@@ -1,13 +1,35 @@
-//! COCO semantic masks in the COCO128 layout, COCO-20i folds and class eligibility
-//! (docs/evaluation.md, "COCO few-shot episodes"; methods.md §7.2).
+//! COCO semantic masks, COCO-20i folds and class eligibility (docs/evaluation.md, "COCO
+//! few-shot episodes"; methods.md §7.2), from either of two layouts.
 //!
-//! Layout:
+//! The COCO128 layout (label PNGs):
 //!
 //! ```text
 //! <root>/annotations/instances_train2017.json   # its `categories` array: the 80 thing classes
 //! <root>/images/{train2017,val2017}/<image id>.jpg
 //! <root>/masks/{train2017,val2017}/<image id>.png   # mode L, value = COCO category id
 //! ```
+//!
+//! COCO as distributed (the full COCO-20i data; instance annotations rasterised in Rust by
+//! [`super::coco_json`], as pycocotools does):
+//!
+//! ```text
+//! <root>/annotations/instances_{train2017,val2017}.json
+//! <root>/{train2017,val2017}/<file_name>          # the `file_name` of each `images` entry
+//! ```
+//!
+//! The layout is chosen by what is there: `images/` and `masks/` make the COCO128 layout, else
+//! `annotations/instances_<split>.json` next to a `<split>/` folder the distributed one (a split
+//! whose JSON or folder is missing is left out). In the distributed layout:
+//!
+//! * **Labels**: an image's label map is [`CocoInstances::class_mask`] of its annotations
+//!   (larger instances painted first, crowd regions included), the same rule the COCO128 PNGs
+//!   follow (99.992% pixel agreement on COCO128, see [`super::coco_json`]).
+//! * **Pool**: every `images` entry of `instances_train2017.json` then `instances_val2017.json`,
+//!   each sorted by `file_name`; an entry whose file is missing is an error naming it. Every
+//!   image's annotations are rasterised once at open (on all cores) to count class pixels; the
+//!   image's size is the JSON's, checked against the decoded image when it is loaded.
+//! * **Categories**: those of `instances_train2017.json` (else `instances_val2017.json`); both
+//!   splits must list the same ones.
 //!
 //! * **Classes**: the 80 categories of `instances_train2017.json`, indexed **1..=80 by the rank
 //!   of their category id** (ascending id, whatever the file's order). Class index 0 is
@@ -26,9 +48,11 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use image::RgbImage;
 
+use super::coco_json::{ClassMaskOptions, CocoInstances};
 use crate::episodes::{Eligibility, Episode, EpisodeRecord, EpisodeSource};
 use fss_core::davis::check_same_size;
 use fss_core::error::{EdgeError, Result};
@@ -138,6 +162,7 @@ pub struct PoolImage {
     /// Path relative to the dataset root with `/` separators, e.g. `images/train2017/000000000009.jpg`
     /// (the form used in episode JSON Lines).
     pub rel_path: String,
+    /// The label PNG (COCO128 layout) or the instances JSON the image's labels come from.
     pub mask_path: PathBuf,
     /// `train2017` or `val2017`.
     pub split: String,
@@ -150,7 +175,16 @@ pub struct PoolImage {
     pub oslsm_cells: Vec<u32>,
 }
 
-/// The COCO128-style mask pool.
+/// Where a pool's labels come from (see the module doc).
+#[derive(Debug, Clone)]
+enum LabelSource {
+    /// COCO128: one label PNG per image (`PoolImage::mask_path`), value = COCO category id.
+    Pngs,
+    /// COCO as distributed: the parsed instances file of each split, by split name.
+    Instances(HashMap<String, Arc<CocoInstances>>),
+}
+
+/// A COCO mask pool (COCO128 or distributed layout).
 #[derive(Debug, Clone)]
 pub struct CocoMaskDataset {
     root: PathBuf,
@@ -160,6 +194,7 @@ pub struct CocoMaskDataset {
     id_to_class: [u8; 256],
     images: Vec<PoolImage>,
     by_rel_path: HashMap<String, usize>,
+    labels: LabelSource,
 }
 
 #[derive(serde::Deserialize)]
@@ -177,18 +212,26 @@ fn read_categories(path: &Path) -> Result<Vec<Category>> {
     let file = std::fs::File::open(path).map_err(|e| EdgeError::io(path, e))?;
     let parsed: InstancesFile = serde_json::from_reader(std::io::BufReader::new(file))
         .map_err(|e| EdgeError::invalid(path, format!("not a COCO instances file: {e}")))?;
-    let mut cats = Vec::with_capacity(parsed.categories.len());
-    for c in parsed.categories {
-        let id = u8::try_from(c.id)
+    thing_categories(path, parsed.categories.into_iter().map(|c| (c.id, c.name)))
+}
+
+/// The 80 thing categories of an instances file, sorted by id, checked.
+fn thing_categories(
+    path: &Path,
+    categories: impl Iterator<Item = (u64, String)>,
+) -> Result<Vec<Category>> {
+    let mut cats = Vec::new();
+    for (raw_id, name) in categories {
+        let id = u8::try_from(raw_id)
             .ok()
             .filter(|&id| id > 0)
             .ok_or_else(|| {
                 EdgeError::invalid(
                     path,
-                    format!("category id {} of {:?} is not in 1..=255", c.id, c.name),
+                    format!("category id {raw_id} of {name:?} is not in 1..=255"),
                 )
             })?;
-        cats.push(Category { id, name: c.name });
+        cats.push(Category { id, name });
     }
     cats.sort_by_key(|c| c.id);
     if cats.windows(2).any(|w| w[0].id == w[1].id) {
@@ -208,14 +251,47 @@ fn read_categories(path: &Path) -> Result<Vec<Category>> {
 
 const IMAGE_EXTS: [&str; 3] = ["jpg", "jpeg", "png"];
 
+/// Whether `root` holds COCO as distributed: `annotations/instances_<split>.json` next to a
+/// `<split>/` folder for at least one split.
+pub fn is_distributed_layout(root: &Path) -> bool {
+    SPLITS.iter().any(|split| {
+        root.join(format!("annotations/instances_{split}.json"))
+            .is_file()
+            && root.join(split).is_dir()
+    })
+}
+
+/// Pixels per class index and OSLSM cells per class index of a label map of COCO ids.
+fn class_counts(mask: &Mask, id_to_class: &[u8; 256]) -> (Vec<u64>, Vec<u32>) {
+    let mut hist = [0u64; 256];
+    for &v in &mask.data {
+        hist[v as usize] += 1;
+    }
+    let mut class_pixels = vec![0u64; NUM_CLASSES + 1];
+    for (v, &n) in hist.iter().enumerate() {
+        class_pixels[id_to_class[v] as usize] += n;
+    }
+    let mut oslsm_cells = vec![0u32; NUM_CLASSES + 1];
+    for (v, &n) in super::oslsm_grid_histogram(mask).iter().enumerate() {
+        oslsm_cells[id_to_class[v] as usize] += n;
+    }
+    (class_pixels, oslsm_cells)
+}
+
 impl CocoMaskDataset {
-    /// Opens the pool under `root` (see the module doc) and counts class pixels once.
+    /// Opens the pool under `root` (either layout, see the module doc) and counts class pixels
+    /// once.
     pub fn open(root: &Path) -> Result<CocoMaskDataset> {
         if !root.is_dir() {
             return Err(EdgeError::invalid(
                 root,
                 "COCO root folder does not exist (or is not a folder)",
             ));
+        }
+        if !(root.join("images").is_dir() && root.join("masks").is_dir())
+            && is_distributed_layout(root)
+        {
+            return Self::open_distributed(root);
         }
         let categories = read_categories(&root.join("annotations/instances_train2017.json"))?;
         let mut id_to_class = [0u8; 256];
@@ -270,18 +346,7 @@ impl CocoMaskDataset {
                     &mask_path,
                     (mask.width as u32, mask.height as u32),
                 )?;
-                let mut hist = [0u64; 256];
-                for &v in &mask.data {
-                    hist[v as usize] += 1;
-                }
-                let mut class_pixels = vec![0u64; NUM_CLASSES + 1];
-                for (v, &n) in hist.iter().enumerate() {
-                    class_pixels[id_to_class[v] as usize] += n;
-                }
-                let mut oslsm_cells = vec![0u32; NUM_CLASSES + 1];
-                for (v, &n) in super::oslsm_grid_histogram(&mask).iter().enumerate() {
-                    oslsm_cells[id_to_class[v] as usize] += n;
-                }
+                let (class_pixels, oslsm_cells) = class_counts(&mask, &id_to_class);
                 let file_name = image_path
                     .file_name()
                     .and_then(|s| s.to_str())
@@ -302,21 +367,132 @@ impl CocoMaskDataset {
         if images.is_empty() {
             return Err(EdgeError::invalid(
                 root,
-                "no image under images/{train2017,val2017} has a mask under masks/<split>/<id>.png",
+                "no image under images/{train2017,val2017} has a mask under masks/<split>/<id>.png \
+                 (and no annotations/instances_<split>.json with a <split>/ folder: COCO as distributed)",
             ));
         }
+        Ok(Self::assemble(
+            root,
+            categories,
+            id_to_class,
+            images,
+            LabelSource::Pngs,
+        ))
+    }
+
+    fn assemble(
+        root: &Path,
+        categories: Vec<Category>,
+        id_to_class: [u8; 256],
+        images: Vec<PoolImage>,
+        labels: LabelSource,
+    ) -> CocoMaskDataset {
         let by_rel_path = images
             .iter()
             .enumerate()
             .map(|(i, im)| (im.rel_path.clone(), i))
             .collect();
-        Ok(CocoMaskDataset {
+        CocoMaskDataset {
             root: root.to_path_buf(),
             categories,
             id_to_class,
             images,
             by_rel_path,
-        })
+            labels,
+        }
+    }
+
+    /// COCO as distributed (see the module doc).
+    fn open_distributed(root: &Path) -> Result<CocoMaskDataset> {
+        let mut instances: Vec<(&str, Arc<CocoInstances>)> = Vec::new();
+        for split in SPLITS {
+            let json = root.join(format!("annotations/instances_{split}.json"));
+            if json.is_file() && root.join(split).is_dir() {
+                instances.push((split, Arc::new(CocoInstances::open(&json)?)));
+            }
+        }
+        let (_, first) = instances.first().ok_or_else(|| {
+            EdgeError::invalid(
+                root,
+                "no annotations/instances_<split>.json with a <split>/ folder",
+            )
+        })?;
+        let categories = thing_categories(
+            first.path(),
+            first.categories.iter().map(|c| (c.id, c.name.clone())),
+        )?;
+        for (_, inst) in &instances[1..] {
+            if inst.categories.len() != categories.len()
+                || inst
+                    .categories
+                    .iter()
+                    .zip(&categories)
+                    .any(|(a, b)| a.id != b.id as u64)
+            {
+                return Err(EdgeError::invalid(
+                    inst.path(),
+                    format!(
+                        "its categories differ from those of {}",
+                        first.path().display()
+                    ),
+                ));
+            }
+        }
+        let mut id_to_class = [0u8; 256];
+        for (i, c) in categories.iter().enumerate() {
+            id_to_class[c.id as usize] = (i + 1) as u8;
+        }
+        let mut images = Vec::new();
+        for (split, inst) in &instances {
+            let mut entries: Vec<_> = inst.images.iter().collect();
+            entries.sort_by(|a, b| a.file_name.cmp(&b.file_name));
+            for e in &entries {
+                let image_path = root.join(split).join(&e.file_name);
+                if !image_path.is_file() {
+                    return Err(EdgeError::invalid(
+                        &image_path,
+                        format!(
+                            "image {} listed in {} is missing",
+                            e.id,
+                            inst.path().display()
+                        ),
+                    ));
+                }
+            }
+            let counts = rasterise_all(inst, &entries, &id_to_class)?;
+            for (e, (class_pixels, oslsm_cells)) in entries.iter().zip(counts) {
+                images.push(PoolImage {
+                    image_path: root.join(split).join(&e.file_name),
+                    rel_path: format!("{split}/{}", e.file_name),
+                    mask_path: inst.path().to_path_buf(),
+                    split: split.to_string(),
+                    image_id: e.id,
+                    width: e.width,
+                    height: e.height,
+                    class_pixels,
+                    oslsm_cells,
+                });
+            }
+        }
+        if images.is_empty() {
+            return Err(EdgeError::invalid(
+                root,
+                "the instances files list no image",
+            ));
+        }
+        let labels = LabelSource::Instances(
+            instances
+                .into_iter()
+                .map(|(split, inst)| (split.to_string(), inst))
+                .collect(),
+        );
+        Ok(Self::assemble(
+            root,
+            categories,
+            id_to_class,
+            images,
+            labels,
+        ))
     }
 
     pub fn root(&self) -> &Path {
@@ -452,10 +628,24 @@ impl CocoMaskDataset {
         v
     }
 
+    /// The image's labels at original resolution as COCO category ids (0 unlabelled; stuff ids
+    /// in the COCO128 PNGs).
+    fn raw_labels(&self, image_idx: usize) -> Result<Mask> {
+        let im = self.image(image_idx)?;
+        match &self.labels {
+            LabelSource::Pngs => load_label_png(&im.mask_path),
+            LabelSource::Instances(by_split) => {
+                let inst = by_split.get(&im.split).ok_or_else(|| {
+                    EdgeError::input(format!("no instances file for split {}", im.split))
+                })?;
+                inst.class_mask(im.image_id, ClassMaskOptions::default())
+            }
+        }
+    }
+
     /// The image's label map at original resolution: class index 1..=80, 0 background.
     pub fn label_map(&self, image_idx: usize) -> Result<Mask> {
-        let im = self.image(image_idx)?;
-        let raw = load_label_png(&im.mask_path)?;
+        let raw = self.raw_labels(image_idx)?;
         Ok(Mask {
             height: raw.height,
             width: raw.width,
@@ -470,8 +660,7 @@ impl CocoMaskDataset {
     /// Binary (0/1) mask of one class index at original resolution.
     pub fn class_mask(&self, image_idx: usize, class_index: u8) -> Result<Mask> {
         let coco_id = self.class_id(class_index)?;
-        let im = self.image(image_idx)?;
-        Ok(load_label_png(&im.mask_path)?.binary_of(coco_id))
+        Ok(self.raw_labels(image_idx)?.binary_of(coco_id))
     }
 
     /// The image as RGB (grayscale JPEGs converted).
@@ -492,6 +681,38 @@ impl CocoMaskDataset {
         )?;
         Ok((img, mask))
     }
+}
+
+/// Every image's class pixel and OSLSM cell counts, rasterised on all cores (in `entries` order).
+fn rasterise_all(
+    inst: &CocoInstances,
+    entries: &[&super::coco_json::ImageInfo],
+    id_to_class: &[u8; 256],
+) -> Result<Vec<(Vec<u64>, Vec<u32>)>> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 16);
+    let chunk = entries.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = entries
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|e| {
+                            let mask = inst.class_mask(e.id, ClassMaskOptions::default())?;
+                            Ok(class_counts(&mask, id_to_class))
+                        })
+                        .collect::<Result<Vec<_>>>()
+                })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(entries.len());
+        for w in workers {
+            out.extend(w.join().expect("a rasterising thread panicked")?);
+        }
+        Ok(out)
+    })
 }
 
 /// A COCO pool with its fold split: the [`EpisodeSource`] of the COCO-20i protocol (classes
@@ -794,5 +1015,64 @@ mod tests {
                 im.width as u64 * im.height as u64
             );
         }
+    }
+
+    /// COCO as distributed gives the pool of the COCO128 layout it was made from: the same
+    /// images in the same order, class pixel and OSLSM counts, label maps and class masks.
+    #[test]
+    fn distributed_layout_matches_the_coco128_layout() {
+        let dir = TempDir::new("coco_distributed");
+        let (png_root, json_root) = (dir.path().join("png"), dir.path().join("json"));
+        fss_tests::write_coco_like(&png_root, 5, 3, 32);
+        fss_tests::write_coco_distributed(&json_root, 5, 3, 32);
+        assert!(is_distributed_layout(&json_root) && !is_distributed_layout(&png_root));
+        let (png, json) = (
+            CocoMaskDataset::open(&png_root).unwrap(),
+            CocoMaskDataset::open(&json_root).unwrap(),
+        );
+        assert_eq!(json.len(), 8);
+        assert_eq!(
+            json.indices_of_split("train2017"),
+            (0..5).collect::<Vec<_>>()
+        );
+        assert_eq!(json.categories(), png.categories());
+        for i in 0..png.len() {
+            let (a, b) = (&png.images()[i], &json.images()[i]);
+            assert_eq!(b.rel_path, a.rel_path.trim_start_matches("images/"));
+            assert_eq!(
+                (a.image_id, a.split.as_str()),
+                (b.image_id, b.split.as_str())
+            );
+            assert_eq!((a.width, a.height), (b.width, b.height));
+            assert_eq!(a.class_pixels, b.class_pixels, "image {i}");
+            assert_eq!(a.oslsm_cells, b.oslsm_cells, "image {i}");
+            assert_eq!(png.label_map(i).unwrap(), json.label_map(i).unwrap());
+            for c in 1..=4 {
+                assert_eq!(
+                    png.class_mask(i, c).unwrap(),
+                    json.class_mask(i, c).unwrap()
+                );
+            }
+            assert_eq!(json.load_pair(i, 2).unwrap().0, png.load_image(i).unwrap());
+            assert_eq!(json.find_image(&b.rel_path), Some(i));
+        }
+        // A few pixels are painted by the objects of the fixture: the counts are not all zero.
+        assert!(json.eligible_images(2, 16).len() >= 2);
+    }
+
+    #[test]
+    fn distributed_layout_names_a_missing_image() {
+        let dir = TempDir::new("coco_distributed_missing");
+        fss_tests::write_coco_distributed(dir.path(), 3, 1, 16);
+        let gone = dir.path().join("train2017/000000000101.jpg");
+        std::fs::remove_file(&gone).unwrap();
+        let e = CocoMaskDataset::open(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("000000000101.jpg")
+                && e.contains("instances_train2017.json")
+                && e.contains("missing"),
+            "{e}"
+        );
+        assert_eq!(e.lines().count(), 1, "{e}");
     }
 }

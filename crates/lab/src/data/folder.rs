@@ -95,6 +95,14 @@ pub(crate) fn sorted_subdirs(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
+/// Whether `dir` looks like the folder format: a visible sub-folder with `images/` and `masks/`.
+pub fn has_class_folders(dir: &Path) -> bool {
+    sorted_subdirs(dir).is_ok_and(|subs| {
+        subs.iter()
+            .any(|s| s.join("images").is_dir() && s.join("masks").is_dir())
+    })
+}
+
 /// Sorted image files of `dir` (by extension).
 pub(crate) fn sorted_images(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut v = Vec::new();
